@@ -1,0 +1,182 @@
+"""SQLModel tables for the words of design.md: owner, conversation, message, draft, feedback,
+writing sample, adapter, cycle, plus the cross-process lock row of the cycle.
+
+Every row belongs to an owner (`owner_id`), so deleting an owner deletes everything of theirs.
+JSON columns hold small structured values (context turns, sampling settings, metrics).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Optional
+
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class FeedbackKind(str, Enum):
+    accept = "accept"
+    edit = "edit"
+    reject = "reject"
+    regenerate = "regenerate"
+
+
+class SampleKind(str, Enum):
+    reply = "reply"
+    monologue = "monologue"
+
+
+class AdapterState(str, Enum):
+    candidate = "candidate"
+    active = "active"
+    retired = "retired"
+    failed = "failed"
+
+
+class CycleStatus(str, Enum):
+    running = "running"
+    skipped = "skipped"
+    promoted = "promoted"
+    kept = "kept"
+    failed = "failed"
+
+
+class Owner(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    telegram_id: int = Field(sa_column=Column(BigInteger, unique=True, nullable=False))
+    name: Optional[str] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Conversation(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("owner_id", "chat_key"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    chat_key: str  # "tg:<chat id>", "cli", ...
+    title: Optional[str] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Message(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    conversation_id: int = Field(foreign_key="conversation.id", index=True)
+    role: str  # "owner" or "other"
+    sender: Optional[str] = None
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    telegram_message_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DraftBase(SQLModel):
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    adapter_version: int = 0
+    sampling: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    seed: int = 0
+    latency_ms: int = 0
+
+
+class Draft(DraftBase, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    conversation_id: int = Field(foreign_key="conversation.id", index=True)
+    message_id: int = Field(foreign_key="message.id")  # the incoming message it answers
+    # The context exactly as the prompt saw it, so the dataset builders render the same prompt.
+    context: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    incoming: str = Field(sa_column=Column(Text, nullable=False))
+    regenerated_from: Optional[int] = Field(default=None, foreign_key="draft.id")
+    chat_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))  # where the draft was shown
+    shown_message_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Feedback(SQLModel, table=True):
+    # One verdict per draft: a second press is refused by the database, not only by the code.
+    __table_args__ = (UniqueConstraint("draft_id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    draft_id: int = Field(foreign_key="draft.id")
+    kind: FeedbackKind
+    text: Optional[str] = Field(default=None, sa_column=Column(Text))  # the owner's edit or replacement
+    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class WritingSampleCreate(SQLModel):
+    """An imported piece of the owner's writing, as importers produce it."""
+
+    kind: SampleKind
+    text: str
+    prompt: Optional[str] = None  # the message a reply answered
+    context: list[dict[str, Any]] = Field(default_factory=list)  # earlier turns, oldest first
+    sender: Optional[str] = None  # who wrote the prompt
+    written_at: Optional[datetime] = None
+    source: str = ""  # file name and format
+
+
+class WritingSample(SQLModel, table=True):
+    __tablename__ = "writing_sample"
+    __table_args__ = (UniqueConstraint("owner_id", "content_hash"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    kind: SampleKind
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    prompt: Optional[str] = Field(default=None, sa_column=Column(Text))
+    context: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    sender: Optional[str] = None
+    written_at: Optional[datetime] = None
+    source: str = ""
+    content_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Adapter(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("owner_id", "version"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    version: int
+    state: AdapterState = AdapterState.candidate
+    path: str = ""
+    parent_version: int = 0
+    cycle_id: Optional[int] = Field(default=None, foreign_key="cycle.id")
+    checksum: str = ""
+    data_counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    activated_at: Optional[datetime] = None
+
+
+class Cycle(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    status: CycleStatus = CycleStatus.running
+    forced: bool = False
+    trigger: str = "manual"  # schedule | manual | telegram
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    feedback_upto_id: int = 0  # the newest feedback row this cycle saw
+    candidate_version: Optional[int] = None
+    active_version_before: int = 0
+    counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    durations: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    log_path: str = ""
+    pid: Optional[int] = None
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None
+
+
+class Lock(SQLModel, table=True):
+    """A named cross-process lock: the row exists while someone holds it."""
+
+    name: str = Field(primary_key=True)
+    holder: str  # "<hostname>:<pid>"
+    acquired_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow)
+
+
+Index("ix_draft_owner_created", Draft.owner_id, Draft.created_at)  # type: ignore[arg-type]

