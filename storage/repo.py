@@ -185,15 +185,23 @@ def record_feedback(
     if existing is not None:
         raise DraftAlreadyDecided(existing)
     feedback = Feedback(owner_id=owner_id, draft_id=draft_id, kind=kind, text=text, reason=reason)
-    session.add(feedback)
+    if not _insert_unless_conflict(session, feedback):
+        # The unique constraint settled a race between two presses in two processes.
+        raise DraftAlreadyDecided(feedback_for_draft(session=session, draft_id=draft_id))  # type: ignore[arg-type]
+    return feedback
+
+
+def _insert_unless_conflict(session: Session, row: Any) -> bool:
+    """Insert `row` in a savepoint; False (and the transaction still usable) on a unique conflict."""
     try:
-        # The unique constraint settles a race between two presses in two processes.
         with session.begin_nested():
+            session.add(row)
             session.flush()
     except IntegrityError:
-        existing = feedback_for_draft(session=session, draft_id=draft_id)
-        raise DraftAlreadyDecided(existing) from None  # type: ignore[arg-type]
-    return feedback
+        if row in session:
+            session.expunge(row)
+        return False
+    return True
 
 
 def feedback_rows(
@@ -326,13 +334,7 @@ def acquire_lock(*, session: Session, name: str, holder: str | None = None, stal
             return False
         session.delete(row)
         session.flush()
-    session.add(Lock(name=name, holder=holder))
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:
-        return False
-    return True
+    return _insert_unless_conflict(session, Lock(name=name, holder=holder))
 
 
 def heartbeat_lock(*, session: Session, name: str, holder: str | None = None) -> None:

