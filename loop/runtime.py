@@ -52,7 +52,7 @@ def setup_logging(config: Config, *, log_file: Path | None = None) -> None:
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(level=config.log_level.upper(), handlers=handlers, force=True,
+    logging.basicConfig(level=config.log_level.upper(), handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every Bot API URL, token included, at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
