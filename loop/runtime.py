@@ -30,7 +30,7 @@ class _RedactToken(logging.Filter):
         return True
 
 
-_TOKEN_PATTERN = re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b")
+_TOKEN_PATTERN = re.compile(r"(?<![0-9])[0-9]{6,12}:[A-Za-z0-9_-]{30,}")
 
 
 def redact(text: str, token: str | None = None) -> str:
