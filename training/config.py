@@ -140,7 +140,7 @@ class EvaluationSettings:
     edit_distance_tolerance: float = 0.05
     attribution_tolerance: float = 0.05
     preference_tolerance: float = 0.05
-    caricature_ratio: float = 2.0  # a draft feature beyond this multiple of the owner's spread is a caricature
+    caricature_ratio: float = 2.0  # a draft habit at this multiple of the owner's own rate (or more) is a caricature
 
     def __post_init__(self) -> None:
         _check(0 < self.holdout_fraction < 1, "evaluation.holdout_fraction", self.holdout_fraction, "a number in (0, 1)")
