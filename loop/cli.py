@@ -118,9 +118,7 @@ def import_(
     owner: OwnerOption = None,
 ) -> None:
     """Import your writing as training samples. Re-importing the same data adds nothing."""
-    from rich.progress import Progress
-
-    from loop.importing import ImportFormatError, OwnerIdentity, render_report, run_import
+    from loop.importing import OwnerIdentity, progress_bar, render_report, run_import
     from storage import repo
     from storage.db import session_scope
 
@@ -130,17 +128,13 @@ def import_(
     with session_scope(engine) as session:
         owner_row = repo.get_or_create_owner(session=session, telegram_id=telegram_id)
         owner_db_id, owner_name = owner_row.id, owner_row.name
+    # Only this owner's id: in a household install another owner's messages are "other people".
     identity = OwnerIdentity(telegram_ids=[telegram_id] if telegram_id else [],
-                             names=list(me or []) + ([owner_name] if owner_name else []) + ([config.model.owner_name] if config.model.owner_name else []),
-                             emails=list(email or []))
-    try:
-        with Progress(console=err_console, transient=True) as progress:
-            task = progress.add_task("importing", total=None)
-            report = run_import(engine=engine, owner_db_id=owner_db_id, paths=paths, owner=identity, format=format,
-                                mask=config.mask_personal_data and not no_mask,
-                                progress=lambda done, total: progress.update(task, completed=done, total=total))
-    except ImportFormatError as error:
-        fail(str(error))
+                             names=[*config.owner_names, *(me or []), *([owner_name] if owner_name else [])],
+                             emails=[*config.owner_emails, *(email or [])])
+    with progress_bar(err_console) as progress:
+        report = run_import(engine=engine, owner_db_id=owner_db_id, paths=paths, owner=identity, format=format,
+                            mask=config.mask_personal_data and not no_mask, progress=progress)
     console.print(render_report(report))
     if report.failed:
         fail(f"{len(report.failed)} file(s) could not be imported; nothing of them was stored.")

@@ -96,6 +96,8 @@ class Config:
     database_url: str = ""  # empty: SQLite file twin.db in data_dir
     owners: list[int] = field(default_factory=list)
     mask_personal_data: bool = True
+    owner_names: list[str] = field(default_factory=list)  # the owner's names in chat exports (`twin import`)
+    owner_emails: list[str] = field(default_factory=list)  # the owner's addresses, to find their sent mails
     log_level: str = "INFO"
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
     model: ModelSettings = field(default_factory=ModelSettings)

@@ -68,3 +68,31 @@ def test_forget_asks_first_and_removes_the_owner_folder(tmp_path: Path) -> None:
     assert refused.exit_code == 1 and folder.exists()
     done = invoke("forget", "--yes")
     assert done.exit_code == 0 and not (tmp_path / "data" / "owners" / "5").exists()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_import_of_telegram_exports_shows_in_status_counts(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("owners = [1001]\n[schedule]\nenabled = false\n")
+    single, full = FIXTURES / "telegram_single" / "result.json", FIXTURES / "telegram_full" / "result.json"
+    result = invoke("import", str(single), str(full))
+    assert result.exit_code == 0, result.output
+    status = json.loads(invoke("status", "--json").stdout)
+    # 4 replies of the single chat; 3 replies and 2 saved-messages notes of the full export
+    assert status["writing_samples"] == 9
+    assert status["writing_samples_by_kind"] == {"reply": 7, "monologue": 2}
+    again = invoke("import", str(single))
+    assert again.exit_code == 0
+    assert json.loads(invoke("status", "--json").stdout)["writing_samples"] == 9
+
+
+def test_a_malformed_file_fails_and_stores_nothing_of_it(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("owners = [1001]\n[schedule]\nenabled = false\n")
+    broken = tmp_path / "result.json"
+    text = (FIXTURES / "telegram_single" / "result.json").read_text(encoding="utf-8")
+    broken.write_text(text[: len(text) // 2], encoding="utf-8")
+    result = runner.invoke(app, ["import", str(broken)])
+    assert result.exit_code == 1
+    assert "result.json" in result.output and "nothing of them was stored" in result.output
+    assert json.loads(invoke("status", "--json").stdout)["writing_samples"] == 0

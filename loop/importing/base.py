@@ -1,0 +1,179 @@
+"""Shared pieces of the importers: who the owner is, the errors, a parsed file, and text decoding.
+
+Every parser turns one file into a `ParsedFile`: writing samples (design.md: reply or monologue)
+plus counts of what it left out and why. A file that cannot be read raises `ImportFormatError`
+naming the file and the place it broke, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from storage.models import SampleKind, WritingSampleCreate
+
+logger = logging.getLogger(__name__)
+
+KNOWN_FORMATS = ("telegram", "whatsapp", "text", "email", "jsonl")
+MAX_CONTEXT_TURNS = 6  # earlier turns kept with a reply sample (the renderer keeps at most this many)
+
+
+class Skip:
+    """Reasons a message or piece of a file did not become a sample (keys of `ParsedFile.skipped`)."""
+
+    service = "service message"
+    media = "sticker or media"
+    empty = "empty"
+    forwarded = "forwarded"
+    deleted = "deleted message"
+    unanswered = "others' messages with no reply right after"
+    no_prompt = "your messages with nothing to answer"
+    channel = "channel or bot chat"
+    not_owner = "someone else's mail"
+    code = "code block"
+
+
+@dataclass
+class OwnerIdentity:
+    """How the owner appears in exports: Telegram user ids, display names (WhatsApp), e-mail addresses."""
+
+    telegram_ids: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+
+    def has_name(self, name: str | None) -> bool:
+        key = _name_key(name)
+        return bool(key) and any(_name_key(n) == key for n in self.names)
+
+    def has_email(self, address: str | None) -> bool:
+        key = (address or "").strip().casefold()
+        return bool(key) and any(e.strip().casefold() == key for e in self.emails)
+
+    @classmethod
+    def from_config(cls, config: Any, *, names: Iterable[str] = (), emails: Iterable[str] = (),
+                    telegram_ids: Iterable[int] = ()) -> "OwnerIdentity":
+        """The configured identity (owners, owner_names, owner_emails) plus command-line additions."""
+        return cls(
+            telegram_ids=[*getattr(config, "owners", []), *telegram_ids],
+            names=[*getattr(config, "owner_names", []), *names],
+            emails=[*getattr(config, "owner_emails", []), *emails],
+        )
+
+
+def _name_key(name: str | None) -> str:
+    # WhatsApp wraps names in direction marks and no-break spaces; compare what a person reads.
+    cleaned = (name or "").replace("\u200e", "").replace("\u200f", "").replace("\u202a", "").replace("\u202c", "")
+    return " ".join(cleaned.split()).casefold()
+
+
+class ImporterError(Exception):
+    """Base of the importers' domain errors; `file` is the file concerned."""
+
+    def __init__(self, file: Path, message: str):
+        super().__init__(message)
+        self.file = Path(file)
+
+
+class ImportFormatError(ImporterError):
+    """A file is not in the expected format: names the file, the place (line, byte, message id) and why."""
+
+    def __init__(self, file: Path | str, location: str | None, message: str):
+        self.location = location
+        self.message = message
+        super().__init__(Path(file), message)
+
+    def __str__(self) -> str:
+        where = f", {self.location}" if self.location else ""
+        return f"{self.file.name}{where}: {self.message}"
+
+
+class OwnerUnknownError(ImporterError):
+    """The file is readable but nothing in it says which sender is the owner."""
+
+    def __init__(self, file: Path | str, *, senders: Sequence[tuple[str, int]], hint: str):
+        self.senders = list(senders)
+        self.hint = hint
+        found = "; ".join(f"{name}: {count} message{'s' if count != 1 else ''}"
+                          for name, count in self.senders[:12]) or "none"
+        more = f"; and {len(self.senders) - 12} more" if len(self.senders) > 12 else ""
+        super().__init__(Path(file), f"{Path(file).name}: which sender is you? Senders found: {found}{more}. {hint}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclass
+class ParsedFile:
+    """What one file yields: samples ready to store and the counts of what was left out."""
+
+    path: Path
+    format: str
+    samples: list[WritingSampleCreate] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    messages: int = 0  # messages, mails, rows or paragraphs read
+
+
+def clean_text(text: str) -> str:
+    """Text safe to store: no NUL characters (PostgreSQL refuses them), no lone surrogates."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def make_sample(*, kind: SampleKind, text: str, source: str, prompt: str | None = None,
+                context: Sequence[dict[str, Any]] = (), sender: str | None = None,
+                written_at: datetime | None = None) -> WritingSampleCreate:
+    """A writing sample with every string cleaned for storage."""
+    turns = [{"role": t["role"], "text": clean_text(t["text"]),
+              "sender": clean_text(t["sender"]) if t.get("sender") else None} for t in context]
+    return WritingSampleCreate(kind=kind, text=clean_text(text), prompt=clean_text(prompt) if prompt else None,
+                               context=turns, sender=clean_text(sender) if sender else None,
+                               written_at=written_at, source=source)
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise ImportFormatError(path, None, "is a folder, not a file") from None
+    except FileNotFoundError:
+        raise ImportFormatError(path, None, "no such file") from None
+    except OSError as error:
+        raise ImportFormatError(path, None, f"cannot be read: {error.strerror or error}") from None
+
+
+def decode_text(path: Path, data: bytes) -> str:
+    """UTF-8 (with or without a BOM) or BOM-marked UTF-16 text, with newlines made plain "\\n"."""
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            text = data.decode("utf-16")
+        else:
+            text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ImportFormatError(path, f"byte {error.start}",
+                                "not UTF-8 text; save the file as UTF-8 and import it again") from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise ImportFormatError(path, f"character {nul}", "binary data (a NUL character), not text")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text(path: Path) -> str:
+    return decode_text(path, read_bytes(path))
+
+
+def aware(moment: datetime, tz: tzinfo | None) -> datetime:
+    """A timezone-aware datetime: a naive wall-clock time is read in `tz`, or this machine's zone."""
+    if moment.tzinfo is not None:
+        return moment
+    if tz is not None:
+        return moment.replace(tzinfo=tz)
+    return moment.astimezone()
