@@ -150,6 +150,26 @@ class Twin:
                                 seed=draft.seed + 1, chat_id=draft.chat_id, regenerated_from=draft.id)
         return Verdict(feedback=feedback, new_draft=new_draft)
 
+    def verdict_of(self, *, telegram_id: int, draft_id: int) -> Feedback | None:
+        """The verdict already given on a draft, or None; DraftNotFound if it is not this owner's."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            repo.get_draft(session=session, owner_id=owner_db_id, draft_id=draft_id)
+            return repo.feedback_for_draft(session=session, draft_id=draft_id)
+
+    def amend_reject(self, *, telegram_id: int, draft_id: int, text: str | None = None,
+                     reason: str | None = None) -> Feedback:
+        """Add what the owner would have written (or why) to a reject given with a bare button press."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            feedback = repo.amend_reject(session=session, owner_id=owner_db_id, draft_id=draft_id, text=text,
+                                         reason=reason)
+            if feedback.text:
+                draft = repo.get_draft(session=session, owner_id=owner_db_id, draft_id=draft_id)
+                repo.add_message(session=session, owner_id=owner_db_id, conversation_id=draft.conversation_id,
+                                 role="owner", text=feedback.text)
+        return feedback
+
     # Status -------------------------------------------------------------------------------
     def status(self, telegram_id: int) -> dict[str, Any]:
         owner_db_id = self.owner_id(telegram_id)

@@ -204,6 +204,24 @@ def _insert_unless_conflict(session: Session, row: Any) -> bool:
     return True
 
 
+def amend_reject(*, session: Session, owner_id: int, draft_id: int, text: str | None = None,
+                 reason: str | None = None) -> Feedback:
+    """Add the replacement or the reason to a reject given without them (the bot asks after the press).
+
+    Any other verdict, or a reject that already has its text or reason, stays as it is.
+    """
+    get_draft(session=session, owner_id=owner_id, draft_id=draft_id)
+    feedback = feedback_for_draft(session=session, draft_id=draft_id)
+    if feedback is None:
+        raise DraftNotFound(f"draft {draft_id} has no reject to amend")
+    if feedback.kind != FeedbackKind.reject or feedback.text or feedback.reason:
+        raise DraftAlreadyDecided(feedback)
+    feedback.text = text.strip() if text and text.strip() else None
+    feedback.reason = reason.strip() if reason and reason.strip() else None
+    session.flush()
+    return feedback
+
+
 def feedback_rows(
     *, session: Session, owner_id: int, after_id: int = 0, upto_id: int | None = None
 ) -> list[tuple[Feedback, Draft]]:
@@ -388,6 +406,22 @@ def last_trained_feedback_id(*, session: Session, owner_id: int) -> int:
     value = session.exec(select(func.max(Cycle.feedback_upto_id)).where(
         Cycle.owner_id == owner_id, col(Cycle.status).in_([CycleStatus.promoted, CycleStatus.kept]))).one()
     return value or 0
+
+
+def last_finished_cycle(*, session: Session, owner_id: int) -> Cycle | None:
+    """The newest cycle that trained and was judged (promoted or kept)."""
+    return session.exec(select(Cycle).where(
+        Cycle.owner_id == owner_id, col(Cycle.status).in_([CycleStatus.promoted, CycleStatus.kept]))
+        .order_by(col(Cycle.id).desc())).first()
+
+
+def fail_running_cycles(*, session: Session, reason: str) -> list[int]:
+    """Mark every cycle still `running` as failed (call while holding the cycle lock: they are orphans)."""
+    cycles = list(session.exec(select(Cycle).where(Cycle.status == CycleStatus.running)).all())
+    for cycle in cycles:
+        cycle.status, cycle.reason, cycle.finished_at = CycleStatus.failed, reason, utcnow()
+    session.flush()
+    return [cycle.id for cycle in cycles]  # type: ignore[misc]
 
 
 # Status and forgetting --------------------------------------------------------------------------

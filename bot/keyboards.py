@@ -1,0 +1,107 @@
+"""Inline keyboards and the callback-data contract of the bot, as small pure helpers.
+
+A draft's buttons carry `fb:<draft_id>:<action>` (action a|e|r|n: accept, edit, reject,
+another). The draft id is all the state a button needs: the verdict is looked up in the
+database, so buttons keep working after a restart. Everything that builds or reads callback
+data lives here, so the contract is parsed in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from telegram import CopyTextButton, InlineKeyboardButton, InlineKeyboardMarkup
+from telegram.constants import InlineKeyboardButtonLimit
+
+from storage.models import FeedbackKind
+
+ACTIONS: dict[str, FeedbackKind] = {
+    "a": FeedbackKind.accept,
+    "e": FeedbackKind.edit,
+    "r": FeedbackKind.reject,
+    "n": FeedbackKind.regenerate,
+}
+# Anchored at both ends ("$" would also match before a trailing newline, "\Z" does not), and
+# the id is bounded so the data can never pass Telegram's 64-byte limit.
+FEEDBACK_PATTERN = re.compile(r"^fb:([1-9][0-9]{0,17}):([aern])\Z")
+FORGET_PATTERN = re.compile(r"^forget:(yes|no)\Z")
+MAX_CALLBACK_BYTES = InlineKeyboardButtonLimit.MAX_CALLBACK_DATA
+MAX_COPY_TEXT = InlineKeyboardButtonLimit.MAX_COPY_TEXT
+
+
+@dataclass(frozen=True)
+class FeedbackPress:
+    """A parsed draft button: which draft, which verdict."""
+
+    draft_id: int
+    action: str
+
+    @property
+    def kind(self) -> FeedbackKind:
+        return ACTIONS[self.action]
+
+
+def feedback_data(draft_id: int, action: str) -> str:
+    """The callback data of one draft button."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    data = f"fb:{int(draft_id)}:{action}"
+    if FEEDBACK_PATTERN.match(data) is None:
+        raise ValueError(f"draft id {draft_id!r} cannot be put in a button")
+    return data
+
+
+def parse_feedback_data(data: str | None) -> FeedbackPress | None:
+    """The press behind callback data, or None when it is not a well-formed draft button."""
+    if not data or len(data.encode("utf-8")) > MAX_CALLBACK_BYTES:
+        return None
+    match = FEEDBACK_PATTERN.match(data)
+    if match is None:
+        return None
+    return FeedbackPress(draft_id=int(match.group(1)), action=match.group(2))
+
+
+def draft_id_of(markup: InlineKeyboardMarkup | None) -> int | None:
+    """The draft a message's buttons belong to, if they are draft buttons."""
+    for row in markup.inline_keyboard if markup is not None else ():
+        for button in row:
+            press = parse_feedback_data(button.callback_data if isinstance(button.callback_data, str) else None)
+            if press is not None:
+                return press.draft_id
+    return None
+
+
+def draft_keyboard(draft_id: int, draft_text: str) -> InlineKeyboardMarkup:
+    """Accept / edit / reject / another, plus a copy button when the draft fits one (≤ 256 chars)."""
+    rows = [
+        [InlineKeyboardButton("✅ Accept", callback_data=feedback_data(draft_id, "a")),
+         InlineKeyboardButton("✏️ Edit", callback_data=feedback_data(draft_id, "e"))],
+        [InlineKeyboardButton("🗑 Reject", callback_data=feedback_data(draft_id, "r")),
+         InlineKeyboardButton("🔄 Another", callback_data=feedback_data(draft_id, "n"))],
+    ]
+    if 1 <= len(draft_text) <= MAX_COPY_TEXT:
+        rows.append([InlineKeyboardButton("📋 Copy", copy_text=CopyTextButton(draft_text))])
+    return InlineKeyboardMarkup(rows)
+
+
+def edit_keyboard(draft_text: str) -> InlineKeyboardMarkup | None:
+    """After ✏️: a button that puts the draft into the owner's input field, ready to change.
+
+    `switch_inline_query_current_chat` inserts "@botname <draft>" in the current chat; the
+    bot drops its own name from the message it gets back. Inline queries are at most 256
+    characters, so longer drafts only get the tap-to-copy text of the prompt.
+    """
+    if not 1 <= len(draft_text) <= MAX_COPY_TEXT:
+        return None
+    return InlineKeyboardMarkup([
+        [InlineKeyboardButton("✍️ Put it in the input field", switch_inline_query_current_chat=draft_text)],
+        [InlineKeyboardButton("📋 Copy", copy_text=CopyTextButton(draft_text))],
+    ])
+
+
+def forget_keyboard() -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[
+        InlineKeyboardButton("Yes, delete everything", callback_data="forget:yes"),
+        InlineKeyboardButton("No, keep it", callback_data="forget:no"),
+    ]])

@@ -1,0 +1,175 @@
+"""What the bot asks of the rest of the twin, each behind one blocking function.
+
+Handlers stay thin: they call these from a worker thread (`asyncio.to_thread`) and turn a
+`ServiceError` into a sentence. The loop modules are imported inside each function, so the bot
+starts (and its tests run) without loading training code it does not need yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy.engine import Engine
+
+from bot import texts
+from loop.config import Config
+from loop.twin import Twin
+from storage.models import Draft, Feedback, FeedbackKind
+from storage.repo import DraftAlreadyDecided
+
+logger = logging.getLogger(__name__)
+
+# run_cycle(config, engine, *, telegram_id, force, trigger) -> CycleOutcome; the scheduler uses the same shape.
+CycleRunner = Callable[..., Any]
+
+
+class ServiceError(Exception):
+    """Something the owner asked for cannot be done; the message is the sentence to show."""
+
+
+class TrainingAlreadyRunning(ServiceError):
+    """A cycle holds the lock (in this process or another one)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict as stored, with the draft it is about and, for "another", the new draft."""
+
+    draft: Draft
+    feedback: Feedback
+    new_draft: Draft | None = None
+
+
+@dataclass
+class Services:
+    """The twin, its config and the optional pieces (cycle runner) that the handlers use."""
+
+    config: Config
+    twin: Twin
+    cycle_runner: CycleRunner | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.twin.engine
+
+    # Drafts and verdicts -----------------------------------------------------------------
+    def decide(self, *, telegram_id: int, draft_id: int, kind: FeedbackKind | str, text: str | None = None,
+               reason: str | None = None) -> Decision:
+        """Store a verdict (committed on return; "regenerate" also writes the new draft)."""
+        try:
+            verdict = self.twin.record_verdict(telegram_id=telegram_id, draft_id=draft_id, kind=kind, text=text,
+                                               reason=reason)
+        except DraftAlreadyDecided:
+            raise self._decided(telegram_id, draft_id) from None
+        draft = self.twin.get_draft(telegram_id=telegram_id, draft_id=draft_id)
+        return Decision(draft=draft, feedback=verdict.feedback, new_draft=verdict.new_draft)
+
+    def draft_state(self, *, telegram_id: int, draft_id: int) -> tuple[Draft, Feedback | None]:
+        """The draft and its verdict so far (DraftNotFound if it is not this owner's)."""
+        feedback = self.twin.verdict_of(telegram_id=telegram_id, draft_id=draft_id)
+        return self.twin.get_draft(telegram_id=telegram_id, draft_id=draft_id), feedback
+
+    def amend_reject(self, *, telegram_id: int, draft_id: int, text: str | None, reason: str | None) -> Decision:
+        try:
+            feedback = self.twin.amend_reject(telegram_id=telegram_id, draft_id=draft_id, text=text, reason=reason)
+        except DraftAlreadyDecided:
+            raise self._decided(telegram_id, draft_id) from None
+        return Decision(draft=self.twin.get_draft(telegram_id=telegram_id, draft_id=draft_id), feedback=feedback)
+
+    def _decided(self, telegram_id: int, draft_id: int) -> DraftAlreadyDecided:
+        # The error raised inside the failed transaction holds an expired row; read the verdict afresh.
+        feedback = self.twin.verdict_of(telegram_id=telegram_id, draft_id=draft_id)
+        assert feedback is not None
+        return DraftAlreadyDecided(feedback)
+
+    # Commands ----------------------------------------------------------------------------
+    def import_file(self, *, telegram_id: int, path: Path, name: str | None = None) -> str:
+        """Import one uploaded file with the CLI's importers; returns the summary to show."""
+        from loop.importing import OwnerIdentity, run_import
+        from storage import repo
+        from storage.db import session_scope
+
+        with session_scope(self.engine) as session:
+            owner = repo.get_or_create_owner(session=session, telegram_id=telegram_id)
+            owner_db_id, owner_name = owner.id, owner.name
+        names = [n for n in (name, owner_name, self.config.model.owner_name) if n]
+        identity = OwnerIdentity.from_config(self.config, names=names, telegram_ids=[telegram_id])
+        # Errors of a file end up in the report (a failed file stores nothing), not as exceptions.
+        report = run_import(engine=self.engine, owner_db_id=owner_db_id, paths=[path], owner=identity,
+                            mask=self.config.mask_personal_data)
+        return texts.import_summary(report, path.name)
+
+    def run_cycle(self, *, telegram_id: int) -> Any:
+        """One training cycle now (blocking, minutes): forced, since the owner asked for it."""
+        try:
+            from loop.cycle import CycleAlreadyRunning, run_cycle
+        except ImportError as error:  # the cycle module is optional until it lands
+            raise ServiceError(f"training is not available in this installation ({error})") from None
+        runner = self.cycle_runner or run_cycle
+        try:
+            return runner(self.config, self.engine, telegram_id=telegram_id, force=True, trigger="telegram")
+        except CycleAlreadyRunning as error:
+            raise TrainingAlreadyRunning(f"A training cycle is already running ({error}); no second one was started.") from None
+
+    def rollback(self, *, telegram_id: int, version: int | None = None) -> int:
+        from loop.adapters import RollbackError, rollback
+
+        try:
+            return rollback(self.config, self.engine, telegram_id=telegram_id, version=version)
+        except RollbackError as error:
+            raise ServiceError(f"Rollback refused: {error}") from None
+
+    def stats(self, *, telegram_id: int, chart_path: Path) -> tuple[str, Path | None]:
+        """The per-version table and a chart: the cycle history once there is one, else real use per version."""
+        from loop.stats import history_chart, history_rows, owner_stats
+        from training.charts import plot_cycle_history
+
+        rows = owner_stats(self.engine, telegram_id=telegram_id)
+        text = texts.stats_text(rows)
+        if history_rows(self.engine, telegram_id=telegram_id):
+            return text, history_chart(self.config, self.engine, telegram_id=telegram_id, path=chart_path)
+        if not rows:
+            return text, None
+        use = [{"version": row["version"], "accept_rate": row["accept_rate"], "edit_distance": row["edit_distance"]}
+               for row in rows]
+        return text, plot_cycle_history(use, chart_path)
+
+    def style(self, *, telegram_id: int, chart_path: Path) -> tuple[str, Path | None]:
+        from loop.style import owner_style_chart, owner_style_text
+
+        text = owner_style_text(self.engine, telegram_id=telegram_id)
+        try:
+            chart = owner_style_chart(self.engine, telegram_id=telegram_id, path=chart_path)
+        except Exception:  # the text is the answer; a chart that fails to draw is only logged
+            logger.exception("could not draw the style chart")
+            chart = None
+        return text, chart
+
+    def forget(self, *, telegram_id: int) -> bool:
+        from loop.forget import forget_owner
+
+        return forget_owner(self.config, self.engine, telegram_id=telegram_id)
+
+    def status(self, *, telegram_id: int, next_run: datetime | None) -> str:
+        return texts.status_text(self.twin.status(telegram_id), next_run)
+
+    def next_run(self, now: datetime | None = None) -> datetime | None:
+        """When the nightly cycle runs next, from the config (the scheduler uses the same trigger)."""
+        if not self.config.schedule.enabled:
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        from loop.scheduler import schedule_timezone
+
+        tz = schedule_timezone(self.config)
+        trigger = CronTrigger(hour=self.config.schedule.hour, minute=self.config.schedule.minute, timezone=tz)
+        return trigger.get_next_fire_time(None, now or datetime.now(tz))
+
+    def uploads_dir(self) -> Path:
+        folder = self.config.data_dir / "uploads"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder
