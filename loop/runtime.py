@@ -9,6 +9,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy.engine import Engine
 
@@ -19,7 +20,10 @@ logger = logging.getLogger(__name__)
 
 
 class _RedactToken(logging.Filter):
-    """Keep the bot token out of every log line (it appears in Bot API URLs)."""
+    """Keep the bot token out of every log line: messages, tracebacks and stack traces.
+
+    The token appears in Bot API URLs, also percent-encoded in file download URLs.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         token = os.environ.get(TOKEN_ENV)
@@ -27,16 +31,22 @@ class _RedactToken(logging.Filter):
         redacted = redact(message, token)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, token)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, token)
         return True
 
 
-_TOKEN_PATTERN = re.compile(r"(?<![0-9])[0-9]{6,12}:[A-Za-z0-9_-]{30,}")
+_TOKEN_PATTERN = re.compile(r"(?<![0-9])[0-9]{6,12}(?::|%3[Aa])[A-Za-z0-9_-]{30,}")
 
 
 def redact(text: str, token: str | None = None) -> str:
     """`text` with the bot token (the configured one, or anything shaped like one) replaced."""
     if token:
-        text = text.replace(token, "[token]")
+        text = text.replace(token, "[token]").replace(quote(token, safe=""), "[token]")
     return _TOKEN_PATTERN.sub("[token]", text)
 
 
