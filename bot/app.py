@@ -1,10 +1,12 @@
 """Wiring of the Telegram bot: the Application, its handlers, start-up and shutdown, and runners.
 
 `build_application` only wires (python-telegram-bot's examples are the model): the services go
-in `bot_data`, start-up work in `post_init` (draft queue, commands, the nightly scheduler when
-asked), teardown in `post_stop` / `post_shutdown`. `run_bot` runs it with long polling or a
-webhook per `config.telegram`; `polling` does the same inside a running event loop (tests,
-embedding). `make_notifier` gives the scheduler thread a way to message an owner.
+in `bot_data`, start-up work in `post_init` (draft queue, work a crash left undone, commands, the
+nightly scheduler when asked), teardown in `post_stop` / `post_shutdown`; long polling goes
+through `bot.polling.HandledFirstUpdater`, which confirms an update only after it was handled.
+`run_bot` runs it with long polling or a webhook per `config.telegram`; `polling` does the same
+inside a running event loop (tests, embedding). `make_notifier` gives the scheduler thread a way
+to message an owner.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from telegram.ext import (
 )
 
 from bot import commands, handlers, keyboards, texts
+from bot.drafts import requeue_unanswered
+from bot.polling import HandledFirstUpdater
 from bot.queue import DraftQueue
 from bot.services import CycleRunner, Services
 from bot.state import STATE_KEY, BotState, state, state_of
@@ -87,6 +91,8 @@ def build_application(
     if config.telegram.base_file_url:
         builder = builder.base_file_url(config.telegram.base_file_url)
     application = builder.build()
+    # Long polling confirms an update only after it was handled (see bot.polling).
+    application.updater = HandledFirstUpdater(application)
     services = Services(config=config, twin=twin, cycle_runner=cycle_runner)
     queue = DraftQueue(config.telegram.draft_queue_size,
                        error_callback=lambda update, error: application.process_error(update, error),
@@ -147,7 +153,11 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     error = context.error
     if error is not None and is_not_modified(error):
         return
-    logger.error("error while handling %r", update, exc_info=error)
+    # Ids only: the update holds the owner's text, and logs are out of /forget's reach.
+    update_id = update.update_id if isinstance(update, Update) else None
+    chat_id = update.effective_chat.id if isinstance(update, Update) and update.effective_chat else None
+    logger.error("error while handling update %s in chat %s: %s", update_id, chat_id,
+                 type(error).__name__ if error is not None else "unknown error", exc_info=error)
     if not isinstance(update, Update) or update.effective_chat is None or update.effective_user is None:
         return
     if not state(context).services.twin.is_owner(update.effective_user.id):
@@ -165,6 +175,8 @@ async def _post_init(application: Application) -> None:
     st = state_of(application)
     st.loop = asyncio.get_running_loop()
     st.queue.start()
+    # Before polling starts: what the last run left undone comes before anything new.
+    await requeue_unanswered(application.bot, st.services, st.queue)
     try:
         await with_retry(lambda: application.bot.set_my_commands([BotCommand(n, d) for n, d in texts.COMMANDS]),
                          what="setMyCommands")

@@ -23,18 +23,17 @@ from telegram import (
     MessageOriginChat,
     MessageOriginHiddenUser,
     MessageOriginUser,
-    ReplyParameters,
     Update,
 )
 from telegram.constants import ParseMode
 from telegram.ext import ContextTypes
 
 from bot import keyboards, texts
+from bot.drafts import deliver_draft, draft_job, drafting_failed
 from bot.queue import DraftJob, QueueFull
-from bot.services import Decision, Services
+from bot.services import Decision
 from bot.state import state
 from bot.telegram_io import answer_query, edit_text, send_text
-from loop.drafting import DraftingError
 from storage.models import Draft, Feedback, FeedbackKind
 from storage.repo import DraftAlreadyDecided, DraftNotFound, FeedbackTextRequired
 
@@ -73,36 +72,32 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def queue_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
-    """Put a draft for this message in the queue; "typing…" shows while it is written."""
+    """Store the message (committed), then queue its draft; "typing…" shows while it is written.
+
+    Stored first, so a crash while it waits in the queue loses nothing: the next start queues
+    it again (`bot.recovery`). The same update delivered again after a crash is not drafted twice.
+    """
     message, user, st = update.effective_message, update.effective_user, state(context)
+    twin = st.services.twin
+    where = {"telegram_id": user.id, "chat_id": message.chat_id, "telegram_message_id": message.message_id}
+    if not st.queue.has_room(user.id):
+        if await asyncio.to_thread(twin.is_recorded, **where):
+            return  # delivered again after a restart; its draft is already queued
+        # A reply to the refused message, so that after a burst it is clear which to resend.
+        await message.reply_text(texts.busy_text(st.queue.maxsize), do_quote=True)
+        return
     sender, chat_key = message_origin(message)
-    work = partial(st.services.twin.draft_reply, telegram_id=user.id, chat_key=chat_key, incoming=text,
-                   sender=sender, chat_id=message.chat_id, telegram_message_id=message.message_id)
-    job = DraftJob(chat_id=message.chat_id, work=work, update=update,
-                   deliver=partial(deliver_draft, context.bot, st.services, user.id, reply_to=message.message_id),
-                   on_error=partial(_drafting_failed, context.bot, message.chat_id))
+    stored = await asyncio.to_thread(twin.record_incoming, chat_key=chat_key, incoming=text, sender=sender, **where)
+    if not stored.new:
+        logger.info("message %s in chat %s was taken before a restart; not drafted again",
+                    message.message_id, message.chat_id)
+        return
+    job = draft_job(context.bot, st.services, telegram_id=user.id, chat_id=message.chat_id,
+                    message_id=stored.message_id, reply_to=message.message_id, update=update)
     try:
         st.queue.submit(job)
-    except QueueFull:  # a reply to the refused message, so that after a burst it is clear which to resend
+    except QueueFull:  # not expected after the check above; the stored message is queued at the next start
         await message.reply_text(texts.busy_text(st.queue.maxsize), do_quote=True)
-
-
-async def deliver_draft(bot: Bot, services: Services, telegram_id: int, draft: Draft, *,
-                        reply_to: int | None = None) -> None:
-    """Show a stored draft with its buttons, then remember the message so replies to it count as edits."""
-    reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
-    sent = await send_text(bot, draft.chat_id, draft.text, reply_markup=keyboards.draft_keyboard(draft.id, draft.text),
-                           reply_parameters=reply)
-    await asyncio.to_thread(services.twin.mark_shown, telegram_id=telegram_id, draft_id=draft.id,
-                            chat_id=sent.chat_id, shown_message_id=sent.message_id)
-
-
-async def _drafting_failed(bot: Bot, chat_id: int, error: BaseException) -> bool:
-    """The model gave nothing usable: say so; other errors go to the error handler."""
-    if isinstance(error, DraftingError):
-        await send_text(bot, chat_id, f"I couldn't write a draft for that ({error}). Please send it again.")
-        return True
-    return False
 
 
 # The owner's versions ------------------------------------------------------------------------
@@ -279,9 +274,9 @@ async def _another(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id:
             text = texts.already_decided(error.feedback.kind) if isinstance(error, DraftAlreadyDecided) else texts.UNKNOWN_DRAFT
             await send_text(bot, query.message.chat_id, text)
             return True
-        return await _drafting_failed(bot, query.message.chat_id, error)
+        return await drafting_failed(bot, query.message.chat_id, error)
 
-    job = DraftJob(chat_id=query.message.chat_id, update=update, deliver=deliver, on_error=failed,
+    job = DraftJob(chat_id=query.message.chat_id, update=update, deliver=deliver, on_error=failed, owner=user_id,
                    work=partial(st.services.decide, telegram_id=user_id, draft_id=draft_id,
                                 kind=FeedbackKind.regenerate))
     try:

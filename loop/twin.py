@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -17,7 +18,7 @@ from loop.config import Config
 from loop.drafting import AdapterRef, Drafter
 from storage import repo
 from storage.db import session_scope
-from storage.models import Draft, Feedback, FeedbackKind
+from storage.models import Draft, Feedback, FeedbackKind, Message
 from training.prompt import Conversation
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,25 @@ MAX_INCOMING_CHARS = 4000  # longer messages are cut before drafting; the full t
 
 class NotAnOwner(Exception):
     """The user is not among the configured owners."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A stored incoming message; `new` is False when it had been stored before."""
+
+    message_id: int
+    new: bool
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """An incoming Telegram message still owed a draft (`draft` None) or a written draft never shown."""
+
+    telegram_id: int
+    chat_id: int
+    reply_to: int | None  # the Telegram message id to reply to
+    message_id: int
+    draft: Draft | None = None
 
 
 @dataclass(frozen=True)
@@ -75,17 +95,72 @@ class Twin:
         telegram_message_id: int | None = None,
     ) -> Draft:
         """Store the incoming message, draft a reply with the active adapter, store the draft."""
+        stored = self.record_incoming(telegram_id=telegram_id, chat_key=chat_key, incoming=incoming, sender=sender,
+                                      chat_id=chat_id, telegram_message_id=telegram_message_id)
+        return self.draft_for_message(telegram_id=telegram_id, message_id=stored.message_id, chat_id=chat_id)
+
+    def record_incoming(
+        self,
+        *,
+        telegram_id: int,
+        chat_key: str,
+        incoming: str,
+        sender: str | None = None,
+        chat_id: int | None = None,
+        telegram_message_id: int | None = None,
+    ) -> Incoming:
+        """Store a message to answer (committed on return), before any model time is spent, so a
+        crash while it waits for its draft loses nothing. A Telegram message already stored (the
+        same update delivered again after a crash) is not stored twice: `new` is False."""
         owner_db_id = self.owner_id(telegram_id)
         with session_scope(self.engine) as session:
+            if chat_id is not None and telegram_message_id is not None:
+                known = repo.find_telegram_message(session=session, owner_id=owner_db_id, chat_id=chat_id,
+                                                   telegram_message_id=telegram_message_id)
+                if known is not None:
+                    return Incoming(message_id=known.id, new=False)  # type: ignore[arg-type]
             conversation = repo.get_or_create_conversation(session=session, owner_id=owner_db_id, chat_key=chat_key)
-            context = repo.recent_turns(session=session, conversation_id=conversation.id,
-                                        limit=self.config.model.context_turns)
             message = repo.add_message(session=session, owner_id=owner_db_id, conversation_id=conversation.id,
                                        role="other", text=incoming, sender=sender,
-                                       telegram_message_id=telegram_message_id)
-            conversation_id, message_id = conversation.id, message.id
+                                       telegram_message_id=telegram_message_id, chat_id=chat_id)
+            return Incoming(message_id=message.id, new=True)  # type: ignore[arg-type]
+
+    def is_recorded(self, *, telegram_id: int, chat_id: int, telegram_message_id: int) -> bool:
+        """Whether this Telegram message is stored already (a redelivered update)."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            return repo.find_telegram_message(session=session, owner_id=owner_db_id, chat_id=chat_id,
+                                              telegram_message_id=telegram_message_id) is not None
+
+    def draft_for_message(self, *, telegram_id: int, message_id: int, chat_id: int | None = None) -> Draft:
+        """Draft a reply to a stored incoming message with the active adapter; the draft is committed.
+
+        The context is read now: the turns before the message and the owner's replies given since.
+        """
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            message = session.get(Message, message_id)
+            if message is None or message.owner_id != owner_db_id:
+                raise repo.StorageError(f"message {message_id} not found")
+            context = repo.recent_turns(session=session, conversation_id=message.conversation_id,
+                                        limit=self.config.model.context_turns, answering_id=message_id)
+            conversation_id, incoming = message.conversation_id, message.text
         return self._draft(owner_db_id=owner_db_id, conversation_id=conversation_id, message_id=message_id,
                            incoming=incoming, context=context, seed=self.config.generation.seed, chat_id=chat_id)
+
+    def unanswered(self, *, since: datetime) -> list[Unanswered]:
+        """What a crash left undone since `since`, oldest first: incoming Telegram messages without a
+        draft, and drafts written but never shown (owners no longer configured are left out)."""
+        with session_scope(self.engine) as session:
+            items = [Unanswered(telegram_id=telegram_id, chat_id=m.chat_id, reply_to=m.telegram_message_id,  # type: ignore[arg-type]
+                                message_id=m.id)  # type: ignore[arg-type]
+                     for m, telegram_id in repo.undrafted_messages(session=session, since=since)]
+            for draft, telegram_id in repo.unshown_drafts(session=session, since=since):
+                message = session.get(Message, draft.message_id)
+                items.append(Unanswered(telegram_id=telegram_id, chat_id=draft.chat_id,  # type: ignore[arg-type]
+                                        reply_to=message.telegram_message_id if message else None,
+                                        message_id=draft.message_id, draft=draft))
+        return sorted((i for i in items if self.is_owner(i.telegram_id)), key=lambda i: i.message_id)
 
     def _draft(self, *, owner_db_id: int, conversation_id: int, message_id: int, incoming: str,
                context: list[dict[str, Any]], seed: int, chat_id: int | None,

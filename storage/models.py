@@ -70,6 +70,7 @@ class Message(SQLModel, table=True):
     sender: Optional[str] = None
     text: str = Field(sa_column=Column(Text, nullable=False))
     telegram_message_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
+    chat_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))  # the Telegram chat it came in
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -85,7 +86,7 @@ class Draft(DraftBase, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     owner_id: int = Field(foreign_key="owner.id", index=True)
     conversation_id: int = Field(foreign_key="conversation.id", index=True)
-    message_id: int = Field(foreign_key="message.id")  # the incoming message it answers
+    message_id: int = Field(foreign_key="message.id", index=True)  # the incoming message it answers
     # The context exactly as the prompt saw it, so the dataset builders render the same prompt.
     context: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     incoming: str = Field(sa_column=Column(Text, nullable=False))
@@ -180,3 +181,5 @@ class Lock(SQLModel, table=True):
 
 
 Index("ix_draft_owner_created", Draft.owner_id, Draft.created_at)  # type: ignore[arg-type]
+# A Telegram message is stored once: an update delivered again after a crash is recognised.
+Index("ux_message_chat_telegram", Message.chat_id, Message.telegram_message_id, unique=True)  # type: ignore[arg-type]

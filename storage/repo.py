@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -98,23 +98,61 @@ def add_message(
     text: str,
     sender: str | None = None,
     telegram_message_id: int | None = None,
+    chat_id: int | None = None,
 ) -> Message:
     if role not in ("owner", "other"):
         raise ValueError(f"role must be 'owner' or 'other', not {role!r}")
     message = Message(owner_id=owner_id, conversation_id=conversation_id, role=role, text=text,
-                      sender=sender, telegram_message_id=telegram_message_id)
+                      sender=sender, telegram_message_id=telegram_message_id, chat_id=chat_id)
     session.add(message)
     session.flush()
     return message
 
 
-def recent_turns(*, session: Session, conversation_id: int, limit: int, before_id: int | None = None) -> list[dict[str, Any]]:
-    """The newest `limit` messages of a conversation as turn dicts, oldest first."""
+def find_telegram_message(*, session: Session, owner_id: int, chat_id: int, telegram_message_id: int) -> Message | None:
+    """The stored message that came as `telegram_message_id` in `chat_id`, if any."""
+    return session.exec(select(Message).where(Message.owner_id == owner_id, Message.chat_id == chat_id,
+                                              Message.telegram_message_id == telegram_message_id)).first()
+
+
+def recent_turns(*, session: Session, conversation_id: int, limit: int, before_id: int | None = None,
+                 answering_id: int | None = None) -> list[dict[str, Any]]:
+    """The newest `limit` messages of a conversation as turn dicts, oldest first.
+
+    `answering_id`: the context for a reply to that message: what came before it, and the
+    owner's own turns written since (replies to earlier messages), but not the message itself
+    nor later incoming ones.
+    """
     query = select(Message).where(Message.conversation_id == conversation_id)
     if before_id is not None:
         query = query.where(Message.id < before_id)
+    if answering_id is not None:
+        query = query.where(Message.id != answering_id,
+                            or_(col(Message.id) < answering_id, Message.role == "owner"))
     rows = session.exec(query.order_by(col(Message.id).desc()).limit(limit)).all()
     return [{"role": m.role, "text": m.text, "sender": m.sender} for m in reversed(rows)]
+
+
+def undrafted_messages(*, session: Session, since: datetime) -> list[tuple[Message, int]]:
+    """Incoming Telegram messages since `since` without a draft, with their owner's Telegram id,
+    oldest first: what a crash left unanswered."""
+    has_draft = select(Draft.id).where(Draft.message_id == Message.id).exists()
+    query = (select(Message, Owner.telegram_id).join(Owner, col(Owner.id) == Message.owner_id)
+             .where(Message.role == "other", col(Message.chat_id).is_not(None),
+                    col(Message.telegram_message_id).is_not(None), Message.created_at >= since, ~has_draft)
+             .order_by(col(Message.id)))
+    return [(message, telegram_id) for message, telegram_id in session.exec(query).all()]
+
+
+def unshown_drafts(*, session: Session, since: datetime) -> list[tuple[Draft, int]]:
+    """Drafts for a Telegram chat since `since` that were never shown and have no verdict, with
+    their owner's Telegram id, oldest first: written, then the process died before sending."""
+    has_feedback = select(Feedback.id).where(Feedback.draft_id == Draft.id).exists()
+    query = (select(Draft, Owner.telegram_id).join(Owner, col(Owner.id) == Draft.owner_id)
+             .where(col(Draft.chat_id).is_not(None), col(Draft.shown_message_id).is_(None),
+                    Draft.created_at >= since, ~has_feedback)
+             .order_by(col(Draft.id)))
+    return [(draft, telegram_id) for draft, telegram_id in session.exec(query).all()]
 
 
 # Drafts and feedback ---------------------------------------------------------------------------

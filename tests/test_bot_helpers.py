@@ -169,6 +169,41 @@ async def test_queue_runs_jobs_in_order_off_the_loop_and_bounds_the_waiting():
     assert not queue.running
 
 
+async def test_queue_bounds_each_owner_and_takes_the_owners_in_turn():
+    async def on_error(update, error):
+        raise AssertionError(error)
+
+    gate, order = threading.Event(), []
+    queue = DraftQueue(2, error_callback=on_error)
+    queue.start()
+
+    def job(owner, tag):
+        def work():
+            assert gate.wait(10)
+            return tag
+
+        async def deliver(value):
+            order.append(value)
+
+        return DraftJob(chat_id=owner, owner=owner, work=work, deliver=deliver)
+
+    queue.submit(job("A", "a0"))
+    while not queue._busy:  # the worker holds a0
+        await asyncio.sleep(0)
+    queue.submit(job("A", "a1"))
+    queue.submit(job("A", "a2"))
+    with pytest.raises(QueueFull):  # A's lane is full …
+        queue.submit(job("A", "a3"))
+    assert queue.has_room("B") and queue.waiting_for("A") == 2
+    queue.submit(job("B", "b1"))  # … B's is not
+    queue.submit(job("B", "b2"))
+    queue.submit(job("A", "a3"), force=True)  # work recovered after a restart goes past the bound
+    gate.set()
+    await queue.drain()
+    assert order == ["a0", "a1", "b1", "a2", "b2", "a3"]  # in turn; each owner's own jobs in order
+    await queue.stop()
+
+
 async def test_a_failing_job_goes_to_its_handler_or_the_error_callback_and_the_queue_goes_on():
     errors, handled, delivered = [], [], []
 

@@ -5,11 +5,17 @@ queue, buttons answered during drafting, nothing lost on shutdown, flood control
 from __future__ import annotations
 
 import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from sqlmodel import Session
 
-from storage.models import FeedbackKind
+from loop.drafting import FakeDrafter
+from loop.twin import Twin
+from storage.models import FeedbackKind, Message
 from tests.fakebotapi import NOT_MODIFIED
+from tests.reliability.bot import until
 from tests.test_bot_harness import OWNER_ID, GatedDrafter, running_harness
 
 
@@ -102,6 +108,24 @@ async def test_errors_are_logged_and_told_to_the_owner_in_a_sentence(harness, ca
     assert any(r.exc_info and "the model fell over" in str(r.exc_info[1]) for r in caplog.records)
 
 
+async def test_the_error_log_names_the_update_and_the_chat_but_never_the_text(harness, caplog):
+    class Broken:
+        def draft(self, conversation, *, adapter, seed):
+            raise RuntimeError("the model fell over")
+
+    caplog.set_level(logging.INFO)
+    secret = "the door code is 4711, don't tell anyone"
+    await harness.start(Broken())
+    incoming = harness.api.send_text(harness.owner, secret)
+    await harness.bot_says("something went wrong")
+    [update_id] = [u["update_id"] for call in harness.api.calls_to("getUpdates") for u in call.result or []
+                   if u.get("message", {}).get("message_id") == incoming["message_id"]]
+    errors = [r for r in caplog.records if r.name == "bot.app" and r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [f"error while handling update {update_id} in chat {OWNER_ID}: RuntimeError"]
+    assert "Traceback" in caplog.text and "the model fell over" in caplog.text
+    assert secret not in caplog.text  # logs are out of /forget's reach
+
+
 async def test_a_model_with_nothing_to_say_is_reported_plainly(harness):
     from loop.drafting import DraftingError
 
@@ -140,6 +164,36 @@ async def test_queued_drafts_are_finished_on_shutdown_and_nothing_is_lost(harnes
     assert [m["text"] for m in harness.api.bot_messages(OWNER_ID)] == [
         harness.fake_draft("one"), harness.fake_draft("two")]
     assert sorted(m.text for m in harness.messages()) == ["one", "two"]
+
+
+async def test_an_update_delivered_again_is_not_drafted_twice(harness):
+    await harness.start()
+    shown = await harness.draft_for("only once, please")
+    harness.api.deliver_again(shown["reply_to_message"])
+    await harness.draft_for("next")  # updates are handled in order: the repeated one came before
+    assert [d.incoming for d in harness.drafts()] == ["only once, please", "next"]
+    assert [m.text for m in harness.messages() if m.role == "other"] == ["only once, please", "next"]
+    assert len(harness.api.bot_messages(OWNER_ID)) == 2
+
+
+async def test_what_a_crash_left_undone_is_done_at_the_next_start(harness):
+    twin = Twin(harness.config, harness.engine, FakeDrafter())
+    where = {"telegram_id": OWNER_ID, "chat_key": f"tg:{OWNER_ID}", "chat_id": OWNER_ID}
+    # As a killed run leaves them: a message stored, not drafted; a draft written, not shown; and a
+    # message too old to answer now.
+    old = twin.record_incoming(incoming="old news", telegram_message_id=900, **where)
+    with Session(harness.engine) as session:
+        session.get(Message, old.message_id).created_at = datetime.now(timezone.utc) - timedelta(days=2)
+        session.commit()
+    twin.record_incoming(incoming="are you coming?", telegram_message_id=901, **where)
+    twin.draft_reply(incoming="at 8?", telegram_message_id=902, **where)
+    harness.owner  # the chat exists on the server
+    await harness.start()
+    await harness.draft_for("and now?")  # recovered work is queued before anything new
+    assert [m["text"] for m in harness.api.bot_messages(OWNER_ID)] == [
+        harness.fake_draft("are you coming?"), harness.fake_draft("at 8?"), harness.fake_draft("and now?")]
+    assert sorted(d.incoming for d in harness.drafts()) == ["and now?", "are you coming?", "at 8?"]
+    await until(lambda: all(d.shown_message_id for d in harness.drafts()), what="every draft noted as shown")
 
 
 async def test_another_pressed_twice_while_writing_drafts_once(harness):

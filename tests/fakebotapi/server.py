@@ -174,6 +174,11 @@ class FakeBotApi(BotApiMethods):
         self._push_update({"callback_query": query})
         return query_id
 
+    def deliver_again(self, message: dict[str, Any]) -> None:
+        """A new update for a message already delivered, as Telegram sends when the bot was killed
+        after handling it but before its next getUpdates confirmed it."""
+        self._push_update({"message": self._messages[(message["chat"]["id"], message["message_id"])]})
+
     def button_data(self, message: dict[str, Any], text_contains: str) -> str:
         """The callback data of the button of `message` whose label contains `text_contains`."""
         current = self._messages.get((message["chat"]["id"], message["message_id"]), message)
