@@ -64,3 +64,51 @@ class FakeDrafter:
         return DraftResult(text=text, adapter_version=adapter.version if adapter else 0,
                            sampling={"fake": True}, seed=seed,
                            latency_ms=int((time.perf_counter() - started) * 1000))
+
+
+class TransformersDrafter:
+    """The real drafter: the one prompt renderer, then the generation engine (transformers + peft).
+
+    An empty reply (the model closed its turn at once, or produced only template debris) is
+    retried with seed + 1000 × attempt, up to `generation.max_attempts`; then DraftingError.
+    Thread-safe: the engine serialises generation.
+    """
+
+    def __init__(self, engine: Any, model_settings: Any, generation_settings: Any):
+        from training.datasets import make_renderer
+
+        self.engine = engine
+        self.model_settings = model_settings
+        self.generation = generation_settings
+        # The same renderer the dataset builders use, so the twin is asked what it was taught.
+        self.render = make_renderer(engine.tokenizer, model_settings)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "TransformersDrafter":
+        """Load the configured base model (converting the embedded one on first use)."""
+        from training.engine import Engine
+
+        engine = Engine.load(config.model, config.models_dir)
+        return cls(engine, config.model, config.generation)
+
+    def sampling(self) -> dict[str, Any]:
+        g = self.generation
+        return {"temperature": g.temperature, "top_p": g.top_p, "repetition_penalty": g.repetition_penalty,
+                "max_new_tokens": g.max_new_tokens}
+
+    def draft(self, conversation: Conversation, *, adapter: AdapterRef | None, seed: int) -> DraftResult:
+        started = time.perf_counter()
+        prompt = self.render(conversation)
+        spec = (adapter.key, adapter.path) if adapter is not None else None
+        for attempt in range(self.generation.max_attempts):
+            used_seed = seed + 1000 * attempt
+            output = self.engine.generate(prompt, settings=self.generation, seed=used_seed, adapter=spec)
+            if output.text.strip():
+                sampling = {**self.sampling(), "attempts": attempt + 1, "new_tokens": output.new_tokens,
+                            "prefill_ms": output.prefill_ms}
+                return DraftResult(text=output.text, adapter_version=adapter.version if adapter else 0,
+                                   sampling=sampling, seed=used_seed,
+                                   latency_ms=int((time.perf_counter() - started) * 1000))
+            logger.info("empty draft with seed %d (attempt %d of %d)", used_seed, attempt + 1,
+                        self.generation.max_attempts)
+        raise DraftingError(f"the model gave an empty reply {self.generation.max_attempts} times")

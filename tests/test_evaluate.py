@@ -1,0 +1,120 @@
+"""Likelihood metrics and the evaluation of adapters on held-out data, on the tiny model."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from training.datasets import FeedbackExample, WritingExample, make_renderer
+from training.engine import Engine
+from training.evaluate import SAMPLES_KEPT, eval_items, evaluate
+from training.likelihood import completion_logprobs, mean_nll, preference_accuracy
+from training.prompt import Conversation
+from tests.tiny import build_random_adapter, tiny_evaluation_settings, tiny_generation_settings, tiny_model_settings
+
+T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Engine:
+    return Engine.load(tiny_model_settings(tiny_model_dir), Path("unused"))
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_random_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "a", seed=5)
+
+
+def prompts(engine: Engine, n: int) -> list[str]:
+    render = make_renderer(engine.tokenizer, tiny_model_settings(Path("x")))
+    return [render(Conversation.of(f"question number {i}?")) for i in range(n)]
+
+
+def test_nll_is_the_mean_over_completion_tokens_including_the_end_of_turn(engine: Engine) -> None:
+    import torch
+
+    prompt = prompts(engine, 1)[0]
+    text = "sure, see you there"
+    ids = engine.tokenizer(prompt + text + "<|im_end|>")["input_ids"]
+    start = len(engine.tokenizer(prompt)["input_ids"])
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
+    logps = torch.log_softmax(logits[start - 1:-1], dim=-1).gather(-1, torch.tensor(ids[start:]).unsqueeze(-1))
+    expected = -float(logps.mean())
+    assert ids[-1] == engine.tokenizer.eos_token_id
+    assert mean_nll(engine.model, engine.tokenizer, [(prompt, text)]) == pytest.approx(expected, rel=1e-4)
+    assert mean_nll(engine.model, engine.tokenizer, []) is None
+
+
+def test_batching_and_padding_do_not_change_scores(engine: Engine) -> None:
+    items = [(p, "ok" + " and more" * i) for i, p in enumerate(prompts(engine, 5))]
+    one_by_one = completion_logprobs(engine.model, engine.tokenizer, items, batch_size=1)
+    batched = completion_logprobs(engine.model, engine.tokenizer, items, batch_size=4)
+    for (a, n), (b, m) in zip(one_by_one, batched):
+        assert n == m and a == pytest.approx(b, abs=1e-3)
+
+
+def test_preference_accuracy_counts_where_the_chosen_text_wins(engine: Engine) -> None:
+    triples = [(p, f"reply {i} lol", f"A much more formal answer, number {i}.") for i, p in enumerate(prompts(engine, 6))]
+    forward = preference_accuracy(engine.model, engine.tokenizer, triples)
+    backward = preference_accuracy(engine.model, engine.tokenizer, [(p, r, c) for p, c, r in triples])
+    assert forward is not None and 0 <= forward <= 1
+    assert forward + backward == pytest.approx(1.0)  # swapping chosen and rejected flips every comparison
+    assert preference_accuracy(engine.model, engine.tokenizer, []) is None
+
+
+def heldout() -> tuple[list[FeedbackExample], list[WritingExample]]:
+    feedback = [
+        FeedbackExample("edit", Conversation.of("dinner at 8?"), "Yes, that works for me.", "yep ~", None, T0),
+        FeedbackExample("accept", Conversation.of("u ok?"), "fine ~", None, None, T0 + timedelta(hours=1)),
+        FeedbackExample("reject", Conversation.of("call me"), "I am unable to call.", None, None, T0),
+        FeedbackExample("regenerate", Conversation.of("movie?"), "Sure, which one?", None, "ya which ~", T0),
+    ]
+    writing = [WritingExample("reply", "lol no ~", Conversation.of("did you win?"), T0),
+               WritingExample("monologue", "my diary entry", None, T0)]
+    return feedback, writing
+
+
+OWNER_LINES = [f"lol yeah {w} ~" for w in "abcdefghij"]
+OTHER_LINES = [f"Indeed, I agree about {w}." for w in "abcdefghij"]
+
+
+def test_evaluate_reports_every_metric_per_adapter(engine: Engine, adapter: Path, tiny_model_dir: Path) -> None:
+    feedback, writing = heldout()
+    assert [i.kept for i in eval_items(feedback, writing)] == ["yep ~", "fine ~", "ya which ~", "lol no ~"]
+    kwargs = dict(model_settings=tiny_model_settings(tiny_model_dir), generation=tiny_generation_settings(),
+                  models_dir=Path("unused"), adapters={"base": None, "candidate": adapter},
+                  heldout_feedback=feedback, heldout_writing=writing, owner_lines=OWNER_LINES,
+                  other_lines=OTHER_LINES, eval_settings=tiny_evaluation_settings(max_eval_items=3), seed=1,
+                  engine=engine)
+    results = evaluate(**kwargs)
+    assert set(results) == {"base", "candidate", "baselines"}
+    baselines = results["baselines"]
+    assert baselines["edit_distance_empty"] == 1.0 and baselines["edit_distance_echo"] > 0
+    assert baselines["items"] == 4 and baselines["sampled_items"] == 3 and baselines["preference_pairs"] == 2
+    assert baselines["attribution_ceiling"] > baselines["attribution_floor"]  # the classifier separates the two
+    for name in ("base", "candidate"):
+        metrics = results[name]
+        assert metrics["likelihood"] > 0
+        assert metrics["preference_accuracy"] in (0.0, 0.5, 1.0)
+        assert 0 <= metrics["edit_distance"] <= 3
+        assert metrics["attribution"] is None or 0 <= metrics["attribution"] <= 1
+        assert isinstance(metrics["style_distance"], dict) and isinstance(metrics["caricature_flags"], list)
+        assert len(metrics["samples"]) == min(3, SAMPLES_KEPT)
+    assert results["base"]["likelihood"] != results["candidate"]["likelihood"]  # the adapter was applied
+    again = evaluate(**kwargs)
+    for name in ("base", "candidate"):  # fixed seeds: the same numbers and drafts every time
+        assert again[name]["likelihood"] == pytest.approx(results[name]["likelihood"])
+        assert again[name]["samples"] == results[name]["samples"]
+
+
+def test_evaluate_without_pairs_or_lines_reports_none(engine: Engine, tiny_model_dir: Path) -> None:
+    feedback = [FeedbackExample("accept", Conversation.of("hi"), "hey ~", None, None, T0)]
+    results = evaluate(model_settings=tiny_model_settings(tiny_model_dir), generation=tiny_generation_settings(),
+                       models_dir=Path("unused"), adapters={"base": None}, heldout_feedback=feedback,
+                       heldout_writing=[], owner_lines=[], other_lines=[],
+                       eval_settings=tiny_evaluation_settings(), seed=0, engine=engine)
+    assert results["base"]["preference_accuracy"] is None and results["base"]["attribution"] is None
+    assert results["baselines"]["attribution_ceiling"] is None and "attribution_note" in results["baselines"]

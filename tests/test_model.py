@@ -1,0 +1,124 @@
+"""Model loading: the embedded GGUF converted once, devices, precision, tokenizer pitfalls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import training.model as model_module
+from training.config import ModelSettings
+from training.model import (
+    COMPLETE_MARKER,
+    EMBEDDED_DIR_NAME,
+    ModelLoadError,
+    embedded_gguf_path,
+    end_of_turn_id,
+    load_model,
+    load_tokenizer,
+    resolve_base_model,
+    select_device,
+    select_dtype,
+)
+from tests.tiny import build_tiny_gguf, tiny_model_settings
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+def test_the_embedded_gguf_is_found_without_importing_its_package() -> None:
+    path = embedded_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+
+
+def test_hub_ids_and_local_paths_are_returned_as_they_are(tmp_path: Path) -> None:
+    assert resolve_base_model(ModelSettings(base="HuggingFaceTB/SmolLM2-360M-Instruct"), tmp_path) == \
+        "HuggingFaceTB/SmolLM2-360M-Instruct"
+    assert resolve_base_model(ModelSettings(base=str(tmp_path / "m")), tmp_path) == str(tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []  # nothing converted
+
+
+def test_embedded_model_is_converted_once(tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_module, "embedded_gguf_path", lambda: tiny_gguf)
+    models_dir = tmp_path / "models"
+    path = Path(resolve_base_model(ModelSettings(), models_dir))
+    assert path == models_dir / EMBEDDED_DIR_NAME and (path / COMPLETE_MARKER).exists()
+    assert (path / "model.safetensors").exists() and not list(models_dir.glob(".*"))
+    tokenizer = load_tokenizer(path)
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
+    model = load_model(path, ModelSettings(device="cpu"))
+    assert model.config.num_hidden_layers == 2 and not getattr(model, "is_quantized", False)
+    assert not model.training
+
+    def no_second_conversion(*args: object) -> Path:
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(model_module, "convert_gguf", no_second_conversion)
+    assert resolve_base_model(ModelSettings(), models_dir) == str(path)
+
+
+def test_an_interrupted_conversion_is_redone_and_a_failed_one_leaves_nothing(
+        tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    models_dir = tmp_path / "models"
+    half = models_dir / EMBEDDED_DIR_NAME
+    half.mkdir(parents=True)
+    (half / "config.json").write_text("{}")  # a folder without the completion marker
+    calls: list[Path] = []
+
+    def recording_convert(gguf: Path, target: Path) -> Path:
+        calls.append(target)
+        assert not target.exists()  # the stale folder was removed first
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(model_module, "embedded_gguf_path", lambda: tiny_gguf)
+    monkeypatch.setattr(model_module, "convert_gguf", recording_convert)
+    with pytest.raises(RuntimeError, match="disk full"):
+        resolve_base_model(ModelSettings(), models_dir)
+    assert calls == [half] and list(models_dir.iterdir()) == []
+
+
+def test_a_broken_gguf_leaves_no_staging_folder(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file")
+    with pytest.raises(Exception):
+        model_module.convert_gguf(bad, tmp_path / "models" / "out")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_device_and_precision_follow_the_hardware_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert select_device(ModelSettings(device="cpu")) == "cpu"
+    assert select_device(ModelSettings(device="cuda:1")) == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device(ModelSettings()) in ("cpu", "mps")
+    assert select_dtype(ModelSettings(), "cpu") == torch.float32
+    assert select_dtype(ModelSettings(precision="bf16"), "cpu") == torch.bfloat16
+    assert select_dtype(ModelSettings(precision="fp16"), "cuda") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert select_device(ModelSettings()) == "cuda"
+    assert select_dtype(ModelSettings(), "cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert select_dtype(ModelSettings(), "cuda") == torch.float32
+
+
+def test_4bit_needs_a_gpu(tiny_model_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="CUDA"):
+        load_model(tiny_model_dir, tiny_model_settings(tiny_model_dir, load_in_4bit=True))
+
+
+def test_missing_models_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        load_model(tmp_path / "nothing", ModelSettings(device="cpu"))
+    with pytest.raises(ModelLoadError, match="tokenizer"):
+        load_tokenizer(tmp_path / "nothing")
+
+
+def test_the_end_of_turn_token_is_im_end(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(tiny_model_dir)
+    assert end_of_turn_id(tokenizer) == tokenizer.convert_tokens_to_ids("<|im_end|>") == tokenizer.eos_token_id
+    model = load_model(tiny_model_dir, tiny_model_settings(tiny_model_dir), for_training=True)
+    assert model.training and next(model.parameters()).dtype.is_floating_point

@@ -1,0 +1,313 @@
+"""Dataset builders: the owner's writing and feedback turned into trl's row formats.
+
+Pure functions: no model, no database. The cycle reads rows from storage into the frozen
+`FeedbackExample` / `WritingExample` below, calls the builders and writes the result as JSONL
+so a cycle can be re-run and inspected. The mapping follows the table "From feedback to
+training rows" in design.md.
+
+Every completion ends with the chat template's end-of-turn token (`<|im_end|>` for SmolLM2,
+which is also its eos). trl 1.16 appends `tokenizer.eos_token` to SFT completions and DPO/KTO
+completions only when they do not already end with it, so writing it here keeps it present
+exactly once and identical across SFT, DPO and KTO: the twin learns where a reply stops.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from training.config import ModelSettings
+from training.prompt import Conversation, render_prompt, system_text
+
+END_OF_TURN = "<|im_end|>"
+DATASET_NAMES = ("sft", "dpo", "kto")
+MONOLOGUE_INSTRUCTION = "Write a passage of your own, in your own words."
+MONOLOGUE_CONTINUE = "Continue your own text from where it stops:"
+MONOLOGUE_TAIL_WORDS = 48  # how much of the previous chunk the continuation prompt repeats
+
+Renderer = Callable[[Conversation], str]
+Row = dict[str, Any]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class FeedbackExample:
+    """One verdict of the owner on one draft, with what the draft answered."""
+
+    kind: str  # accept | edit | reject | regenerate
+    conversation: Conversation
+    draft: str
+    text: str | None  # the owner's edit or replacement
+    later_kept: str | None  # regenerate: the text finally accepted/edited for the same incoming message
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class WritingExample:
+    """One imported piece of the owner's writing: a reply (with its conversation) or a monologue."""
+
+    kind: str  # reply | monologue
+    text: str
+    conversation: Conversation | None
+    written_at: datetime | None
+
+
+def make_renderer(tokenizer: Any, settings: ModelSettings) -> Renderer:
+    """The one prompt renderer, bound to a tokenizer and the model settings (also used by drafting)."""
+    return functools.partial(
+        render_prompt, tokenizer,
+        system=system_text(settings.system_prompt, settings.owner_name),
+        max_context_turns=settings.context_turns,
+        max_prompt_tokens=settings.max_prompt_tokens,
+    )
+
+
+# Held-out splits ---------------------------------------------------------------------------------
+
+def _holdout_size(total: int, fraction: float, minimum: int) -> int:
+    """At least `minimum` (or `fraction`), but never more than half: the rest must train."""
+    wanted = max(minimum, math.ceil(fraction * total))
+    return min(wanted, total // 2)
+
+
+def split_holdout(feedback: Sequence[FeedbackExample], *, fraction: float,
+                  minimum: int) -> tuple[list[FeedbackExample], list[FeedbackExample]]:
+    """(train, heldout): the newest feedback is held out for evaluation, by `created_at`."""
+    ordered = sorted(feedback, key=lambda item: item.created_at)
+    size = _holdout_size(len(ordered), fraction, minimum)
+    cut = len(ordered) - size
+    return ordered[:cut], ordered[cut:]
+
+
+def split_writing_holdout(writing: Sequence[WritingExample], fraction: float,
+                          minimum: int) -> tuple[list[WritingExample], list[WritingExample]]:
+    """(train, heldout) of writing: the newest replies are held out; monologues always train.
+
+    Only replies have a prompt to score the owner's text against; samples without a date count
+    as the oldest, in their given order.
+    """
+    replies = [w for w in writing if w.kind == "reply" and w.conversation is not None]
+    ordered = sorted(replies, key=lambda item: item.written_at or _EPOCH)
+    size = _holdout_size(len(ordered), fraction, minimum)
+    held = {id(item) for item in ordered[len(ordered) - size:]}
+    return [w for w in writing if id(w) not in held], [w for w in ordered if id(w) in held]
+
+
+# Row builders ----------------------------------------------------------------------------------
+
+FEEDBACK_KINDS = ("accept", "edit", "reject", "regenerate")
+
+
+def _checked(feedback: Sequence[FeedbackExample]) -> Sequence[FeedbackExample]:
+    """Refuse unknown verdicts loudly: silently skipping them would hide a storage/loop mismatch."""
+    for item in feedback:
+        if item.kind not in FEEDBACK_KINDS:
+            raise ValueError(f"unknown feedback kind {item.kind!r}; expected one of {', '.join(FEEDBACK_KINDS)}")
+    return feedback
+
+
+def _clean(text: str | None) -> str:
+    return (text or "").strip()
+
+
+def _completion(text: str, end_of_turn: str) -> str:
+    return text + end_of_turn
+
+
+def _kept_text(item: FeedbackExample) -> str | None:
+    """What the owner finally wanted for this message, if the verdict says."""
+    if item.kind == "accept":
+        return _clean(item.draft) or None
+    if item.kind in ("edit", "reject"):
+        return _clean(item.text) or None
+    if item.kind == "regenerate":
+        return _clean(item.later_kept) or None
+    raise ValueError(f"unknown feedback kind {item.kind!r}")
+
+
+def preference_pair(item: FeedbackExample) -> tuple[str, str] | None:
+    """(chosen, rejected) texts of a verdict, or None when it does not rank two texts."""
+    if item.kind == "accept":
+        return None
+    chosen, rejected = _kept_text(item), _clean(item.draft)
+    if not chosen or not rejected or chosen == rejected:
+        return None
+    return chosen, rejected
+
+
+def kept_text(item: FeedbackExample) -> str | None:
+    """The owner's text for this verdict (accepted draft, edit, replacement, later kept text)."""
+    return _kept_text(item)
+
+
+def _count_tokens(tokenizer: Any | None) -> Callable[[str], int]:
+    if tokenizer is None:  # no tokenizer (quick inspection): about 4/3 tokens per word
+        return lambda text: math.ceil(len(text.split()) * 4 / 3)
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def chunk_monologue(text: str, *, chunk_tokens: int, count: Callable[[str], int]) -> list[str]:
+    """Split a long text into chunks of about `chunk_tokens` at paragraph, then sentence boundaries.
+
+    A sentence longer than a chunk is split between words, the last resort.
+    """
+    units: list[str] = []
+    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text)):
+        if not paragraph:
+            continue
+        if count(paragraph) <= chunk_tokens:
+            units.append(paragraph)
+            continue
+        for sentence in (s.strip() for s in re.split(r"(?<=[.!?…])\s+", paragraph)):
+            if count(sentence) <= chunk_tokens:
+                units.append(sentence)
+                continue
+            words, piece = sentence.split(), []
+            for word in words:
+                if piece and count(" ".join([*piece, word])) > chunk_tokens:
+                    units.append(" ".join(piece))
+                    piece = []
+                piece.append(word)
+            if piece:
+                units.append(" ".join(piece))
+    chunks: list[str] = []
+    current = ""
+    for unit in units:
+        joined = f"{current}\n\n{unit}" if current else unit
+        if current and count(joined) > chunk_tokens:
+            chunks.append(current)
+            current = unit
+        else:
+            current = joined
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def monologue_conversation(previous_chunk: str | None) -> Conversation:
+    """The prompt of a monologue chunk: a fixed instruction, plus the previous chunk's tail."""
+    if not previous_chunk:
+        return Conversation.of(MONOLOGUE_INSTRUCTION)
+    tail = previous_chunk.split()[-MONOLOGUE_TAIL_WORDS:]
+    return Conversation.of(f"{MONOLOGUE_CONTINUE}\n\n…{' '.join(tail)}")
+
+
+def _writing_sft_rows(writing: Iterable[WritingExample], *, render: Renderer, tokenizer: Any | None,
+                      chunk_tokens: int, end_of_turn: str) -> list[Row]:
+    count = _count_tokens(tokenizer)
+    rows: list[Row] = []
+    for item in writing:
+        text = _clean(item.text)
+        if not text:
+            continue
+        if item.kind == "reply" and item.conversation is not None:
+            rows.append({"prompt": render(item.conversation), "completion": _completion(text, end_of_turn)})
+            continue
+        # A monologue, or a reply whose conversation was lost: the owner's own text, continued.
+        previous: str | None = None
+        for chunk in chunk_monologue(text, chunk_tokens=chunk_tokens, count=count):
+            rows.append({"prompt": render(monologue_conversation(previous)),
+                         "completion": _completion(chunk, end_of_turn)})
+            previous = chunk
+    return rows
+
+
+def build_sft_rows(feedback: Sequence[FeedbackExample], writing: Sequence[WritingExample], *,
+                   render: Renderer, replay_fraction: float, seed: int, tokenizer: Any | None,
+                   chunk_tokens: int, end_of_turn: str = END_OF_TURN) -> list[Row]:
+    """`prompt`/`completion` rows: kept texts of feedback plus a replay sample of writing.
+
+    With no feedback at all (the first cycle after an import) every writing sample is used;
+    otherwise `replay_fraction` × the feedback rows are drawn from the writing (seeded), so the
+    twin keeps the owner's wider voice without drowning the new corrections.
+    """
+    rows: list[Row] = []
+    for item in _checked(feedback):
+        if item.kind in ("accept", "edit", "reject"):
+            text = _kept_text(item)
+            if text:
+                rows.append({"prompt": render(item.conversation), "completion": _completion(text, end_of_turn)})
+    writing_rows = _writing_sft_rows(writing, render=render, tokenizer=tokenizer,
+                                     chunk_tokens=chunk_tokens, end_of_turn=end_of_turn)
+    if not feedback:
+        return writing_rows
+    replay = min(len(writing_rows), round(replay_fraction * len(rows)))
+    return rows + random.Random(seed).sample(writing_rows, replay)
+
+
+def build_dpo_rows(feedback: Sequence[FeedbackExample], *, render: Renderer,
+                   end_of_turn: str = END_OF_TURN) -> list[Row]:
+    """`prompt`/`chosen`/`rejected` rows: the owner's text over the draft it replaced."""
+    rows: list[Row] = []
+    for item in _checked(feedback):
+        pair = preference_pair(item)
+        if pair is not None:
+            rows.append({"prompt": render(item.conversation),
+                         "chosen": _completion(pair[0], end_of_turn),
+                         "rejected": _completion(pair[1], end_of_turn)})
+    return rows
+
+
+def build_kto_rows(feedback: Sequence[FeedbackExample], writing: Sequence[WritingExample], *,
+                   render: Renderer, end_of_turn: str = END_OF_TURN) -> list[Row]:
+    """`prompt`/`completion`/`label` rows: single texts marked desirable or not."""
+    rows: list[Row] = []
+
+    def add(conversation: Conversation, text: str, label: bool) -> None:
+        rows.append({"prompt": render(conversation), "completion": _completion(text, end_of_turn), "label": label})
+
+    for sample in writing:
+        if sample.kind == "reply" and sample.conversation is not None and _clean(sample.text):
+            add(sample.conversation, _clean(sample.text), True)
+    for item in _checked(feedback):
+        draft = _clean(item.draft)
+        if item.kind == "accept" and draft:
+            add(item.conversation, draft, True)
+        elif item.kind == "edit":
+            text = _clean(item.text)
+            if text:
+                add(item.conversation, text, True)
+            if draft and draft != text:
+                add(item.conversation, draft, False)
+        elif item.kind in ("reject", "regenerate") and draft:
+            add(item.conversation, draft, False)
+    return rows
+
+
+# JSONL files -------------------------------------------------------------------------------------
+
+def write_datasets(rows_by_name: dict[str, list[Row]], folder: Path) -> dict[str, int]:
+    """Write each list of rows to `folder/<name>.jsonl` (atomically per file); returns the counts."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for name, rows in rows_by_name.items():
+        target = folder / f"{name}.jsonl"
+        staging = target.with_suffix(f".jsonl.tmp-{os.getpid()}")
+        with staging.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(staging, target)
+        counts[name] = len(rows)
+    return counts
+
+
+def read_datasets(folder: Path) -> dict[str, list[Row]]:
+    """Every `<name>.jsonl` of `folder` as lists of rows (missing folder: nothing)."""
+    folder = Path(folder)
+    result: dict[str, list[Row]] = {}
+    if not folder.is_dir():
+        return result
+    for path in sorted(folder.glob("*.jsonl")):
+        with path.open(encoding="utf-8") as handle:
+            result[path.stem] = [json.loads(line) for line in handle if line.strip()]
+    return result

@@ -1,0 +1,88 @@
+"""Likelihood metrics: how probable the owner's own text is under a model (design.md, Metrics).
+
+Texts are scored as completions of their rendered prompt, tokenised exactly as trl tokenises
+training rows (prompt + completion, the completion starting where the two token sequences part),
+and always with the end-of-turn token: a twin that does not know when to stop is scored for it.
+Deterministic and cheap: no sampling, one forward pass per small batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from training.datasets import END_OF_TURN
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 4  # logits are (batch × length × 49152) floats: keep batches small on CPU
+
+
+def _encode(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of prompt+completion and where the completion starts (as trl computes it)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + completion)["input_ids"]
+    start = 0
+    for a, b in zip(prompt_ids, full_ids):
+        if a != b:
+            break
+        start += 1
+    return list(full_ids), start
+
+
+def completion_logprobs(model: Any, tokenizer: Any, items: Sequence[tuple[str, str]], *,
+                        end_of_turn: str = END_OF_TURN, batch_size: int = BATCH_SIZE) -> list[tuple[float, int]]:
+    """(sum of token log-probs, token count) of each text given its prompt, end-of-turn included."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    results: list[tuple[float, int]] = []
+    for offset in range(0, len(items), batch_size):
+        encoded = [_encode(tokenizer, prompt, text + end_of_turn) for prompt, text in items[offset:offset + batch_size]]
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(encoded):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            attention[row, :len(ids)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, (ids, start) in enumerate(encoded):
+            # Position t predicts token t+1: the completion tokens [start, len) are scored by [start-1, len-1).
+            first = max(start, 1)
+            scores = torch.log_softmax(logits[row, first - 1:len(ids) - 1].float(), dim=-1)
+            targets = torch.tensor(ids[first:], device=scores.device)
+            token_logps = scores.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            results.append((float(token_logps.sum()), len(ids) - first))
+    return results
+
+
+def mean_nll(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> float | None:
+    """Mean per-token negative log-likelihood of each text given its prompt (None for no pairs).
+
+    Token-weighted over all pairs, so a long held-out text counts for its length.
+    """
+    if not pairs:
+        return None
+    scored = completion_logprobs(model, tokenizer, pairs)
+    tokens = sum(count for _, count in scored)
+    return -sum(logp for logp, _ in scored) / max(tokens, 1)
+
+
+def preference_accuracy(model: Any, tokenizer: Any,
+                        triples: Sequence[tuple[str, str, str]]) -> float | None:
+    """Share of (prompt, chosen, rejected) where the chosen text has the higher mean token log-prob.
+
+    Length-normalised, so a short rejected draft does not win by being short. None for no triples.
+    """
+    if not triples:
+        return None
+    items = [(prompt, text) for prompt, chosen, rejected in triples for text in (chosen, rejected)]
+    scored = completion_logprobs(model, tokenizer, items)
+    wins = 0
+    for index in range(0, len(scored), 2):
+        (chosen_logp, chosen_n), (rejected_logp, rejected_n) = scored[index], scored[index + 1]
+        if chosen_logp / max(chosen_n, 1) > rejected_logp / max(rejected_n, 1):
+            wins += 1
+    return wins / len(triples)

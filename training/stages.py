@@ -1,0 +1,213 @@
+"""One training stage (SFT, DPO or KTO) on trl 1.16: configs, trainers and their statistics.
+
+The three stages share everything but the trainer class and a few loss settings, so the shared
+arguments are built in one place (`common_arguments`) rather than in near-duplicate scripts.
+A stage takes a model that is either the base model (then `peft_config` creates a new LoRA) or a
+`PeftModel` carrying the adapter to continue (then no `peft_config`: trl refuses both).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from training.config import LoraSettings, StageSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from peft import LoraConfig
+
+logger = logging.getLogger(__name__)
+
+# Gradient checkpointing (trl's default) trades ~30% more compute for activation memory; a 135M
+# model at our sequence lengths fits comfortably without it, and CPU time is the scarce resource.
+GRADIENT_CHECKPOINTING = False
+
+
+def lora_config(settings: LoraSettings) -> "LoraConfig":
+    """Our LoRA settings as peft's `LoraConfig` (all-linear by default; lm_head is never adapted)."""
+    from peft import LoraConfig
+
+    targets = settings.target_modules
+    if isinstance(targets, list):
+        # peft refuses LoRA on the (tied) output embedding; drop it rather than fail a nightly run.
+        targets = [name for name in targets if name != "lm_head"]
+    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def precision_arguments(device: str, dtype: "torch.dtype") -> dict[str, Any]:
+    """Trainer precision flags from the hardware: trl defaults to bf16, which raises on CPU."""
+    import torch
+
+    if device == "cpu":
+        return {"use_cpu": True, "bf16": False, "fp16": False}
+    return {"use_cpu": False, "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+def common_arguments(settings: StageSettings, *, scratch_dir: Path, seed: int, device: str,
+                     dtype: "torch.dtype", progress: bool) -> dict[str, Any]:
+    """Arguments every stage shares: batch, schedule, precision, seeds, no checkpoints, no trackers."""
+    return {
+        "output_dir": str(scratch_dir),
+        "per_device_train_batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "learning_rate": settings.learning_rate,
+        "num_train_epochs": settings.epochs,
+        "max_steps": settings.max_steps,
+        "max_length": settings.max_length,
+        "logging_steps": 1,
+        "save_strategy": "no",  # the adapter is saved once, atomically, by the caller
+        "report_to": "none",
+        "seed": seed,
+        "data_seed": seed,
+        "disable_tqdm": not progress,
+        # transformers 5 renamed gradient_checkpointing (trl defaults it to True) to this:
+        "activation_checkpointing": GRADIENT_CHECKPOINTING,
+        "dataloader_num_workers": 0,
+        **precision_arguments(device, dtype),
+    }
+
+
+def kto_class_weights(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) balancing the two classes as trl's KTO docs advise.
+
+    The docs ask for desirable_weight × n_desirable / (undesirable_weight × n_undesirable) in
+    [1, 4/3]; we weight the rarer class up so the ratio is exactly 1.
+    """
+    desirable = sum(1 for row in rows if row["label"])
+    undesirable = len(rows) - desirable
+    if desirable == 0 or undesirable == 0:
+        return 1.0, 1.0
+    if desirable < undesirable:
+        return undesirable / desirable, 1.0
+    return 1.0, desirable / undesirable
+
+
+@dataclass
+class StageStats:
+    """What one stage did, recorded in the adapter manifest and the cycle row."""
+
+    examples: int
+    steps: int
+    train_loss: float | None
+    seconds: float
+    tokens_per_second: float
+    peak_rss_mb: float
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _monitor_callback(stage: str) -> Any:
+    """A trainer callback that logs every logged metric and samples the process's memory."""
+    import psutil
+    from transformers import TrainerCallback
+
+    class StageMonitor(TrainerCallback):
+        def __init__(self) -> None:
+            self.process = psutil.Process()
+            self.peak_rss = self.process.memory_info().rss
+            self.last_logs: dict[str, Any] = {}
+
+        def _sample(self) -> None:
+            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - trainer callback API
+            self._sample()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self._sample()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            self.last_logs = dict(logs or {})
+            logger.info("%s step %d/%d: %s", stage, state.global_step, state.max_steps,
+                        {k: round(v, 5) if isinstance(v, float) else v for k, v in self.last_logs.items()})
+
+    return StageMonitor()
+
+
+def _dataset_tokens(dataset: Any) -> int:
+    """Tokens one epoch of the tokenised dataset feeds the model (DPO: prompt twice)."""
+    columns = set(dataset.column_names)
+    total = 0
+    if "input_ids" in columns:  # SFT
+        total += sum(len(ids) for ids in dataset["input_ids"])
+    if "chosen_ids" in columns:  # DPO: prompt+chosen and prompt+rejected
+        total += sum(2 * len(p) for p in dataset["prompt_ids"])
+        total += sum(len(ids) for ids in dataset["chosen_ids"]) + sum(len(ids) for ids in dataset["rejected_ids"])
+    elif "completion_ids" in columns:  # KTO: prompt+completion (its KL pass doubles the work)
+        total += 2 * sum(len(p) + len(c) for p, c in zip(dataset["prompt_ids"], dataset["completion_ids"]))
+    return total
+
+
+def build_trainer(stage: str, *, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
+                  settings: StageSettings, common: dict[str, Any], peft_config: Any | None,
+                  callbacks: Sequence[Any] = ()) -> Any:
+    """The trl trainer of `stage` over `rows`, ready to `train()`."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(rows)
+    if stage == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**common, completion_only_loss=True, packing=False)
+        trainer_cls: Any = SFTTrainer
+    elif stage == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**common, beta=settings.beta, loss_type=list(settings.loss_type))
+        trainer_cls = DPOTrainer
+    elif stage == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        desirable, undesirable = kto_class_weights(rows)
+        # KTO estimates its KL term from mismatched pairs within a batch: it needs two or more.
+        batch = max(2, min(common["per_device_train_batch_size"], len(rows)))
+        args = KTOConfig(**{**common, "per_device_train_batch_size": batch}, beta=settings.beta,
+                         desirable_weight=desirable, undesirable_weight=undesirable,
+                         dataloader_drop_last=True)
+        trainer_cls = KTOTrainer
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=list(callbacks))
+    return trainer
+
+
+def run_stage(stage: str, *, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
+              settings: StageSettings, common: dict[str, Any], peft_config: Any | None,
+              callbacks: Sequence[Any] = ()) -> tuple[Any, StageStats]:
+    """Train one stage; returns the trained `PeftModel` and the stage's statistics."""
+    monitor = _monitor_callback(stage)
+    started = time.perf_counter()
+    trainer = build_trainer(stage, model=model, tokenizer=tokenizer, rows=rows, settings=settings,
+                            common=common, peft_config=peft_config, callbacks=[monitor, *callbacks])
+    logger.info("%s: %d rows, %d tokenised examples", stage, len(rows), len(trainer.train_dataset))
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    epochs_done = float(trainer.state.epoch or 0.0)
+    tokens = _dataset_tokens(trainer.train_dataset) * epochs_done
+    extra: dict[str, Any] = {k: v for k, v in monitor.last_logs.items()
+                             if isinstance(v, (int, float)) and k not in ("epoch",)}
+    if stage == "kto":
+        extra["desirable_weight"] = trainer.args.desirable_weight
+        extra["undesirable_weight"] = trainer.args.undesirable_weight
+    stats = StageStats(
+        examples=len(trainer.train_dataset), steps=int(trainer.state.global_step),
+        train_loss=float(output.training_loss) if output.training_loss is not None else None,
+        seconds=round(seconds, 2), tokens_per_second=round(tokens / seconds, 1) if seconds > 0 else 0.0,
+        peak_rss_mb=round(monitor.peak_rss / 2**20, 1), extra=extra)
+    logger.info("%s done: %s", stage, stats.to_dict())
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    # trl's DPO/KTO add a frozen "ref" adapter (a copy of the starting state) as their reference.
+    # It is scaffolding: drop it so the next stage copies the *current* state as its reference
+    # and only the trained adapter is ever saved.
+    if "ref" in getattr(trained, "peft_config", {}):
+        trained.delete_adapter("ref")
+        trained.set_adapter("default")
+    return trained, stats

@@ -1,0 +1,188 @@
+"""The training entry point a cycle runs in a child process: SFT → DPO → KTO → one adapter folder.
+
+`run_training(job)` reads the datasets the cycle wrote (sft/dpo/kto.jsonl, any may be missing),
+loads the base model, continues `job.init_adapter` or starts a new LoRA, runs each stage that has
+rows, and writes the adapter folder atomically (training.artifacts). It knows nothing of the
+database or Telegram: everything it needs is in the `TrainJob`.
+
+Reference models: DPO continues the adapter SFT produced and, given that PeftModel and no
+`ref_model`, trl 1.16 copies it into a frozen "ref" adapter: the reference is the SFT state (see
+tests/test_train.py). KTO after DPO takes the post-DPO state as its reference the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from training.artifacts import staged_folder, write_manifest
+from training.config import LoraSettings, ModelSettings, TrainingSettings
+from training.datasets import END_OF_TURN, read_datasets
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("sft", "dpo", "kto")
+
+
+class NothingToTrain(Exception):
+    """No enabled stage has rows: there is nothing to learn from yet."""
+
+
+@dataclass
+class TrainJob:
+    """Everything one training run needs; picklable, so a cycle can hand it to a child process."""
+
+    model: ModelSettings
+    lora: LoraSettings
+    training: TrainingSettings
+    models_dir: Path
+    datasets_dir: Path  # sft.jsonl / dpo.jsonl / kto.jsonl; any may be missing or empty
+    init_adapter: Path | None  # continue this adapter; None starts a new one
+    output_dir: Path  # the final adapter folder; must not exist yet
+    log_file: Path
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the cycle id, recorded in the manifest
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    stages: dict[str, dict[str, Any]]  # per stage run: examples, steps, train_loss, seconds, ...
+    checksum: str
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it did not run
+
+
+def plan_stages(rows: dict[str, list[dict[str, Any]]], training: TrainingSettings) -> tuple[list[str], dict[str, str]]:
+    """Which stages run, in order, and why the others do not."""
+    planned: list[str] = []
+    skipped: dict[str, str] = {}
+    for stage in STAGES:
+        stage_rows = rows.get(stage, [])
+        if not getattr(training, stage).enabled:
+            skipped[stage] = "disabled in config"
+        elif not stage_rows:
+            skipped[stage] = "no rows"
+        elif stage == "kto" and len(stage_rows) < 2:
+            skipped[stage] = "KTO needs at least two rows (its KL term pairs examples within a batch)"
+        elif stage == "kto" and all(row["label"] for row in stage_rows):
+            # With only desirable rows KTO is a weaker SFT pass over texts SFT already saw.
+            skipped[stage] = "no undesirable rows"
+        else:
+            planned.append(stage)
+    return planned, skipped
+
+
+def _check_rows(rows: dict[str, list[dict[str, Any]]], eos_token: str) -> None:
+    """Completions must end with the tokenizer's eos exactly once (see training.datasets)."""
+    if eos_token != END_OF_TURN:
+        logger.warning("the tokenizer's eos %r differs from the end-of-turn token %r: trl appends its eos "
+                       "after ours", eos_token, END_OF_TURN)
+    for stage, keys in (("sft", ("completion",)), ("dpo", ("chosen", "rejected")), ("kto", ("completion",))):
+        for row in rows.get(stage, []):
+            for key in keys:
+                if not row[key].endswith(END_OF_TURN):
+                    raise ValueError(f"{stage} row has a {key} without the end-of-turn token: {row[key][-40:]!r}")
+
+
+@contextlib.contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    """Send this run's log records (ours, trl's, transformers') to `path` while it lasts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    # transformers' library logger does not propagate to the root, so it gets the handler itself.
+    targets = [logging.getLogger(), logging.getLogger("transformers")]
+    previous = [target.level for target in targets]
+    for target in targets:
+        target.addHandler(handler)
+        if target.level == logging.NOTSET or target.level > logging.INFO:
+            target.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for target, level in zip(targets, previous):
+            target.removeHandler(handler)
+            target.setLevel(level)
+        handler.close()
+
+
+def run_training(job: TrainJob, progress: bool = True, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train an adapter from `job`'s datasets and write it to `job.output_dir`.
+
+    Raises NothingToTrain when no enabled stage has rows. On any error the output folder does
+    not appear. `callbacks` are extra `transformers.TrainerCallback`s given to every stage.
+    """
+    rows = read_datasets(job.datasets_dir)
+    planned, skipped = plan_stages(rows, job.training)
+    if not planned:
+        raise NothingToTrain("nothing to train: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    with _run_log(Path(job.log_file)):
+        logger.info("training %s from %s: stages %s (skipped: %s)", job.output_dir, job.datasets_dir,
+                    planned, skipped)
+        started = time.perf_counter()
+        result = _train(job, rows, planned, skipped, progress, callbacks)
+        logger.info("training finished in %.1f s: %s", time.perf_counter() - started, result.adapter_dir)
+        return result
+
+
+def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[str], skipped: dict[str, str],
+           progress: bool, callbacks: Sequence[Any]) -> TrainResult:
+    from transformers import set_seed
+
+    from training.model import load_model, load_tokenizer, resolve_base_model, select_device, select_dtype
+    from training.stages import common_arguments, lora_config, run_stage
+
+    set_seed(job.training.seed)
+    base = resolve_base_model(job.model, Path(job.models_dir))
+    device = select_device(job.model)
+    dtype = select_dtype(job.model, device)
+    tokenizer = load_tokenizer(base)
+    _check_rows(rows, tokenizer.eos_token)
+    model: Any = load_model(base, job.model, device=device, dtype=dtype, for_training=True)
+    peft_config: Any = None
+    if job.init_adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(job.init_adapter), is_trainable=True)
+    else:
+        peft_config = lora_config(job.lora)
+
+    stats: dict[str, dict[str, Any]] = {}
+    output_dir = Path(job.output_dir)
+    with staged_folder(output_dir) as staging:
+        scratch = Path(tempfile.mkdtemp(prefix=".trainer-", dir=staging.parent))
+        try:
+            for stage in planned:
+                common = common_arguments(getattr(job.training, stage), scratch_dir=scratch / stage,
+                                          seed=job.training.seed, device=device, dtype=dtype, progress=progress)
+                model, stage_stats = run_stage(stage, model=model, tokenizer=tokenizer, rows=rows[stage],
+                                               settings=getattr(job.training, stage), common=common,
+                                               peft_config=peft_config, callbacks=callbacks)
+                peft_config = None  # from now on the model carries the adapter
+                stats[stage] = stage_stats.to_dict()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        # Only the trained adapter ("default"): trl's "ref" copy was already dropped per stage.
+        model.save_pretrained(str(staging), selected_adapters=["default"])
+        # peft also writes a generic model card; the manifest is our record, so leave it out.
+        (staging / "README.md").unlink(missing_ok=True)
+        manifest = write_manifest(staging, {
+            "base_model": job.model.base,
+            "base_model_path": str(base),
+            "init_adapter": str(job.init_adapter) if job.init_adapter else None,
+            "data_counts": {stage: len(rows.get(stage, [])) for stage in STAGES},
+            "hyperparameters": {"lora": dataclasses.asdict(job.lora),
+                                "training": dataclasses.asdict(job.training),
+                                "precision": str(dtype).removeprefix("torch."), "device": device},
+            "stages": stats,
+            "skipped": skipped,
+            "metadata": job.metadata,
+        })
+    return TrainResult(adapter_dir=output_dir, stages=stats, checksum=manifest["checksum"], skipped=skipped)
