@@ -98,11 +98,19 @@ class TransformersDrafter:
 
     def draft(self, conversation: Conversation, *, adapter: AdapterRef | None, seed: int) -> DraftResult:
         started = time.perf_counter()
+        from training.artifacts import CorruptAdapter
+
         prompt = self.render(conversation)
         spec = (adapter.key, adapter.path) if adapter is not None else None
         for attempt in range(self.generation.max_attempts):
             used_seed = seed + 1000 * attempt
-            output = self.engine.generate(prompt, settings=self.generation, seed=used_seed, adapter=spec)
+            try:
+                output = self.engine.generate(prompt, settings=self.generation, seed=used_seed, adapter=spec)
+            except CorruptAdapter as error:
+                # The owner still gets a draft; it is recorded as the base model's (version 0).
+                logger.error("adapter v%s refused, drafting with the base model: %s", adapter.version, error)
+                adapter = spec = None
+                output = self.engine.generate(prompt, settings=self.generation, seed=used_seed, adapter=None)
             if output.text.strip():
                 sampling = {**self.sampling(), "attempts": attempt + 1, "new_tokens": output.new_tokens,
                             "prefill_ms": output.prefill_ms}

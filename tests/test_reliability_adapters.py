@@ -142,9 +142,6 @@ def test_a_cycle_refuses_to_build_on_a_damaged_active_adapter(two_versions: Conf
         assert repo.get_lock(session=session, name="cycle") is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "training/engine.py Engine._ensure_adapter loads an adapter folder without verify_adapter: "
-    "a corrupted active adapter is used for drafts"))
 def test_drafting_never_uses_an_active_adapter_whose_files_were_damaged(two_versions: Config, engine: Engine) -> None:
     from loop.drafting import TransformersDrafter
     from loop.twin import Twin

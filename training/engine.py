@@ -120,6 +120,9 @@ class Engine:
             return
         if key in self._adapters:  # same key, other folder: the old weights are stale
             self.unload_adapter(key)
+        from training.artifacts import verify_adapter
+
+        verify_adapter(folder)  # damaged weights must never speak for the owner
         started = time.perf_counter()
         if self._adapters:
             self.model.load_adapter(folder, adapter_name=self.adapter_name(key))
