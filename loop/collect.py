@@ -1,0 +1,184 @@
+"""From database rows to training inputs: feedback and writing as `training.datasets` examples.
+
+The cycle reads rows through `storage.repo` and turns them into the frozen `FeedbackExample` /
+`WritingExample` of `training.datasets`, plus the owner's and other people's lines that the
+attribution classifier learns from. Nothing here trains or renders prompts; everything is
+plain data that can be written to JSON for the training child.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from sqlmodel import Session
+
+from storage import repo
+from storage.models import Draft, Feedback, FeedbackKind, WritingSample
+from training.datasets import FeedbackExample, WritingExample
+from training.prompt import Conversation, Turn
+
+logger = logging.getLogger(__name__)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; they were stored in UTC.
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+def kept_text(feedback: Feedback, draft: Draft) -> str | None:
+    """What the owner kept for a draft's message by this verdict (None: nothing kept)."""
+    if feedback.kind == FeedbackKind.accept:
+        return draft.text
+    if feedback.kind in (FeedbackKind.edit, FeedbackKind.reject):
+        return feedback.text or None
+    return None
+
+
+def kept_by_message(rows: Sequence[tuple[Feedback, Draft]]) -> dict[int, str]:
+    """For each incoming message, the text the owner finally kept (the newest verdict that kept one)."""
+    kept: dict[int, str] = {}
+    for feedback, draft in sorted(rows, key=lambda pair: pair[0].id or 0):
+        text = kept_text(feedback, draft)
+        if text:
+            kept[draft.message_id] = text
+    return kept
+
+
+def feedback_examples(rows: Sequence[tuple[Feedback, Draft]]) -> list[FeedbackExample]:
+    """Feedback rows as examples; a regenerate's `later_kept` is the text finally kept for its message."""
+    finally_kept = kept_by_message(rows)
+    examples = []
+    for feedback, draft in rows:
+        later = finally_kept.get(draft.message_id) if feedback.kind == FeedbackKind.regenerate else None
+        examples.append(FeedbackExample(
+            kind=feedback.kind.value,
+            conversation=Conversation.of(draft.incoming, draft.context),
+            draft=draft.text,
+            text=feedback.text,
+            later_kept=later,
+            created_at=_aware(feedback.created_at) or datetime.now(timezone.utc),
+        ))
+    return examples
+
+
+def writing_examples(samples: Sequence[WritingSample]) -> list[WritingExample]:
+    examples = []
+    for sample in samples:
+        kind = sample.kind.value if hasattr(sample.kind, "value") else str(sample.kind)
+        conversation = Conversation.of(sample.prompt, sample.context) if sample.prompt else None
+        examples.append(WritingExample(kind=kind, text=sample.text, conversation=conversation,
+                                       written_at=_aware(sample.written_at)))
+    return examples
+
+
+def attribution_lines(samples: Sequence[WritingSample],
+                      rows: Sequence[tuple[Feedback, Draft]]) -> tuple[list[str], list[str]]:
+    """(owner's lines, other people's lines) for the attribution classifier.
+
+    The owner: imported writing and the texts kept through feedback. Others: the messages the
+    owner answered and the other voices of the imported context. Duplicates count once.
+    """
+    owner: dict[str, None] = {}
+    other: dict[str, None] = {}
+    for sample in samples:
+        if sample.text.strip():
+            owner[sample.text.strip()] = None
+        if sample.prompt and sample.prompt.strip():
+            other[sample.prompt.strip()] = None
+        for turn in sample.context:
+            text = str(turn.get("text") or "").strip()
+            if text:
+                (owner if turn.get("role") == "owner" else other)[text] = None
+    for feedback, draft in rows:
+        text = kept_text(feedback, draft)
+        if text and text.strip():
+            owner[text.strip()] = None
+        if draft.incoming.strip():
+            other[draft.incoming.strip()] = None
+    # A line on both sides (a shared "ok") tells the classifier nothing.
+    shared = owner.keys() & other.keys()
+    return [t for t in owner if t not in shared], [t for t in other if t not in shared]
+
+
+@dataclass
+class Collected:
+    """Everything one cycle learns from and is evaluated on, read in one session."""
+
+    feedback: list[FeedbackExample]
+    writing: list[WritingExample]
+    owner_lines: list[str]
+    other_lines: list[str]
+    feedback_ids: list[int]  # ids of `feedback`, same order
+    new_feedback: int  # rows that arrived since the last finished cycle
+    new_writing: int  # samples imported since the last finished cycle started
+    counts_by_kind: dict[str, int] = field(default_factory=dict)
+    upto_id: int = 0
+
+
+def collect(*, session: Session, owner_id: int, after_id: int, upto_id: int, trained_upto_id: int,
+            since: datetime | None) -> Collected:
+    """Feedback in (after_id, upto_id] and all writing of the owner.
+
+    `after_id` is where the active adapter's training data ends (so a kept candidate's data is
+    learnt again by the next one); `trained_upto_id` is where the last finished cycle looked,
+    which decides what counts as new.
+    """
+    rows = repo.feedback_rows(session=session, owner_id=owner_id, after_id=after_id, upto_id=upto_id)
+    samples = repo.writing_samples(session=session, owner_id=owner_id)
+    all_rows = repo.feedback_rows(session=session, owner_id=owner_id, upto_id=upto_id)
+    owner_lines, other_lines = attribution_lines(samples, all_rows)
+    since = _aware(since)
+    new_writing = sum(1 for s in samples if since is None or (_aware(s.created_at) or since) > since)
+    counts = Counter(feedback.kind.value for feedback, _ in rows)
+    return Collected(
+        feedback=feedback_examples(rows),
+        writing=writing_examples(samples),
+        owner_lines=owner_lines,
+        other_lines=other_lines,
+        feedback_ids=[feedback.id for feedback, _ in rows],  # type: ignore[misc]
+        new_feedback=sum(1 for feedback, _ in all_rows if (feedback.id or 0) > trained_upto_id),
+        new_writing=new_writing,
+        counts_by_kind={kind.value: counts.get(kind.value, 0) for kind in FeedbackKind},
+        upto_id=upto_id,
+    )
+
+
+# JSON for the training child ----------------------------------------------------------------
+
+def conversation_to_json(conversation: Conversation | None) -> dict[str, Any] | None:
+    if conversation is None:
+        return None
+    return {"incoming": conversation.incoming, "context": [t.to_dict() for t in conversation.context]}
+
+
+def conversation_from_json(data: dict[str, Any] | None) -> Conversation | None:
+    if data is None:
+        return None
+    return Conversation(context=tuple(Turn.from_dict(t) for t in data["context"]), incoming=data["incoming"])
+
+
+def feedback_to_json(item: FeedbackExample) -> dict[str, Any]:
+    return {"kind": item.kind, "conversation": conversation_to_json(item.conversation), "draft": item.draft,
+            "text": item.text, "later_kept": item.later_kept, "created_at": item.created_at.isoformat()}
+
+
+def feedback_from_json(data: dict[str, Any]) -> FeedbackExample:
+    return FeedbackExample(kind=data["kind"], conversation=conversation_from_json(data["conversation"]),  # type: ignore[arg-type]
+                           draft=data["draft"], text=data["text"], later_kept=data["later_kept"],
+                           created_at=datetime.fromisoformat(data["created_at"]))
+
+
+def writing_to_json(item: WritingExample) -> dict[str, Any]:
+    return {"kind": item.kind, "text": item.text, "conversation": conversation_to_json(item.conversation),
+            "written_at": item.written_at.isoformat() if item.written_at else None}
+
+
+def writing_from_json(data: dict[str, Any]) -> WritingExample:
+    return WritingExample(kind=data["kind"], text=data["text"], conversation=conversation_from_json(data["conversation"]),
+                          written_at=datetime.fromisoformat(data["written_at"]) if data["written_at"] else None)

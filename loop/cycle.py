@@ -1,0 +1,359 @@
+"""One learning cycle (design.md, "The cycle"): lock, collect, train in a child, evaluate, gate, promote, report.
+
+`run_cycle` is the only entry point (the scheduler, `twin train` and the bot's /train call it).
+It keeps the calling process light: datasets, training and evaluation all run in a child
+process (`python -m loop.child`), so the bot never loads a second model and a killed or crashed
+child (SIGKILL, out of memory) only marks the cycle failed. The adapter folder is written under
+a temporary name and renamed when complete; a failed cycle removes what its child left.
+
+One cycle at a time across processes: a lock row in the database, taken over only when its
+holder is dead (a pid on this host that is gone) or silent for hours (another host).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import Engine
+
+from loop import adapters as adapter_store
+from loop.adapters import RollbackError, rollback  # noqa: F401 - part of this module's API
+from loop.child import EXAMPLES_FILE, ChildFailed, run_child, settings_to_json
+from loop.collect import Collected, collect, feedback_to_json, writing_to_json
+from loop.config import Config
+from loop.gate import gate, gate_rule_text
+from loop.report import cycle_report
+from loop.stats import history_chart, list_cycles, owner_stats  # noqa: F401 - part of this module's API
+from storage import repo
+from storage.db import session_scope
+from storage.models import CycleStatus
+from training.artifacts import CorruptAdapter, remove_stale_staging
+from training.datasets import split_holdout, split_writing_holdout
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "cycle"
+LOCK_STALE_AFTER = timedelta(hours=3)  # a holder on another host silent this long is presumed dead
+CYCLE_LOG = "cycle.log"
+
+
+class CycleAlreadyRunning(Exception):
+    """Another cycle holds the lock (in this or another process)."""
+
+
+class CycleFailed(Exception):
+    """The cycle cannot go on; the message is the reason shown to the owner."""
+
+
+@dataclass
+class CycleOutcome:
+    cycle_id: int | None
+    status: str  # skipped | promoted | kept | failed
+    reason: str
+    report_text: str
+    chart_path: Path | None
+    candidate_version: int | None
+    active_version: int
+
+
+# The lock -------------------------------------------------------------------------------------
+
+def _holder_alive(holder: str, acquired_at: datetime) -> bool:
+    """Whether a lock holder "<host>:<pid>[:<token>]" still runs; unknown hosts count as alive."""
+    import psutil
+
+    host, _, rest = holder.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        started = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+    # A process started after the lock was taken only reuses the holder's pid.
+    return started <= acquired_at.timestamp() + 1.0
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
+
+
+def _take_lock(engine: Engine, holder: str) -> bool:
+    for attempt in range(5):
+        try:
+            with session_scope(engine) as session:
+                row = repo.get_lock(session=session, name=LOCK_NAME)
+                if row is None:
+                    return repo.acquire_lock(session=session, name=LOCK_NAME, holder=holder)
+                acquired = _aware(row.acquired_at)
+                # Liveness decides for a holder on this host; silence decides for one elsewhere.
+                remote = row.holder.partition(":")[0] != socket.gethostname()
+                return repo.acquire_lock(session=session, name=LOCK_NAME, holder=holder,
+                                         stale_after=LOCK_STALE_AFTER if remote else None,
+                                         holder_alive=lambda h: _holder_alive(h, acquired))
+        except OperationalError:  # SQLite: another writer won the race for the file; look again
+            logger.debug("lock attempt %d met a busy database", attempt + 1, exc_info=True)
+            time.sleep(0.2 * (attempt + 1))
+    return False
+
+
+def _lock_description(engine: Engine) -> str:
+    with session_scope(engine) as session:
+        row = repo.get_lock(session=session, name=LOCK_NAME)
+        if row is None:
+            return "a learning cycle is already running"
+        return f"a learning cycle is already running (process {row.holder.rsplit(':', 1)[0]} since {row.acquired_at:%H:%M})"
+
+
+def _heartbeat(engine: Engine, holder: str) -> None:
+    try:
+        with session_scope(engine) as session:
+            repo.heartbeat_lock(session=session, name=LOCK_NAME, holder=holder)
+    except OperationalError:  # a busy database must not kill a cycle; the next beat will do
+        logger.warning("could not refresh the cycle lock", exc_info=True)
+
+
+# The cycle ------------------------------------------------------------------------------------
+
+def run_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bool = False, trigger: str = "manual",
+              progress: bool = False) -> CycleOutcome:
+    """Run one cycle for the owner and return what happened; raises CycleAlreadyRunning when locked.
+
+    A failure of the training child is an outcome ("failed", with the reason); anything else
+    unexpected marks the cycle failed and is raised.
+    """
+    holder = f"{repo.lock_holder_id()}:{uuid.uuid4().hex[:8]}"
+    if not _take_lock(engine, holder):
+        raise CycleAlreadyRunning(_lock_description(engine))
+    try:
+        return _locked_cycle(config, engine, telegram_id=telegram_id, force=force, trigger=trigger,
+                             progress=progress, holder=holder)
+    finally:
+        with session_scope(engine) as session:
+            repo.release_lock(session=session, name=LOCK_NAME, holder=holder)
+
+
+def _clean_leftovers(config: Config, telegram_id: int) -> None:
+    """Remove what killed children left: staging adapter folders and trainer scratch folders."""
+    root = adapter_store.adapters_root(config, telegram_id)
+    removed = remove_stale_staging(root)
+    if root.is_dir():
+        for scratch in root.glob(".trainer-*"):
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(scratch)
+    if removed:
+        logger.info("removed leftovers of interrupted training: %s", ", ".join(p.name for p in removed))
+
+
+def _skip_reason(config: Config, collected: Collected, force: bool) -> str | None:
+    if not collected.feedback and not collected.writing:
+        return "Nothing to learn from yet: import your writing (`twin import`) or answer a few drafts."
+    if force or collected.new_writing or collected.new_feedback >= config.schedule.min_new_feedback:
+        return None
+    return (f"Only {collected.new_feedback} new verdict(s) since the last cycle; "
+            f"{config.schedule.min_new_feedback} are needed (`twin train --force` trains anyway).")
+
+
+def _locked_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bool, trigger: str, progress: bool,
+                  holder: str) -> CycleOutcome:
+    started = time.perf_counter()
+    with session_scope(engine) as session:
+        orphans = repo.fail_running_cycles(
+            session=session, reason="interrupted: the process running this cycle stopped before it finished")
+        owner_id: int = repo.get_or_create_owner(session=session, telegram_id=telegram_id).id  # type: ignore[assignment]
+        active = repo.active_adapter(session=session, owner_id=owner_id)
+        active_version, active_path = (active.version, active.path) if active else (0, None)
+        after_id = int((active.data_counts or {}).get("trained_feedback_upto", 0)) if active else 0
+        finished = repo.last_finished_cycle(session=session, owner_id=owner_id)
+        upto_id = repo.latest_feedback_id(session=session, owner_id=owner_id)
+        collected = collect(session=session, owner_id=owner_id, after_id=after_id, upto_id=upto_id,
+                            trained_upto_id=finished.feedback_upto_id if finished else 0,
+                            since=finished.started_at if finished else None)
+    if orphans:
+        logger.warning("cycles %s were interrupted earlier and are now marked failed", orphans)
+    _clean_leftovers(config, telegram_id)
+    stages: dict[str, Any] = {"collect": {"seconds": round(time.perf_counter() - started, 2)}}
+
+    skip = _skip_reason(config, collected, force)
+    with session_scope(engine) as session:
+        cycle = repo.start_cycle(session=session, owner_id=owner_id, trigger=trigger, forced=force,
+                                 active_version_before=active_version, feedback_upto_id=upto_id)
+        cycle_id: int = cycle.id  # type: ignore[assignment]
+        if skip:
+            cycle = repo.finish_cycle(session=session, cycle_id=cycle_id, status=CycleStatus.skipped, reason=skip,
+                                      counts={"new_feedback": collected.new_feedback},
+                                      durations={"stages": stages, "total_seconds": time.perf_counter() - started})
+    if skip:
+        logger.info("cycle %s skipped: %s", cycle_id, skip)
+        return CycleOutcome(cycle_id, "skipped", skip, _report(cycle, config), None, None, active_version)
+
+    folder = config.owner_dir(telegram_id) / "cycles" / str(cycle_id)
+    log_path = folder / CYCLE_LOG
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with session_scope(engine) as session:
+            repo.get_cycle(session=session, cycle_id=cycle_id).log_path = str(log_path)  # type: ignore[union-attr]
+        if active is not None:
+            try:
+                adapter_store.verify(active)
+            except CorruptAdapter as error:
+                raise CycleFailed(f"the active adapter v{active_version} is damaged ({error}); "
+                                  f"`twin rollback` to an earlier version first") from None
+        job_path, counts, version = _prepare(config, engine, owner_id=owner_id, telegram_id=telegram_id,
+                                             cycle_id=cycle_id, folder=folder, collected=collected,
+                                             active_path=active_path, after_id=after_id, progress=progress)
+        result = run_child(job_path, log_path=log_path, heartbeat=lambda: _heartbeat(engine, holder),
+                           progress=progress, threads=config.model.threads)
+    except (CycleFailed, ChildFailed) as failure:
+        return _finish_failed(config, engine, telegram_id=telegram_id, cycle_id=cycle_id, reason=str(failure),
+                              stages=stages, started=started, active_version=active_version)
+    except BaseException as error:
+        _finish_failed(config, engine, telegram_id=telegram_id, cycle_id=cycle_id,
+                       reason=_describe(error), stages=stages, started=started,
+                       active_version=active_version)
+        raise
+    stages.update(result.get("stages", {}))
+    stages["child"] = {"seconds": result.get("wall_seconds"), "peak_rss_mb": result.get("peak_rss_mb")}
+    counts["datasets"] = result.get("datasets", {})
+    durations = {"stages": stages, "total_seconds": round(time.perf_counter() - started, 2)}
+    if "nothing_to_train" in result:
+        with session_scope(engine) as session:
+            cycle = repo.finish_cycle(session=session, cycle_id=cycle_id, status=CycleStatus.skipped,
+                                      reason=f"Nothing to train: {result['nothing_to_train']}", counts=counts,
+                                      durations=durations)
+        return CycleOutcome(cycle_id, "skipped", cycle.reason, _report(cycle, config), None, None, active_version)
+    try:
+        return _judge(config, engine, owner_id=owner_id, telegram_id=telegram_id, cycle_id=cycle_id, result=result,
+                      counts=counts, durations=durations, version=version, active_version=active_version,
+                      folder=folder)
+    except BaseException as error:
+        _finish_failed(config, engine, telegram_id=telegram_id, cycle_id=cycle_id,
+                       reason=_describe(error), stages=stages, started=started,
+                       active_version=active_version)
+        raise
+
+
+def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, cycle_id: int, folder: Path,
+             collected: Collected, active_path: str | None, after_id: int, progress: bool) -> tuple[Path, dict[str, Any], int]:
+    """Split off the held-out data, write examples.json and job.json; returns (job, counts, version)."""
+    settings = config.evaluation
+    ids = {id(example): fid for example, fid in zip(collected.feedback, collected.feedback_ids)}
+    train_feedback, heldout_feedback = split_holdout(collected.feedback, fraction=settings.holdout_fraction,
+                                                     minimum=settings.min_holdout)
+    train_writing, heldout_writing = split_writing_holdout(collected.writing, settings.holdout_fraction,
+                                                           settings.min_holdout)
+    trained_upto = max((ids[id(example)] for example in train_feedback), default=after_id)
+    examples = {
+        "train_feedback": [feedback_to_json(item) for item in train_feedback],
+        "train_writing": [writing_to_json(item) for item in train_writing],
+        "heldout_feedback": [feedback_to_json(item) for item in heldout_feedback],
+        "heldout_writing": [writing_to_json(item) for item in heldout_writing],
+        "owner_lines": collected.owner_lines,
+        "other_lines": collected.other_lines,
+    }
+    (folder / EXAMPLES_FILE).write_text(json.dumps(examples, ensure_ascii=False), encoding="utf-8")
+    with session_scope(engine) as session:
+        version = repo.next_adapter_version(session=session, owner_id=owner_id)
+    output_dir = adapter_store.adapter_dir(config, telegram_id, version)
+    if output_dir.exists():  # renamed into place by a run that died before recording it: no row uses it
+        logger.warning("removing unrecorded adapter folder %s", output_dir)
+        shutil.rmtree(output_dir)
+    job = {
+        "model": settings_to_json(config.model), "lora": settings_to_json(config.lora),
+        "training": settings_to_json(config.training), "evaluation": settings_to_json(config.evaluation),
+        "generation": settings_to_json(config.generation), "models_dir": str(config.models_dir.resolve()),
+        "init_adapter": active_path, "active_adapter": active_path, "output_dir": str(output_dir.resolve()),
+        "metadata": {"cycle_id": cycle_id, "owner": telegram_id, "version": version}, "progress": progress,
+    }
+    job_path = folder / "job.json"
+    job_path.write_text(json.dumps(job, indent=2, default=str), encoding="utf-8")
+    counts = {
+        "feedback_by_kind": collected.counts_by_kind, "new_feedback": collected.new_feedback,
+        "new_writing": collected.new_writing, "train_feedback": len(train_feedback),
+        "heldout_feedback": len(heldout_feedback), "train_writing": len(train_writing),
+        "heldout_writing": len(heldout_writing), "trained_feedback_upto": trained_upto,
+    }
+    return job_path, counts, version
+
+
+def _judge(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, cycle_id: int, result: dict[str, Any],
+           counts: dict[str, Any], durations: dict[str, Any], version: int, active_version: int,
+           folder: Path) -> CycleOutcome:
+    """Gate the candidate, record it (and activate it when it passed), finish the cycle, report."""
+    metrics = result["metrics"]
+    promote, reasons = gate(metrics.get("candidate", {}), metrics.get("active", {}), config.evaluation)
+    metrics["gate"] = {"promote": promote, "reasons": reasons, "rule": gate_rule_text(config.evaluation),
+                       "tolerances": settings_to_json(config.evaluation)}
+    status = CycleStatus.promoted if promote else CycleStatus.kept
+    reason = reasons[0] if reasons else ""
+    output_dir = Path(result["train"]["adapter_dir"])
+    with session_scope(engine) as session:
+        repo.add_adapter(session=session, owner_id=owner_id, version=version, path=str(output_dir),
+                         parent_version=active_version, cycle_id=cycle_id, checksum=result["train"]["checksum"],
+                         data_counts={**counts["datasets"], "trained_feedback_upto": counts["trained_feedback_upto"],
+                                      "train_feedback": counts["train_feedback"],
+                                      "train_writing": counts["train_writing"]},
+                         metrics=metrics.get("candidate", {}))
+        if promote:
+            adapter_store.activate(session=session, owner_id=owner_id, version=version)
+        cycle = repo.finish_cycle(session=session, cycle_id=cycle_id, status=status, reason=reason,
+                                  candidate_version=version, counts=counts, metrics=metrics, durations=durations)
+    logger.info("cycle %s: %s v%s (%s)", cycle_id, status.value, version, reason)
+    chart: Path | None = None
+    try:
+        chart = history_chart(config, engine, telegram_id=telegram_id, path=folder / "history.png")
+    except Exception:  # the report goes out without its chart rather than not at all
+        logger.exception("could not draw the history chart")
+    return CycleOutcome(cycle_id, status.value, reason, _report(cycle, config), chart, version,
+                        version if promote else active_version)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted by the user (Ctrl-C)"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _report(cycle: Any, config: Config) -> str:
+    """The report; a bug in its formatting must not undo a cycle that is already recorded."""
+    try:
+        return cycle_report(cycle, config.evaluation)
+    except Exception:
+        logger.exception("could not format the report of cycle %s", cycle.id)
+        return f"Learning cycle #{cycle.id}: {cycle.status.value}. {cycle.reason}"
+
+
+def _finish_failed(config: Config, engine: Engine, *, telegram_id: int, cycle_id: int, reason: str,
+                   stages: dict[str, Any], started: float, active_version: int) -> CycleOutcome:
+    """Record a failed cycle and remove whatever its child left on disk; the active adapter is untouched."""
+    _clean_leftovers(config, telegram_id)
+    job_path = config.owner_dir(telegram_id) / "cycles" / str(cycle_id) / "job.json"
+    with session_scope(engine) as session:
+        if job_path.exists():
+            # The child may have renamed the adapter into place and died during evaluation:
+            # a folder that no adapter row records is removed.
+            output = Path(json.loads(job_path.read_text(encoding="utf-8"))["output_dir"])
+            recorded = any(Path(a.path) == output for a in repo.list_adapters(
+                session=session, owner_id=repo.get_cycle(session=session, cycle_id=cycle_id).owner_id))  # type: ignore[union-attr]
+            if output.exists() and not recorded:
+                shutil.rmtree(output, ignore_errors=True)
+        cycle = repo.finish_cycle(session=session, cycle_id=cycle_id, status=CycleStatus.failed, reason=reason,
+                                  durations={"stages": stages, "total_seconds": round(time.perf_counter() - started, 2)})
+    logger.error("cycle %s failed: %s", cycle_id, reason)
+    return CycleOutcome(cycle_id, "failed", reason, _report(cycle, config), None, None, active_version)

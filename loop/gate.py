@@ -1,0 +1,124 @@
+"""The promotion gate of design.md: is the candidate adapter better than the active one?
+
+Pure: it compares two metric dicts (as `training.evaluate` returns them) under the tolerances of
+`EvaluationSettings` and says yes or no with one human-readable line per criterion, so the
+report can show exactly which rule decided and with which tolerance.
+
+The rule: the held-out likelihood (mean per-token NLL, lower is better) must drop by more than
+`likelihood_tolerance`; edit distance, attribution and preference accuracy must not get worse
+by more than their tolerances; no caricature flag may appear that the active adapter lacks.
+A metric that neither side measured (e.g. no held-out preference pairs) is not judged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from training.config import EvaluationSettings
+
+logger = logging.getLogger(__name__)
+
+
+def metric_value(metrics: dict[str, Any], name: str) -> float | None:
+    """One number of a metric dict: plain numbers, or the `score`/`mean`/`value` of a nested dict."""
+    value = metrics.get(name)
+    if isinstance(value, dict):
+        for key in ("score", "mean", "value", "nll"):
+            if isinstance(value.get(key), (int, float)):
+                value = value[key]
+                break
+        else:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def caricature_flags(metrics: dict[str, Any]) -> dict[str, str]:
+    """Flagged features by name -> the flag's text.
+
+    `training.style` writes flags as "<feature>: drafts 0.40 vs owner 0.10 (4.0x)"; the name is
+    the part before ": drafts", so the same feature flagged with other numbers is not "new".
+    """
+    flags = metrics.get("caricature_flags") or []
+    if isinstance(flags, dict):
+        return {str(name): str(detail) for name, detail in flags.items()}
+    named: dict[str, str] = {}
+    for flag in flags:
+        text = str(flag.get("feature", flag)) if isinstance(flag, dict) else str(flag)
+        named[text.split(": drafts", 1)[0].strip()] = text
+    return named
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _fmt_opt(value: float | None) -> str:
+    return "n/a" if value is None else _fmt(value)
+
+
+def gate(candidate: dict[str, Any], active: dict[str, Any], settings: EvaluationSettings) -> tuple[bool, list[str]]:
+    """Decide whether `candidate` replaces `active`; returns (promote, one reason per criterion).
+
+    Failed criteria come first in the list, so `reasons[0]` explains a refusal.
+    """
+    failed: list[str] = []
+    passed: list[str] = []
+
+    new, old = metric_value(candidate, "likelihood"), metric_value(active, "likelihood")
+    if new is None and old is None:
+        # No held-out reply or verdict exists yet (an owner who imported only monologues): the
+        # first adapter could never be promoted otherwise.
+        passed.append("held-out likelihood not judged: there is no held-out reply or verdict yet")
+    elif new is None or old is None:
+        failed.append("held-out likelihood was measured for one model only; it is required to promote")
+    elif old - new > settings.likelihood_tolerance:
+        passed.append(f"held-out likelihood improved: NLL {_fmt(old)} → {_fmt(new)} "
+                      f"(needs a drop of more than {settings.likelihood_tolerance})")
+    else:
+        failed.append(f"held-out likelihood did not improve enough: NLL {_fmt(old)} → {_fmt(new)} "
+                      f"(needs a drop of more than {settings.likelihood_tolerance})")
+
+    # (metric, label, higher is better, tolerance)
+    for name, label, higher_better, tolerance in (
+        ("edit_distance", "edit distance", False, settings.edit_distance_tolerance),
+        ("attribution", "attribution", True, settings.attribution_tolerance),
+        ("preference_accuracy", "preference accuracy", True, settings.preference_tolerance),
+    ):
+        new, old = metric_value(candidate, name), metric_value(active, name)
+        if new is None and old is None:
+            passed.append(f"{label} not judged: not measured on this held-out set")
+            continue
+        if new is None or old is None:
+            # e.g. the candidate drafted only empty texts, so nothing could be attributed
+            failed.append(f"{label} was measured for one model only: {_fmt_opt(old)} → {_fmt_opt(new)}")
+            continue
+        worse_by = (old - new) if higher_better else (new - old)
+        line = f"{label} {_fmt(old)} → {_fmt(new)} (tolerance {tolerance})"
+        if worse_by > tolerance:
+            failed.append(f"{label} got worse: {line}")
+        else:
+            passed.append(f"{label} held: {line}")
+
+    candidate_flags, active_flags = caricature_flags(candidate), caricature_flags(active)
+    new_flags = [text for name, text in sorted(candidate_flags.items()) if name not in active_flags]
+    if new_flags:
+        failed.append(f"new caricature flag(s): {'; '.join(new_flags)} "
+                      f"(a draft feature beyond {settings.caricature_ratio}× the owner's spread)")
+    else:
+        passed.append("no new caricature flag")
+
+    promote = not failed
+    logger.info("gate: %s (%s)", "promote" if promote else "keep", "; ".join(failed or passed))
+    return promote, failed + passed
+
+
+def gate_rule_text(settings: EvaluationSettings) -> str:
+    """The rule with its tolerances, for the report."""
+    return (f"promote when held-out NLL drops by more than {settings.likelihood_tolerance}, "
+            f"edit distance rises by at most {settings.edit_distance_tolerance}, "
+            f"attribution falls by at most {settings.attribution_tolerance}, "
+            f"preference accuracy falls by at most {settings.preference_tolerance}, "
+            f"and no new caricature flag appears")

@@ -1,0 +1,82 @@
+"""The learning cycle end to end on the tiny model: import, drafts, every verdict, train, promote, draft again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loop.cycle import list_cycles, owner_stats, run_cycle
+from storage import repo
+from storage.db import session_scope
+from tests.test_cycle_support import (  # noqa: F401 - fixtures
+    OWNER,
+    cycle_config,
+    give_every_kind_of_feedback,
+    import_writing,
+    twin,
+)
+
+
+def active_version(engine) -> int:
+    with session_scope(engine) as session:
+        owner = repo.find_owner(session=session, telegram_id=OWNER)
+        return repo.active_version(session=session, owner_id=owner.id)
+
+
+def test_full_cycle_import_feedback_promote_and_the_next_draft_uses_the_new_version(cycle_config, engine, twin):
+    assert import_writing(engine) == 24
+    first = run_cycle(cycle_config, engine, telegram_id=OWNER)
+    assert first.status == "promoted", first.report_text
+    assert active_version(engine) == first.candidate_version == 1
+    rows = list_cycles(engine, telegram_id=OWNER)
+    assert rows[0]["counts"]["train_feedback"] == 0 and rows[0]["counts"]["datasets"]["sft"] > 0
+    assert rows[0]["counts"]["datasets"].get("dpo", 0) == 0  # SFT on the writing alone
+
+    kinds = give_every_kind_of_feedback(twin)
+    assert twin.draft_reply(telegram_id=OWNER, chat_key="x", incoming="hello?").adapter_version == 1
+
+    second = run_cycle(cycle_config, engine, telegram_id=OWNER, trigger="schedule")
+    assert second.status == "promoted", second.report_text
+    assert active_version(engine) == 2
+    assert twin.draft_reply(telegram_id=OWNER, chat_key="x", incoming="and now?").adapter_version == 2
+
+    cycle = list_cycles(engine, telegram_id=OWNER)[-1]
+    folder = cycle_config.owner_dir(OWNER) / "cycles" / str(cycle["id"])
+    datasets = {name: (folder / "datasets" / f"{name}.jsonl").read_text().splitlines() for name in ("sft", "dpo", "kto")}
+    assert all(datasets.values()), "SFT, DPO and KTO rows were all written"
+    assert cycle["counts"]["feedback_by_kind"]["regenerate"] == kinds["regenerate"]
+    assert cycle["status"] == "promoted" and cycle["trigger"] == "schedule"
+    assert set(cycle["durations"]["stages"]) >= {"collect", "datasets", "sft", "dpo", "kto", "evaluate"}
+    assert cycle["metrics"]["candidate"]["likelihood"] < cycle["metrics"]["active"]["likelihood"]
+    assert Path(cycle["log_path"]).exists()
+    # The report names what was learnt from, the metrics old → new, the decision and the rule.
+    for words in ("Promoted", "v1 → v2", "edit", "regenerate", "NLL", "Rule:"):
+        assert words in second.report_text
+    assert second.chart_path is not None and second.chart_path.read_bytes()[:4] == b"\x89PNG"
+    # A regenerate's later kept text made a DPO pair: the edited reply over the rejected draft.
+    pairs = [json.loads(line) for line in datasets["dpo"]]
+    assert any(row["chosen"].startswith("yeah im coming") or "lol" in row["chosen"] for row in pairs)
+
+    stats = {row["version"]: row for row in owner_stats(engine, telegram_id=OWNER)}
+    assert stats[1]["by_kind"]["accept"] == 1 and stats[1]["accept_rate"] == pytest.approx(1 / 6)
+    assert stats[1]["edit_distance"] is not None
+
+    # Nothing new: the nightly run is skipped and says what it needs.
+    cycle_config.schedule.min_new_feedback = 3
+    skipped = run_cycle(cycle_config, engine, telegram_id=OWNER, trigger="schedule")
+    assert skipped.status == "skipped" and "0 new verdict(s)" in skipped.reason and "3 are needed" in skipped.reason
+
+    # A candidate made worse on purpose (a learning rate far too high) is refused, and the report says why.
+    cycle_config.training.sft.learning_rate = 0.9
+    cycle_config.training.sft.max_steps = 10
+    wrecked = run_cycle(cycle_config, engine, telegram_id=OWNER, force=True)
+    assert wrecked.status == "kept", wrecked.report_text
+    assert wrecked.reason.startswith("held-out likelihood did not improve enough")
+    assert "Kept v2" in wrecked.report_text and "did not improve enough" in wrecked.report_text
+    assert "0.005" in wrecked.report_text  # the tolerance of the rule is shown
+    metrics = list_cycles(engine, telegram_id=OWNER)[-1]["metrics"]
+    assert metrics["candidate"]["likelihood"] > metrics["active"]["likelihood"]  # really worse, not just equal
+    assert active_version(engine) == 2
+    assert twin.draft_reply(telegram_id=OWNER, chat_key="x", incoming="still you?").adapter_version == 2

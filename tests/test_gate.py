@@ -1,0 +1,99 @@
+"""The promotion gate: each criterion can refuse, and the reasons name the tolerances."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loop.gate import gate, gate_rule_text
+from training.config import EvaluationSettings
+
+SETTINGS = EvaluationSettings(likelihood_tolerance=0.01, edit_distance_tolerance=0.05,
+                              attribution_tolerance=0.05, preference_tolerance=0.05)
+
+
+def metrics(**overrides):
+    base = {"likelihood": 3.0, "edit_distance": 1.2, "attribution": {"score": 0.5, "ceiling": 0.8, "floor": 0.3},
+            "preference_accuracy": 0.6, "caricature_flags": []}
+    base.update(overrides)
+    return base
+
+
+def test_a_better_candidate_is_promoted():
+    promote, reasons = gate(metrics(likelihood=2.9), metrics(), SETTINGS)
+    assert promote
+    assert "likelihood improved" in reasons[0] and "0.01" in reasons[0]
+
+
+def test_likelihood_must_improve_beyond_the_tolerance():
+    promote, reasons = gate(metrics(likelihood=2.995), metrics(), SETTINGS)
+    assert not promote
+    assert "did not improve enough" in reasons[0]
+    assert "3.000 → 2.995" in reasons[0] and "0.01" in reasons[0]
+
+
+def test_worse_edit_distance_beyond_tolerance_refuses():
+    promote, reasons = gate(metrics(likelihood=2.5, edit_distance=1.3), metrics(), SETTINGS)
+    assert not promote
+    assert reasons[0].startswith("edit distance got worse") and "tolerance 0.05" in reasons[0]
+    # Within the tolerance it holds.
+    assert gate(metrics(likelihood=2.5, edit_distance=1.24), metrics(), SETTINGS)[0]
+
+
+def test_worse_attribution_refuses():
+    promote, reasons = gate(metrics(likelihood=2.5, attribution={"score": 0.4}), metrics(), SETTINGS)
+    assert not promote and reasons[0].startswith("attribution got worse")
+
+
+def test_worse_preference_accuracy_refuses():
+    promote, reasons = gate(metrics(likelihood=2.5, preference_accuracy=0.5), metrics(), SETTINGS)
+    assert not promote and reasons[0].startswith("preference accuracy got worse")
+
+
+def test_a_new_caricature_flag_refuses_but_an_inherited_one_does_not():
+    promote, reasons = gate(metrics(likelihood=2.5, caricature_flags=["exclamations"]), metrics(), SETTINGS)
+    assert not promote and "exclamations" in reasons[0]
+    promote, _ = gate(metrics(likelihood=2.5, caricature_flags=["exclamations"]),
+                      metrics(caricature_flags=["exclamations"]), SETTINGS)
+    assert promote
+
+
+def test_unmeasured_metrics_are_not_judged_but_likelihood_is_required():
+    promote, reasons = gate(metrics(likelihood=2.5, preference_accuracy=None), metrics(preference_accuracy=None),
+                            SETTINGS)
+    assert promote and any("preference accuracy not judged" in r for r in reasons)
+    promote, reasons = gate(metrics(likelihood=None), metrics(), SETTINGS)
+    assert not promote and "likelihood was measured for one model only" in reasons[0]
+    # Nothing held out to score (only monologues imported): judged on the rest.
+    promote, reasons = gate(metrics(likelihood=None), metrics(likelihood=None), SETTINGS)
+    assert promote and any("likelihood not judged" in r for r in reasons)
+
+
+def test_a_metric_measured_for_one_side_only_refuses():
+    promote, reasons = gate(metrics(likelihood=2.5, attribution=None), metrics(), SETTINGS)
+    assert not promote and reasons[0] == "attribution was measured for one model only: 0.500 → n/a"
+
+
+def test_the_rule_text_shows_every_tolerance():
+    text = gate_rule_text(SETTINGS)
+    for value in ("0.01", "0.05"):
+        assert value in text
+
+
+@given(st.floats(0.5, 5), st.floats(0.5, 5), st.floats(0, 3), st.floats(0, 3))
+def test_promotion_implies_a_likelihood_gain_and_no_edit_loss(nll_new, nll_old, ed_new, ed_old):
+    promote, reasons = gate(metrics(likelihood=nll_new, edit_distance=ed_new),
+                            metrics(likelihood=nll_old, edit_distance=ed_old), SETTINGS)
+    if promote:
+        assert nll_old - nll_new > SETTINGS.likelihood_tolerance
+        assert ed_new - ed_old <= SETTINGS.edit_distance_tolerance
+    assert len(reasons) == 5
+
+
+def test_caricature_flags_compare_by_feature_not_by_numbers():
+    active = metrics(caricature_flags=["exclamation marks: drafts 0.40 vs owner 0.10 (4.0x)"])
+    same = metrics(likelihood=2.5, caricature_flags=["exclamation marks: drafts 0.50 vs owner 0.10 (5.0x)"])
+    assert gate(same, active, SETTINGS)[0]
+    other = metrics(likelihood=2.5, caricature_flags=["pet phrase 'lol' per message: drafts 0.9 vs owner 0.2 (4.5x)"])
+    promote, reasons = gate(other, active, SETTINGS)
+    assert not promote and "pet phrase 'lol'" in reasons[0]
