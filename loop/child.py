@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from loop.config import TOKEN_ENV
 from training.config import (
     EvaluationSettings,
     GenerationSettings,
@@ -213,7 +214,8 @@ def run_child(job_path: Path, *, log_path: Path, heartbeat: Callable[[], None], 
               threads: int = 0) -> dict[str, Any]:
     """Run `python -m loop.child job.json` and wait, calling `heartbeat` now and then; returns the
     child's result, or raises ChildFailed with the reason (signal, exit code, error, log tail)."""
-    env = dict(os.environ)
+    # Training needs no Telegram access: the token stays out of the child and its logs.
+    env = {name: value for name, value in os.environ.items() if name != TOKEN_ENV}
     project_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
     if threads > 0:

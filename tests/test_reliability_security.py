@@ -183,3 +183,25 @@ async def test_forget_in_telegram_removes_the_owner_and_keeps_others(harness: Ha
     with Session(harness.engine) as session:
         assert session.exec(select(Draft).where(Draft.chat_id == OWNER_ID)).all() == []
         assert session.exec(select(Feedback)).all() == [] and session.exec(select(WritingSample)).all() == []
+
+
+def test_the_training_child_does_not_inherit_the_bot_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child writes logs of its own; it needs no Telegram access, so it never sees the token."""
+    import subprocess
+
+    from loop import child
+
+    monkeypatch.setenv(TOKEN_ENV, REAL_LOOKING_TOKEN)
+    seen: dict[str, str] = {}
+
+    class Stop(Exception):
+        pass
+
+    def popen(*args, env, **kwargs):
+        seen.update(env)
+        raise Stop
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    with pytest.raises(Stop):
+        child.run_child(tmp_path / "job.json", log_path=tmp_path / "train.log", heartbeat=lambda: None)
+    assert seen and TOKEN_ENV not in seen and REAL_LOOKING_TOKEN not in "".join(seen.values())
