@@ -167,4 +167,7 @@ def build_random_adapter(model_dir: Path, path: Path, *, seed: int, r: int = 4) 
             if "lora_" in name:
                 param.mul_(5.0)  # strong enough that sampled tokens differ from the base model's
     peft_model.save_pretrained(str(path))
+    from training.artifacts import write_manifest
+
+    write_manifest(Path(path), {"base_model": str(model_dir), "note": "random test adapter"})  # a complete adapter
     return Path(path)
