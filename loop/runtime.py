@@ -66,6 +66,7 @@ def setup_logging(config: Config, *, log_file: Path | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every Bot API URL, token included, at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl" on every command
     install_token_redaction()
 
 

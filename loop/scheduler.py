@@ -226,7 +226,7 @@ def start_scheduler(
 
 
 def next_run_time(source: Config | BackgroundScheduler) -> datetime | None:
-    """When the nightly job runs next, in the schedule's time zone; None when it is not stored.
+    """When the nightly job runs next, in the schedule's time zone; None when it is paused or disabled.
 
     Given a running scheduler, its live job is asked (the bot's /status); given the config, the
     job store is read from the database, which works without a running scheduler (`twin status`).
@@ -242,9 +242,12 @@ def next_run_time(source: Config | BackgroundScheduler) -> datetime | None:
     try:
         stored = SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE).lookup_job(JOB_ID)
     except (SQLAlchemyError, LookupError, ImportError, AttributeError):
-        return None
+        stored = None  # no job table yet: the scheduler never ran on this database
     finally:
         engine.dispose()
-    if stored is None or stored.next_run_time is None:
-        return None
-    return stored.next_run_time.astimezone(schedule_timezone(source))
+    if stored is not None and stored.next_run_time is not None:
+        return stored.next_run_time.astimezone(schedule_timezone(source))
+    if stored is None and source.schedule.enabled:
+        # Never started yet (`twin run` stores the job): the time the job would get.
+        return nightly_trigger(source).get_next_fire_time(None, datetime.now(schedule_timezone(source)))
+    return None

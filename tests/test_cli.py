@@ -96,3 +96,9 @@ def test_a_malformed_file_fails_and_stores_nothing_of_it(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "result.json" in result.output and "nothing of them was stored" in result.output
     assert json.loads(invoke("status", "--json").stdout)["writing_samples"] == 0
+
+
+def test_status_names_the_next_nightly_run_before_the_scheduler_ever_ran(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('owners = [5]\n[schedule]\ntime = "04:30"\ntimezone = "Europe/Berlin"\n')
+    data = json.loads(invoke("status", "--json").stdout)
+    assert data["next_cycle"] is not None and "T04:30:00" in data["next_cycle"]
