@@ -1,0 +1,198 @@
+"""Wall time and peak memory, stage by stage, of one learning cycle with the embedded model.
+
+A made-up owner ("Robin": lower-case, drops apostrophes, says "haha", short replies) answers
+made-up messages from friends. Their imported replies form the replay pool; then ~300 verdicts
+of every kind (accept, edit, reject with and without a replacement, regenerate followed by an
+edit) are given to scripted drafts (a FakeDrafter answering with another of Robin's replies, so
+drafts look like the owner's habits but miss the content). Then `loop.cycle.run_cycle` runs once,
+exactly as the nightly job does, with the default settings of config.toml: one epoch per stage,
+LoRA r16 all-linear, 60 sampled drafts per model in the evaluation. Figures come from the cycle
+row (per stage: seconds and the child's peak resident memory so far).
+
+    python -m bench.cycle_measure                  # the real measurement (tens of minutes on 2 cores)
+    python -m bench.cycle_measure --quick          # smoke test on the tests' tiny model
+    python -m bench.cycle_measure --feedback 100   # a smaller cycle
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+logger = logging.getLogger("bench.cycle_measure")
+
+SECTION = "cycle_measure"
+OWNER = 5151
+STAGES = ("collect", "datasets", "sft", "dpo", "kto", "evaluate", "child")
+
+_FRIENDS = ["Sam", "Alex", "Jo", "Priya", "Tom", "Mia"]
+_PLACES = ["the lake", "mums", "the new bar", "the office", "the station", "the gym", "the market", "the cinema"]
+_TIMES = ["tonight", "tomorrow", "on friday", "at the weekend", "later", "next week", "on sunday"]
+_THINGS = ["the tickets", "the keys", "my charger", "the photos", "that book", "the rent", "the recipe"]
+_ASKS = [
+    "Are you coming to {place} {time}?", "Did you remember to bring {thing}?", "Can we move dinner to {time}?",
+    "Have you seen {thing} anywhere? I can't find them.", "What did you think of {place}?",
+    "Shall I pick you up from {place} {time}?", "Do you still have {thing} from last month?",
+    "How was {place} {time}? Tell me everything!", "Is it okay if I bring {friend} along {time}?",
+    "Did {friend} ever pay you back for {thing}?",
+]
+_REPLIES = [
+    "yeah im in, see you at {place} haha", "nah cant make it {time}, sorry", "ill bring {thing}, dont worry",
+    "havent seen {thing} since {time} tbh", "{place} was alright, bit loud haha", "sure thing, text me when youre at {place}",
+    "lol no, {friend} still owes me", "{time} works, {place}?", "omg yes bring {friend} haha",
+    "i think {thing} is at {place}", "hmm maybe, depends on work {time}", "cant wait haha, {place} it is",
+]
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    return template.format(place=rng.choice(_PLACES), time=rng.choice(_TIMES), thing=rng.choice(_THINGS),
+                           friend=rng.choice(_FRIENDS))
+
+
+def made_up_conversations(n: int, *, seed: int) -> list[tuple[str, str, str]]:
+    """(friend, incoming message, Robin's reply) triples."""
+    rng = random.Random(seed)
+    return [(rng.choice(_FRIENDS), _fill(rng.choice(_ASKS), rng), _fill(rng.choice(_REPLIES), rng)) for _ in range(n)]
+
+
+def import_writing(engine: Any, owner_id: int, n: int, *, seed: int) -> int:
+    from storage import repo
+    from storage.db import session_scope
+    from storage.models import SampleKind, WritingSampleCreate
+
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    samples = []
+    for i, (friend, incoming, reply) in enumerate(made_up_conversations(n, seed=seed)):
+        earlier = [{"role": "other", "text": f"hey robin its {friend}", "sender": friend},
+                   {"role": "owner", "text": "heyy whats up", "sender": None}]
+        samples.append(WritingSampleCreate(kind=SampleKind.reply, text=reply, prompt=incoming, sender=friend,
+                                           context=earlier, written_at=start + timedelta(hours=7 * i),
+                                           source="made-up"))
+    with session_scope(engine) as session:
+        added, _ = repo.add_writing_samples(session=session, owner_id=owner_id, samples=samples)
+    return added
+
+
+def give_verdicts(twin: Any, n: int, *, seed: int) -> dict[str, int]:
+    """`n` verdicts in a realistic mix; a regenerate is followed by an edit of the new draft (not counted)."""
+    mix = ("accept", "edit", "edit", "accept", "reject", "edit", "regenerate", "accept", "edit", "reject_empty")
+    counts = {"accept": 0, "edit": 0, "reject": 0, "regenerate": 0}
+    for i, (friend, incoming, reply) in enumerate(made_up_conversations(n, seed=seed + 1)):
+        draft = twin.draft_reply(telegram_id=OWNER, chat_key=f"tg:{i % 40}", incoming=incoming, sender=friend)
+        kind = mix[i % len(mix)]
+        if kind == "regenerate":
+            again = twin.record_verdict(telegram_id=OWNER, draft_id=draft.id, kind="regenerate").new_draft
+            twin.record_verdict(telegram_id=OWNER, draft_id=again.id, kind="edit", text=reply)
+        elif kind in ("reject", "reject_empty"):
+            text = reply if kind == "reject" else None
+            twin.record_verdict(telegram_id=OWNER, draft_id=draft.id, kind="reject", text=text,
+                                reason=None if text else "not me")
+            kind = "reject"
+        elif kind == "edit":
+            twin.record_verdict(telegram_id=OWNER, draft_id=draft.id, kind="edit", text=reply)
+        else:
+            twin.record_verdict(telegram_id=OWNER, draft_id=draft.id, kind="accept")
+        counts[kind] += 1
+    return counts
+
+
+def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: int, progress: bool) -> dict[str, Any]:
+    from loop.config import Config
+    from loop.cycle import list_cycles, run_cycle
+    from loop.drafting import FakeDrafter
+    from loop.twin import Twin
+    from storage.db import open_database
+
+    config = Config(data_dir=work / "data", owners=[OWNER])
+    config.model = common.model_settings(quick=quick, work=work, threads=threads, owner_name="Robin")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    if quick:
+        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
+
+        config.training, config.generation = tiny_training_settings(), tiny_generation_settings()
+        config.evaluation = tiny_evaluation_settings()
+    else:  # the embedded model, converted once and shared between runs
+        common.models_dir().mkdir(parents=True, exist_ok=True)
+        config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
+    engine = open_database(config.db_url)
+    drafts = [reply for _, _, reply in made_up_conversations(2 * feedback, seed=99)]
+    twin = Twin(config, engine, FakeDrafter(replies=drafts))
+    owner_id = twin.owner_id(OWNER, name="Robin")
+    imported = import_writing(engine, owner_id, writing, seed=3)
+    verdicts = give_verdicts(twin, feedback, seed=5)
+    import psutil
+
+    parent_before_mb = psutil.Process().memory_info().rss / 2**20
+    started = time.perf_counter()
+    with common.PeakMemory() as parent_memory:
+        outcome = run_cycle(config, engine, telegram_id=OWNER, force=True, trigger="bench", progress=progress)
+    wall = time.perf_counter() - started
+    cycle = list_cycles(engine, telegram_id=OWNER)[-1]
+    engine.dispose()
+    return {"quick": quick, "feedback": feedback, "threads": config.model.threads, "verdicts": verdicts, "imported": imported,
+            "status": outcome.status, "reason": outcome.reason, "wall_seconds": round(wall, 1),
+            "parent_growth_mb": round(parent_memory.peak_mb - parent_before_mb, 1), "counts": cycle.get("counts", {}),
+            "stages": (cycle.get("durations") or {}).get("stages", {}), "report": outcome.report_text,
+            "metrics": {name: {k: v for k, v in (cycle.get("metrics") or {}).get(name, {}).items()
+                               if k in ("likelihood", "edit_distance", "attribution", "preference_accuracy")}
+                        for name in ("base", "active", "candidate")}}
+
+
+def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
+    stages = result["stages"]
+    rows = [[name, common.fmt(stages[name].get("seconds"), 1),
+             common.fmt((stages[name].get("seconds") or 0) / 60, 1), stages[name].get("steps", ""),
+             stages[name].get("examples", ""), common.fmt(stages[name].get("peak_rss_mb"), 0)]
+            for name in STAGES if name in stages]
+    datasets = result["counts"].get("datasets", {})
+    return "\n".join([
+        "## One learning cycle with the embedded model", "",
+        common.machine_markdown(facts, quick=result["quick"]), "",
+        f"{result['feedback']} verdicts ({', '.join(f'{k} {v}' for k, v in result['verdicts'].items())}) plus "
+        f"{result['imported']} imported replies as the replay pool; default settings (one epoch per stage), "
+        f"torch threads in the training child: {result['threads'] or 'default'}. "
+        f"Rows: {', '.join(f'{k.upper()} {v}' for k, v in datasets.items())}. Outcome: {result['status']}.", "",
+        common.markdown_table(["stage", "seconds", "minutes", "steps", "examples", "peak RSS MB (child, so far)"],
+                              rows), "",
+        f"Whole cycle: {result['wall_seconds'] / 60:.1f} min. The calling process (the bot or the CLI) grew by "
+        f"{result['parent_growth_mb']:.0f} MB during the cycle: the model lives in the child only.", "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--feedback", type=int, default=None, help="verdicts before the cycle (default 300)")
+    parser.add_argument("--writing", type=int, default=200, help="imported replies, the replay pool (default 200)")
+    parser.add_argument("--progress", action="store_true", help="echo the training log while it runs")
+    args = parser.parse_args(argv)
+    common.offline_environment()
+    common.setup_logging(args.verbose)
+    feedback = args.feedback if args.feedback is not None else (12 if args.quick else 300)
+    work = Path(args.work or tempfile.mkdtemp(prefix="twin-cycle-measure-"))
+    facts = common.machine_facts()
+    try:
+        result = measure(quick=args.quick, work=work, threads=args.threads, feedback=feedback,
+                         writing=args.writing if not args.quick else 24, progress=args.progress)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{SECTION}.json").write_text(json.dumps({"facts": facts, **result}, indent=2, default=str))
+    common.write_section(out, SECTION, markdown(result, facts))
+    print(markdown(result, facts))
+    print(result["report"])
+    return 0 if result["status"] in ("promoted", "kept") else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

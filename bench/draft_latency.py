@@ -1,0 +1,474 @@
+"""Draft latency: from an incoming message to a finished draft, on CPU, against plain `generate`.
+
+Paths timed on the same prompts (the simulated owner's incoming mail, with its context, rendered
+by the project's one prompt renderer) and the same number of new tokens:
+
+* baseline: plain transformers, `model.generate(input_ids, max_new_tokens=N, min_new_tokens=N)`
+  with the model's default generation settings (greedy), on the base model;
+* engine, base: `training.engine.Engine.generate` (sampling as configured), no adapter;
+* engine, adapter: the same with an unmerged LoRA adapter active;
+* serving: `loop.twin.Twin.draft_reply` with the real `TransformersDrafter` and an active adapter
+  in a SQLite database: storing the message, reading context, rendering, drafting, storing the
+  draft; what the bot runs for each message.
+
+Ours stops at the end of the turn, the baseline always writes N tokens, so every latency is also
+given for an N-token reply: prefill + (N - 1) × the path's own time per decoded token. Levers
+(`--levers`) are measured the same way on a subset: threads, static KV cache, a merged adapter,
+int8 dynamic quantization (whose drafts are compared with fp32's and whose likelihood of the
+owner's replies is checked, since a lever must not cost quality).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bench import common
+from bench.corpus import ReplyPair, load_corpus
+
+logger = logging.getLogger("bench.draft_latency")
+
+SECTION = "draft_latency"
+TARGET_P50_S = 1.0
+OWNER_TELEGRAM_ID = 4242
+
+
+@dataclass
+class Call:
+    seconds: float
+    prefill_s: float
+    new_tokens: int
+
+    def at_tokens(self, n: int) -> float:
+        """This call's latency scaled to an n-token reply (prefill + per-token decode time)."""
+        if self.new_tokens <= 1:
+            return self.seconds
+        per_token = (self.seconds - self.prefill_s) / (self.new_tokens - 1)
+        return self.prefill_s + per_token * (n - 1)
+
+
+@dataclass
+class PathResult:
+    name: str
+    calls: list[Call] = field(default_factory=list)
+    peak_mb: float = 0.0
+    texts: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def summary(self, n_tokens: int) -> dict[str, Any]:
+        raw = [c.seconds for c in self.calls]
+        scaled = [c.at_tokens(n_tokens) for c in self.calls]
+        decode_s = sum(c.seconds - c.prefill_s for c in self.calls)
+        decoded = sum(max(c.new_tokens - 1, 0) for c in self.calls)
+        return {
+            "path": self.name, "n": len(self.calls),
+            "p50_s": common.percentile(raw, 50), "p95_s": common.percentile(raw, 95),
+            "p50_n_s": common.percentile(scaled, 50), "p95_n_s": common.percentile(scaled, 95),
+            "tokens_per_s": decoded / decode_s if decode_s > 0 else None,
+            "prefill_ms": 1000 * common.mean(c.prefill_s for c in self.calls) if self.calls else None,
+            "mean_new_tokens": common.mean(c.new_tokens for c in self.calls),
+            "peak_mb": self.peak_mb, "note": self.note,
+        }
+
+
+class _FirstTokenClock:
+    """A logits processor noting when the first token's logits arrive: the end of prefill."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.at is None:
+            self.at = time.perf_counter()
+        return scores
+
+
+def conversations(pairs: Sequence[ReplyPair], n: int) -> list[Any]:
+    from training.prompt import Conversation
+
+    chosen = [pairs[i % len(pairs)] for i in range(n)]
+    return [Conversation.of(p.message, p.context) for p in chosen]
+
+
+def make_adapter(model_path: str, settings: Any, folder: Path, *, seed: int = 0) -> Path:
+    """A LoRA adapter of the configured shape with small non-zero weights, saved at `folder`.
+
+    Its B matrices are not zero (as a fresh LoRA's are), so merged and unmerged paths do the real
+    arithmetic and any difference in their drafts shows; small, so the drafts stay those of a model
+    that reads like the base one (latency depends on the number of tokens).
+    """
+    import torch
+    from peft import get_peft_model
+
+    from training.artifacts import write_manifest
+    from training.config import LoraSettings
+    from training.model import load_model
+    from training.stages import lora_config
+
+    torch.manual_seed(seed)
+    model = get_peft_model(load_model(model_path, settings), lora_config(LoraSettings()))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 1e-3)
+    model.save_pretrained(str(folder))
+    write_manifest(folder, {"base_model": settings.base, "made_by": "bench.draft_latency (timing only)"})
+    return folder
+
+
+Runner = Callable[[int], tuple[Call, str]]  # message index -> (timing, draft text)
+
+
+def interleave(paths: Sequence[tuple[PathResult, Runner]], n: int) -> None:
+    """Run every path on message 0, then every path on message 1, and so on.
+
+    On a shared machine the load changes by the minute; taking the paths in turn for each message
+    exposes them to the same load, so their ratios hold even when the absolute times do not.
+    Each path is warmed up once first (its first call loads adapters and allocates caches).
+    """
+    for _, runner in paths:
+        runner(n)  # warm-up on a message outside the timed range, not recorded
+    for index in range(n):
+        for result, runner in paths:
+            with common.PeakMemory() as memory:
+                call, text = runner(index)
+            result.calls.append(call)
+            result.texts.append(text)
+            result.peak_mb = max(result.peak_mb, memory.peak_mb)
+
+
+def engine_runner(engine: Any, prompts: Sequence[str], generation: Any, *,
+                  adapter: tuple[str, Path] | None = None, before: Callable[[], Any] | None = None,
+                  after: Callable[[], Any] | None = None) -> Runner:
+    def run(index: int) -> tuple[Call, str]:
+        if before:
+            before()
+        try:
+            started = time.perf_counter()
+            output = engine.generate(prompts[index % len(prompts)], settings=generation, seed=index, adapter=adapter)
+            seconds = time.perf_counter() - started
+        finally:
+            if after:
+                after()
+        return Call(seconds, output.prefill_ms / 1000, output.new_tokens), output.text
+
+    return run
+
+
+def baseline_runner(model: Any, tokenizer: Any, prompts: Sequence[str], n_tokens: int) -> Runner:
+    """Plain `generate` with the model's defaults, exactly `n_tokens` new tokens per prompt."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    def run(index: int) -> tuple[Call, str]:
+        started = time.perf_counter()
+        clock = _FirstTokenClock()
+        encoded = tokenizer(prompts[index % len(prompts)], return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**encoded, max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+                                    logits_processor=LogitsProcessorList([clock]))
+        finished = time.perf_counter()
+        new = output[0, encoded["input_ids"].shape[1]:]
+        return (Call(finished - started, (clock.at or finished) - started, int(new.shape[0])),
+                tokenizer.decode(new, skip_special_tokens=True))
+
+    return run
+
+
+def serving_runner(config: Any, engine: Any, adapter_dir: Path, pairs: Sequence[ReplyPair]) -> tuple[Runner, Any]:
+    """`Twin.draft_reply` with the real drafter and an active adapter: what the bot runs per message.
+
+    Returns the runner and the database engine (dispose it when done).
+    """
+    from loop.drafting import TransformersDrafter
+    from loop.twin import Twin
+    from storage import repo
+    from storage.db import open_database, session_scope
+
+    database = open_database(config.db_url)
+    twin = Twin(config, database, TransformersDrafter(engine, config.model, config.generation))
+    owner_id = twin.owner_id(OWNER_TELEGRAM_ID, name="bench")
+    with session_scope(database) as session:
+        repo.add_adapter(session=session, owner_id=owner_id, version=1, path=str(adapter_dir), parent_version=0,
+                         cycle_id=None, checksum="bench", data_counts={}, metrics={})
+        repo.activate_adapter(session=session, owner_id=owner_id, version=1)
+
+    def run(index: int) -> tuple[Call, str]:
+        pair = pairs[index % len(pairs)]
+        chat_key = f"bench:{index}"
+        with session_scope(database) as session:  # the earlier turns of the thread, as the bot would have them
+            conversation = repo.get_or_create_conversation(session=session, owner_id=owner_id, chat_key=chat_key)
+            for turn in pair.context:
+                repo.add_message(session=session, owner_id=owner_id, conversation_id=conversation.id,
+                                 role=turn["role"], text=turn["text"], sender=turn.get("sender"))
+        started = time.perf_counter()
+        draft = twin.draft_reply(telegram_id=OWNER_TELEGRAM_ID, chat_key=chat_key, incoming=pair.message)
+        seconds = time.perf_counter() - started
+        sampling = draft.sampling or {}
+        return Call(seconds, float(sampling.get("prefill_ms", 0.0)) / 1000, int(sampling.get("new_tokens", 0))), draft.text
+
+    return run, database
+
+
+# Levers ---------------------------------------------------------------------------------------------
+
+def merged_model(base_path: str, settings: Any, adapter_dir: Path) -> Any:
+    """A fresh copy of the base model with the adapter merged into its weights."""
+    from peft import PeftModel
+
+    from training.model import load_model
+
+    return PeftModel.from_pretrained(load_model(base_path, settings), str(adapter_dir)).merge_and_unload()
+
+
+def int8_model(model: Any) -> Any:
+    """Linear layers with int8 weights, activations quantized on the fly (torch dynamic quantization)."""
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def likelihood(model: Any, tokenizer: Any, prompts: Sequence[str], replies: Sequence[str]) -> float | None:
+    from training.likelihood import mean_nll
+
+    return mean_nll(model, tokenizer, list(zip(prompts, replies)))
+
+
+def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, Path], prompts: Sequence[str],
+               replies: Sequence[str], generation: Any, threads: int) -> list[dict[str, Any]]:
+    """Each lever against the unmerged fp32 adapter path, interleaved per message like the main paths:
+    latency, whether its drafts equal the reference's (same seeds), NLL of the owner's real replies."""
+    import torch
+
+    from training.engine import Engine
+
+    tokenizer = engine.tokenizer
+    n = len(prompts)
+    with engine.using(adapter) as model:
+        reference_nll = likelihood(model, tokenizer, prompts, replies)
+    merged = merged_model(base_path, settings, adapter[1])
+    quantized = int8_model(merged)
+    other = 2 if threads == 1 else 1  # the other sensible setting on a 2-core machine
+
+    def static_on() -> None:
+        engine.model.generation_config.cache_implementation = "static"
+
+    def static_off() -> None:
+        engine.model.generation_config.cache_implementation = None
+
+    paths = [
+        (PathResult("reference: unmerged adapter", note=f"unmerged LoRA, fp32, {threads} thread(s)"),
+         engine_runner(engine, prompts, generation, adapter=adapter), reference_nll),
+        (PathResult(f"{other} thread{'s' if other > 1 else ''}", note="torch.set_num_threads"),
+         engine_runner(engine, prompts, generation, adapter=adapter, before=lambda: torch.set_num_threads(other),
+                       after=lambda: torch.set_num_threads(threads)), reference_nll),
+        (PathResult("static KV cache", note="cache_implementation='static', no compile"),
+         engine_runner(engine, prompts, generation, adapter=adapter, before=static_on, after=static_off),
+         reference_nll),
+        (PathResult("merged LoRA", note="merge_and_unload into a copy of the base"),
+         engine_runner(Engine(merged, tokenizer), prompts, generation), likelihood(merged, tokenizer, prompts, replies)),
+        (PathResult("merged + int8 dynamic", note="torch.ao quantize_dynamic(nn.Linear), int8 weights"),
+         engine_runner(Engine(quantized, tokenizer), prompts, generation),
+         likelihood(quantized, tokenizer, prompts, replies)),
+    ]
+    interleave([(result, runner) for result, runner, _ in paths], n)
+    reference_texts = paths[0][0].texts
+    rows = []
+    for result, _, nll in paths:
+        same = sum(a == b for a, b in zip(result.texts, reference_texts))
+        rows.append({**result.summary(generation.max_new_tokens), "identical_drafts": f"{same}/{n}", "nll": nll,
+                     "nll_reference": reference_nll})
+        logger.info("lever %s: %s", result.name, rows[-1])
+    return rows
+
+
+# The benchmark -------------------------------------------------------------------------------------------
+
+def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_tokens: int,
+        levers: bool, lever_messages: int) -> dict[str, Any]:
+    import torch
+
+    from loop.config import Config
+    from training.config import GenerationSettings
+    from training.datasets import make_renderer
+    from training.engine import Engine
+    from training.model import load_model, load_tokenizer, resolve_base_model
+
+    threads = common.apply_threads(threads)
+    facts = common.machine_facts()
+    settings = common.model_settings(quick=quick, work=work, threads=threads, owner_name="Tim")
+    base_path = resolve_base_model(settings, common.models_dir())
+    pairs = load_corpus()
+    conversations_ = conversations(pairs, messages)
+    generation = GenerationSettings(max_new_tokens=new_tokens)
+
+    started = time.perf_counter()
+    engine = Engine(load_model(base_path, settings), load_tokenizer(base_path))
+    load_seconds = time.perf_counter() - started
+    tokenizer = engine.tokenizer
+    render = make_renderer(tokenizer, settings)
+    prompts = [render(c) for c in conversations_]
+    prompt_tokens = [len(engine.encode(p)) for p in prompts]
+    adapter_dir = make_adapter(base_path, settings, work / "adapter")
+    adapter = ("bench-adapter", adapter_dir)
+
+    config = Config(data_dir=work / "serving", owners=[OWNER_TELEGRAM_ID], model=settings, generation=generation)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    serving, database = serving_runner(config, engine, adapter_dir, pairs)
+    results = [
+        PathResult("baseline: plain generate", note="greedy (model defaults), exactly N tokens"),
+        PathResult("engine: base model", note="sampling as configured; stops at end of turn"),
+        PathResult("engine: unmerged adapter", note="LoRA r16 all-linear, not merged"),
+        PathResult("serving: Twin.draft_reply (active adapter)",
+                   note="stores message and draft; sampling as configured; stops at end of turn"),
+    ]
+    runners = [baseline_runner(engine.model, tokenizer, prompts, new_tokens),
+               engine_runner(engine, prompts, generation),
+               engine_runner(engine, prompts, generation, adapter=adapter),
+               serving]
+    interleave(list(zip(results, runners)), messages)
+    database.dispose()
+    for result in results:
+        logger.info("%s: %s", result.name, result.summary(new_tokens))
+
+    lever_rows: list[dict[str, Any]] = []
+    if levers:
+        k = min(lever_messages, len(prompts))
+        replies = [pairs[i % len(pairs)].reply for i in range(k)]
+        lever_rows = run_levers(engine, base_path, settings, adapter, prompts[:k], replies, generation, threads)
+
+    summaries = [r.summary(new_tokens) for r in results]
+    baseline, serving = summaries[0], summaries[-1]
+    ratio = (serving["p50_n_s"] / baseline["p50_n_s"]) if baseline["p50_n_s"] else None
+    report = {
+        "facts": facts, "quick": quick, "messages": messages, "new_tokens": new_tokens,
+        "prompt_tokens": {"mean": common.mean(prompt_tokens), "max": max(prompt_tokens)},
+        "load_seconds": load_seconds, "paths": summaries, "levers": lever_rows,
+        "ratio_p50": ratio,
+        "ratio_tokens_per_s": (serving["tokens_per_s"] / baseline["tokens_per_s"])
+        if baseline["tokens_per_s"] and serving["tokens_per_s"] else None,
+        "target_met": serving["p50_n_s"] is not None and serving["p50_n_s"] <= TARGET_P50_S,
+        "torch_threads": torch.get_num_threads(),
+    }
+    chart = plot(report, out)
+    common.write_section(out, SECTION, markdown(report, chart))
+    print_summary(report)
+    return report
+
+
+def plot(report: dict[str, Any], out: Path) -> Path:
+    plt = common.pyplot()
+    rows = report["paths"] + [r for r in report["levers"][1:] if r.get("p50_n_s") is not None]
+    names = [r["path"] for r in rows]
+    p50 = [r["p50_n_s"] or 0 for r in rows]
+    p95 = [r["p95_n_s"] or 0 for r in rows]
+    figure, axis = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.6))
+    positions = range(len(rows))
+    axis.barh([p + 0.2 for p in positions], p95, height=0.4, color="#c9d6ea", label="p95")
+    axis.barh([p - 0.2 for p in positions], p50, height=0.4, color="#3b6ea8", label="p50")
+    axis.axvline(TARGET_P50_S, color="#c0392b", linestyle="--", label=f"target p50 {TARGET_P50_S:.1f} s")
+    axis.set_yticks(list(positions), names)
+    axis.invert_yaxis()
+    axis.set_xlabel(f"seconds for a {report['new_tokens']}-token draft")
+    axis.set_title("Draft latency on CPU" + (" (quick smoke run)" if report["quick"] else ""))
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    path = common.plot_path(out, "draft_latency")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def markdown(report: dict[str, Any], chart: Path) -> str:
+    n = report["new_tokens"]
+    headers = ["path", "messages", f"p50 ({n} tok)", f"p95 ({n} tok)", "p50 as run", "p95 as run",
+               "tokens/s", "prefill ms", "new tokens", "peak RSS MB"]
+    rows = [[r["path"], r["n"], r["p50_n_s"], r["p95_n_s"], r["p50_s"], r["p95_s"], r["tokens_per_s"],
+             r["prefill_ms"], r["mean_new_tokens"], r["peak_mb"]] for r in report["paths"]]
+    lines = [
+        "## Draft latency", "",
+        common.machine_markdown(report["facts"], quick=report["quick"]), "",
+        f"{report['messages']} incoming messages of the simulated owner's corpus (prompt "
+        f"{common.fmt(report['prompt_tokens']['mean'], 0)} tokens on average, at most {report['prompt_tokens']['max']}),"
+        f" {n} new tokens. Seconds; \"({n} tok)\" scales each call to a {n}-token reply from its own prefill and "
+        "per-token time (ours stops at the end of the turn, the baseline never does).", "",
+        common.markdown_table(headers, rows), "",
+        f"Ours (serving path) / baseline: p50 × {common.fmt(report['ratio_p50'])}, tokens per second × "
+        f"{common.fmt(report['ratio_tokens_per_s'])}. Target p50 ≤ {TARGET_P50_S:.1f} s for a {n}-token reply: "
+        f"{common.verdict(report['target_met'])} (serving p50 {common.fmt(report['paths'][-1]['p50_n_s'])} s).",
+    ]
+    if report["levers"]:
+        reference = report["levers"][0]
+        lever_headers = ["lever (adapter path)", f"p50 ({n} tok)", "speed-up", "tokens/s", "prefill ms",
+                         "drafts identical to fp32 unmerged", "NLL of owner's replies", "keeps quality", "note"]
+        lever_rows = [[r["path"], r.get("p50_n_s"), _speedup(reference, r), r.get("tokens_per_s"), r.get("prefill_ms"),
+                       r.get("identical_drafts"), r.get("nll"), _keeps_quality(r), r.get("note", "")]
+                      for r in report["levers"]]
+        lines += ["", "### Levers tried", "",
+                  "Interleaved with the reference on the same messages; a lever keeps quality when its drafts are "
+                  "identical to the reference's (same seeds) or the NLL of the owner's real replies moves by under 1%. "
+                  "Peak memory is the whole process (it holds every variant).", "",
+                  common.markdown_table(lever_headers, lever_rows)]
+    lines += ["", f"![draft latency]({chart.name})"]
+    return "\n".join(lines)
+
+
+def _speedup(reference: dict[str, Any], row: dict[str, Any]) -> float | None:
+    if not reference.get("p50_n_s") or not row.get("p50_n_s"):
+        return None
+    return reference["p50_n_s"] / row["p50_n_s"]
+
+
+def _keeps_quality(row: dict[str, Any]) -> bool | None:
+    identical, total = (int(x) for x in str(row.get("identical_drafts", "0/0")).split("/"))
+    if total and identical == total:
+        return True
+    nll, reference = row.get("nll"), row.get("nll_reference")
+    if nll is None or not reference:
+        return None
+    return abs(nll - reference) / reference < 0.01
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    n = report["new_tokens"]
+    print(f"draft latency ({report['messages']} messages, {n} new tokens, threads {report['torch_threads']}):")
+    for r in report["paths"] + report["levers"][1:]:
+        if r.get("p50_n_s") is None:
+            print(f"  {r['path']:<44} {r.get('note', '')}")
+            continue
+        print(f"  {r['path']:<44} p50 {r['p50_n_s']:.2f}s p95 {r['p95_n_s']:.2f}s ({n} tok) "
+              f"{common.fmt(r['tokens_per_s'], 1)} tok/s prefill {common.fmt(r['prefill_ms'], 0)} ms "
+              f"peak {common.fmt(r['peak_mb'], 0)} MB")
+    print(f"  ours/baseline p50 x{common.fmt(report['ratio_p50'])}; target p50 <= {TARGET_P50_S}s: "
+          f"{'met' if report['target_met'] else 'not met'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.argument_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=None, help="incoming messages timed per path (default 32)")
+    parser.add_argument("--new-tokens", type=int, default=40)
+    parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the levers")
+    parser.add_argument("--lever-messages", type=int, default=None, help="messages per lever (default 12)")
+    args = parser.parse_args(argv)
+    common.offline_environment()
+    common.setup_logging(args.verbose)
+    work = args.work or Path(tempfile.mkdtemp(prefix="twin-bench-latency-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        run(quick=args.quick, out=args.out, work=work, threads=args.threads,
+            messages=args.messages or (3 if args.quick else 32), new_tokens=8 if args.quick else args.new_tokens,
+            levers=args.levers, lever_messages=args.lever_messages or (2 if args.quick else 12))
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

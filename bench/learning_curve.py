@@ -1,0 +1,517 @@
+"""Learning curve: does the twin visibly learn a real person from imported writing and feedback?
+
+The simulated owner is Tim Peters' mail on the spambayes list (bench/corpus.py), split into
+(message, reply) pairs and ordered by time. The oldest part is imported (`twin import`'s JSON
+Lines reader) and a cycle trains on it; the newest part is a fixed held-out set; the middle is
+played in rounds: the twin drafts a reply to each incoming message through the serving path
+(`Twin.draft_reply` with the real drafter and the active adapter), the simulated owner accepts a
+draft that is already close to what he really wrote and otherwise edits it into his real reply
+(`Twin.record_verdict`), then a cycle runs (`loop.cycle.run_cycle`), as the scheduler would.
+
+At the end every adapter (base model, import-only, each cycle's candidate) and a plain baseline
+(trl's SFT then DPO with defaults, one epoch each on the same data: bench/plain.py) are evaluated
+together by `training.evaluate.evaluate` on the held-out set, so they share one attribution
+classifier and the same sampled prompts and seeds: likelihood, preference accuracy (the owner's
+real reply against the base model's draft), edit distance (with the empty and echo baselines),
+attribution (with ceiling and floor), style distance and caricature flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench import common
+from bench.corpus import ReplyPair, load_corpus
+
+logger = logging.getLogger("bench.learning_curve")
+
+SECTION = "learning_curve"
+OWNER_TELEGRAM_ID = 4444
+ACCEPT_DISTANCE = 0.25  # the simulated owner sends a draft as it is when it is this close to his reply
+SEED = 7
+
+
+@dataclass
+class Plan:
+    """Which pairs are imported, played in each round, and held out (all by time)."""
+
+    imported: list[ReplyPair]
+    rounds: list[list[ReplyPair]]
+    heldout: list[ReplyPair]
+
+    @classmethod
+    def split(cls, pairs: Sequence[ReplyPair], *, heldout: int, imported: int, rounds: int) -> "Plan":
+        pairs = sorted(pairs, key=lambda p: p.written_at)
+        if heldout + imported + rounds > len(pairs):
+            raise ValueError(f"{len(pairs)} pairs cannot make {imported} imported, {rounds} rounds and "
+                             f"{heldout} held out")
+        middle = pairs[imported:len(pairs) - heldout]
+        size = len(middle) // rounds
+        chunks = [middle[i * size:(i + 1) * size] for i in range(rounds - 1)] + [middle[(rounds - 1) * size:]]
+        return cls(imported=list(pairs[:imported]), rounds=chunks, heldout=list(pairs[len(pairs) - heldout:]))
+
+
+@dataclass
+class RoundLog:
+    name: str
+    verdicts: dict[str, int] = field(default_factory=dict)
+    live_edit_distance: float | None = None  # what the owner had to change in this round's drafts
+    cycle: dict[str, Any] = field(default_factory=dict)
+    drafts: list[tuple[ReplyPair, str]] = field(default_factory=list)
+
+
+# The simulated owner ------------------------------------------------------------------------------
+
+def write_import_file(pairs: Sequence[ReplyPair], path: Path) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for pair in pairs:
+            handle.write(json.dumps(pair.to_row(), ensure_ascii=False) + "\n")
+    return path
+
+
+def play_round(twin: Any, database: Any, owner_id: int, pairs: Sequence[ReplyPair], log: RoundLog,
+               offset: int) -> None:
+    """Draft each incoming message, then accept or edit it into the owner's real reply."""
+    from storage import repo
+    from storage.db import session_scope
+    from training.metrics import edit_distance
+
+    distances = []
+    for index, pair in enumerate(pairs, start=offset):
+        chat_key = f"mail:{index}"
+        with session_scope(database) as session:  # the earlier turns of the thread, as the bot would have them
+            conversation = repo.get_or_create_conversation(session=session, owner_id=owner_id, chat_key=chat_key)
+            for turn in pair.context:
+                repo.add_message(session=session, owner_id=owner_id, conversation_id=conversation.id,
+                                 role=turn["role"], text=turn["text"], sender=turn.get("sender"))
+        draft = twin.draft_reply(telegram_id=OWNER_TELEGRAM_ID, chat_key=chat_key, incoming=pair.message,
+                                 sender=pair.sender)
+        distance = edit_distance(draft.text, pair.reply)
+        distances.append(distance)
+        if distance <= ACCEPT_DISTANCE:
+            twin.record_verdict(telegram_id=OWNER_TELEGRAM_ID, draft_id=draft.id, kind="accept")
+            kind = "accept"
+        else:
+            twin.record_verdict(telegram_id=OWNER_TELEGRAM_ID, draft_id=draft.id, kind="edit", text=pair.reply)
+            kind = "edit"
+        log.verdicts[kind] = log.verdicts.get(kind, 0) + 1
+        log.drafts.append((pair, draft.text))
+    log.live_edit_distance = common.mean(distances)
+
+
+def cycle(config: Any, database: Any, log: RoundLog) -> int | None:
+    """Run one cycle; returns the candidate adapter's version (None when none was trained)."""
+    from loop.cycle import list_cycles, run_cycle
+
+    started = time.perf_counter()
+    outcome = run_cycle(config, database, telegram_id=OWNER_TELEGRAM_ID, force=True, trigger="bench")
+    row = list_cycles(database, telegram_id=OWNER_TELEGRAM_ID)[-1]
+    stages = row.get("durations", {}).get("stages", {})
+    metrics = row.get("metrics") or {}
+    log.cycle = {"status": outcome.status, "reason": outcome.reason, "candidate": outcome.candidate_version,
+                 "active_after": outcome.active_version, "seconds": time.perf_counter() - started,
+                 "datasets": row.get("counts", {}).get("datasets", {}),
+                 "stages": {k: v.get("seconds") for k, v in stages.items() if isinstance(v, dict)},
+                 # The cycle's own evaluation, on its own held-out slice: candidate against the active adapter.
+                 "gate_metrics": {side: {k: (metrics.get(side) or {}).get(k) for k in
+                                         ("likelihood", "attribution", "edit_distance", "preference_accuracy")}
+                                  for side in ("active", "candidate")}}
+    logger.info("%s: cycle %s (%s) in %.0f s", log.name, outcome.status, outcome.reason, log.cycle["seconds"])
+    return outcome.candidate_version
+
+
+def adapter_path(database: Any, version: int) -> Path:
+    from storage import repo
+    from storage.db import session_scope
+
+    with session_scope(database) as session:
+        owner = repo.find_owner(session=session, telegram_id=OWNER_TELEGRAM_ID)
+        return Path(repo.get_adapter(session=session, owner_id=owner.id, version=version).path)
+
+
+# The plain baseline --------------------------------------------------------------------------------
+
+def plain_baseline(*, base_path: str, settings: Any, plan: Plan, logs: Sequence[RoundLog], work: Path,
+                   quick: bool) -> tuple[Path, dict[str, Any]]:
+    """trl's SFT then DPO (defaults, one epoch each) on what our cycles saw; returns the adapter folder."""
+    from bench.plain import load_base, plain_dpo, plain_sft
+    from training.artifacts import write_manifest
+    from training.datasets import (FeedbackExample, WritingExample, build_dpo_rows, build_sft_rows,
+                                   make_renderer)
+    from training.prompt import Conversation
+
+    model, tokenizer = load_base(base_path)
+    render = make_renderer(tokenizer, settings)
+    writing = [WritingExample(kind="reply", text=p.reply, conversation=Conversation.of(p.message, p.context),
+                              written_at=p.written_at) for p in plan.imported]
+    feedback = [FeedbackExample(kind="edit", conversation=Conversation.of(pair.message, pair.context), draft=draft,
+                                text=pair.reply, later_kept=None, created_at=pair.written_at)
+                for log in logs for pair, draft in log.drafts]
+    # Every imported reply once plus every verdict once (no replay sampling: a plain recipe has none).
+    sft_rows = build_sft_rows(feedback, writing, render=render, replay_fraction=10.0, seed=SEED,
+                              tokenizer=tokenizer, chunk_tokens=256)
+    dpo_rows = build_dpo_rows(feedback, render=render)
+    started = time.perf_counter()
+    model, _ = plain_sft(model, tokenizer, sft_rows, work / "plain-sft", epochs=1.0)
+    stats: dict[str, Any] = {"sft_rows": len(sft_rows), "dpo_rows": len(dpo_rows)}
+    if dpo_rows:
+        model, _ = plain_dpo(model, tokenizer, dpo_rows, work / "plain-dpo", epochs=1.0)
+    stats["seconds"] = time.perf_counter() - started
+    folder = work / "plain-adapter"
+    model.save_pretrained(str(folder))
+    # The engine loads only complete adapters (with their manifest and checksum).
+    write_manifest(folder, {"base_model": settings.base, "made_by": "bench.plain (trl SFT + DPO, defaults)", **stats})
+    return folder, stats
+
+
+# Evaluation --------------------------------------------------------------------------------------------
+
+def heldout_feedback(engine: Any, settings: Any, generation: Any, pairs: Sequence[ReplyPair]) -> list[Any]:
+    """The held-out set as edits: the owner's real reply over the base model's draft (fixed seeds)."""
+    from training.datasets import FeedbackExample, make_renderer
+    from training.prompt import Conversation
+
+    render = make_renderer(engine.tokenizer, settings)
+    items = []
+    for index, pair in enumerate(pairs):
+        conversation = Conversation.of(pair.message, pair.context)
+        draft = engine.generate(render(conversation), settings=generation, seed=10_000 + index).text
+        items.append(FeedbackExample(kind="edit", conversation=conversation, draft=draft or "ok", text=pair.reply,
+                                     later_kept=None, created_at=pair.written_at))
+    return items
+
+
+def targets(results: dict[str, dict[str, Any]], final: str) -> list[tuple[str, bool | None, str]]:
+    """(target, met, figures) for the last cycle's adapter, per the issue's list."""
+    base, last, plain, bounds = results["base"], results.get(final, {}), results.get("plain", {}), results["baselines"]
+    rows: list[tuple[str, bool | None, str]] = []
+
+    def known(*values: Any) -> bool:
+        return all(v is not None for v in values)
+
+    a, ceiling = last.get("attribution"), bounds.get("attribution_ceiling")
+    rows.append(("attribution within 5 points of the owner's own held-out lines",
+                 a >= ceiling - 0.05 if known(a, ceiling) else None,
+                 f"{common.fmt(a)} vs ceiling {common.fmt(ceiling)} (floor {common.fmt(bounds.get('attribution_floor'))})"))
+    nll, base_nll = last.get("likelihood"), base.get("likelihood")
+    rows.append(("held-out NLL ≥ 20% below the base model", nll <= 0.8 * base_nll if known(nll, base_nll) else None,
+                 f"{common.fmt(nll, 3)} vs base {common.fmt(base_nll, 3)}"
+                 + (f" ({100 * (1 - nll / base_nll):.0f}% lower)" if known(nll, base_nll) else "")))
+    pref = last.get("preference_accuracy")
+    rows.append(("owner's text more likely than the rejected draft in ≥ 80% of pairs",
+                 pref >= 0.8 if pref is not None else None, common.fmt(pref)))
+    edit, echo = last.get("edit_distance"), bounds.get("edit_distance_echo")
+    rows.append(("edit distance below the echo baseline", edit < echo if known(edit, echo) else None,
+                 f"{common.fmt(edit)} vs echo {common.fmt(echo)} (empty {common.fmt(bounds.get('edit_distance_empty'))})"))
+    comparisons = [
+        ("likelihood", lambda o, p: o < p), ("preference_accuracy", lambda o, p: o > p),
+        ("edit_distance", lambda o, p: o < p), ("attribution", lambda o, p: o > p),
+        ("style", lambda o, p: o < p),
+    ]
+    better, figures = [], []
+    for key, wins in comparisons:
+        ours = last.get("style_distance", {}).get("overall") if key == "style" else last.get(key)
+        theirs = plain.get("style_distance", {}).get("overall") if key == "style" else plain.get(key)
+        if known(ours, theirs):
+            better.append(wins(ours, theirs))
+            figures.append(f"{key.replace('_', ' ')} {common.fmt(ours)} vs {common.fmt(theirs)}")
+    rows.append(("every figure better than the plain baseline's", all(better) if better else None,
+                 "; ".join(figures)))
+    flags = last.get("caricature_flags")
+    rows.append(("no caricature flag", (not flags) if flags is not None else None,
+                 "none" if not flags else "; ".join(flags)))
+    return rows
+
+
+# The benchmark -------------------------------------------------------------------------------------------
+
+def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, imported: int, rounds: int,
+        pairs_limit: int | None) -> dict[str, Any]:
+    from loop.config import Config
+    from loop.drafting import TransformersDrafter
+    from loop.importing.base import OwnerIdentity
+    from loop.importing.runner import run_import
+    from loop.twin import Twin
+    from storage.db import open_database
+    from training.engine import Engine
+    from training.evaluate import evaluate
+    from training.model import resolve_base_model
+
+    threads = common.apply_threads(threads)
+    facts = common.machine_facts()
+    started = time.perf_counter()
+    pairs = load_corpus()
+    if pairs_limit:
+        pairs = pairs[:pairs_limit]
+    plan = Plan.split(pairs, heldout=heldout, imported=imported, rounds=rounds)
+    settings = common.model_settings(quick=quick, work=work, threads=threads, owner_name="Tim")
+    base_path = resolve_base_model(settings, common.models_dir())
+    config = Config(data_dir=work / "twin", owners=[OWNER_TELEGRAM_ID], model=settings)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    if quick:
+        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
+
+        config.training = tiny_training_settings()
+        config.generation = tiny_generation_settings()
+        config.evaluation = tiny_evaluation_settings()
+    else:
+        config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
+    database = open_database(config.db_url)
+    engine = Engine.load(config.model, config.models_dir, max_adapters=rounds + 4)
+    twin = Twin(config, database, TransformersDrafter(engine, config.model, config.generation))
+    owner_id = twin.owner_id(OWNER_TELEGRAM_ID, name="Tim")
+
+    logs: list[RoundLog] = []
+    versions: dict[str, int | None] = {}
+    import_log = RoundLog("import")
+    report_import = run_import(engine=database, owner_db_id=owner_id, owner=OwnerIdentity(), format="jsonl",
+                               paths=[write_import_file(plan.imported, work / "import.jsonl")], mask=False)
+    import_log.verdicts = {"imported": sum(f.added for f in report_import.files)}
+    versions["import"] = cycle(config, database, import_log)
+    logs.append(import_log)
+    write_progress(out, facts, quick, plan, logs, started)
+    offset = 0
+    for number, round_pairs in enumerate(plan.rounds, start=1):
+        log = RoundLog(f"cycle {number}")
+        play_round(twin, database, owner_id, round_pairs, log, offset)
+        offset += len(round_pairs)
+        versions[log.name] = cycle(config, database, log)
+        logs.append(log)
+        write_progress(out, facts, quick, plan, logs, started)
+        print(f"  {log.name}: {log.verdicts}, live edit distance {common.fmt(log.live_edit_distance)}, "
+              f"cycle {log.cycle['status']} in {log.cycle['seconds']:.0f} s", flush=True)
+
+    plain_dir, plain_stats = plain_baseline(base_path=base_path, settings=settings, plan=plan,
+                                            logs=logs[1:], work=work, quick=quick)
+    adapters: dict[str, Path | None] = {"base": None}
+    for name, version in versions.items():
+        if version is not None:
+            adapters[name] = adapter_path(database, version)
+    adapters["plain"] = plain_dir
+    training_pairs = plan.imported + [p for chunk in plan.rounds for p in chunk]
+    held = heldout_feedback(engine, settings, config.generation, plan.heldout)
+    eval_settings = config.evaluation
+    eval_settings.max_eval_items = len(plan.heldout)
+    results = evaluate(model_settings=settings, generation=config.generation, models_dir=config.models_dir,
+                       adapters=adapters, heldout_feedback=held, heldout_writing=[],
+                       owner_lines=[p.reply for p in training_pairs], other_lines=[p.message for p in training_pairs],
+                       eval_settings=eval_settings, seed=SEED, engine=engine)
+    database.dispose()
+    final = [name for name in adapters if name.startswith("cycle")]
+    report = {"facts": facts, "quick": quick, "seconds": time.perf_counter() - started,
+              "plan": {"imported": len(plan.imported), "rounds": [len(r) for r in plan.rounds],
+                       "heldout": len(plan.heldout), "pairs": len(pairs)},
+              "rounds": _round_dicts(logs),
+              "plain": plain_stats, "results": results, "order": list(adapters),
+              "targets": targets(results, final[-1]) if final else []}
+    (work / "learning_curve.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    chart = plot(report, out)
+    common.write_section(out, SECTION, markdown(report, chart))
+    print_summary(report)
+    return report
+
+
+def rounds_table(rounds: Sequence[dict[str, Any]]) -> str:
+    def gate(log: dict[str, Any], key: str) -> str:
+        sides = log["cycle"].get("gate_metrics") or {}
+        return f"{common.fmt((sides.get('active') or {}).get(key))} → {common.fmt((sides.get('candidate') or {}).get(key))}"
+
+    rows = [[log["name"], ", ".join(f"{v} {k}" for k, v in log["verdicts"].items()), log["live_edit_distance"],
+             log["cycle"].get("status"), log["cycle"].get("seconds"),
+             ", ".join(f"{k} {v}" for k, v in (log["cycle"].get("datasets") or {}).items()),
+             gate(log, "likelihood"), gate(log, "attribution")] for log in rounds]
+    return common.markdown_table(["round", "verdicts", "live edit distance", "cycle", "cycle seconds", "datasets",
+                                  "cycle's own NLL (active → candidate)", "attribution (active → candidate)"], rows)
+
+
+def _round_dicts(logs: Sequence[RoundLog]) -> list[dict[str, Any]]:
+    return [{"name": log.name, "verdicts": log.verdicts, "live_edit_distance": log.live_edit_distance,
+             "cycle": log.cycle} for log in logs]
+
+
+def write_progress(out: Path, facts: dict[str, Any], quick: bool, plan: Plan, logs: Sequence[RoundLog],
+                   started: float) -> None:
+    """After each cycle, the rounds so far: a long run stopped early still leaves its figures."""
+    body = "\n".join([
+        "## Learning curve (in progress)", "", common.machine_markdown(facts, quick=quick), "",
+        f"{len(logs) - 1} of {len(plan.rounds)} feedback rounds done after {(time.perf_counter() - started) / 60:.0f} min; "
+        "the held-out evaluation of every adapter and the plain baseline come at the end. The cycle's own metrics "
+        "are on its own held-out slice.", "", rounds_table(_round_dicts(logs)),
+    ])
+    common.write_section(out, SECTION, body)
+
+
+def report_from_work(work: Path, out: Path) -> str:
+    """The section of a run that stopped before its final evaluation, rebuilt from its database.
+
+    Per cycle: what it trained on and its own gate evaluation (candidate against the active adapter on
+    the cycle's held-out slice); per drafting adapter: the live edit distance of its drafts.
+    """
+    from loop.stats import list_cycles, owner_stats
+    from storage.db import open_database
+
+    database = open_database(f"sqlite:///{Path(work) / 'twin' / 'twin.db'}")
+    cycles = list_cycles(database, telegram_id=OWNER_TELEGRAM_ID)
+    usage = owner_stats(database, telegram_id=OWNER_TELEGRAM_ID)
+    database.dispose()
+
+    def pair(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
+        active, candidate = (metrics.get("active") or {}).get(key), (metrics.get("candidate") or {}).get(key)
+        return f"{common.fmt(active, digits)} → {common.fmt(candidate, digits)}"
+
+    cycle_rows = [[c.get("id"), c.get("status"), c.get("candidate_version"),
+                   ", ".join(f"{k} {v}" for k, v in ((c.get("counts") or {}).get("datasets") or {}).items()),
+                   (c.get("durations") or {}).get("total_seconds"), pair(c.get("metrics") or {}, "likelihood"),
+                   pair(c.get("metrics") or {}, "attribution", 2), pair(c.get("metrics") or {}, "edit_distance", 2),
+                   ((c.get("metrics") or {}).get("baselines") or {}).get("attribution_ceiling")]
+                  for c in cycles]
+    usage_rows = [[row.get("version"), row.get("drafts"),
+                   ", ".join(f"{n} {kind}" for kind, n in (row.get("by_kind") or {}).items() if n),
+                   row.get("edit_distance")] for row in usage]
+    body = "\n".join([
+        "## Learning curve (stopped before the final evaluation)", "",
+        f"Rebuilt from the run's database ({work}). Each cycle's own evaluation: candidate against the adapter "
+        "active before it, on that cycle's held-out slice (the newest 15% of verdicts and of imported replies).", "",
+        common.markdown_table(["cycle", "status", "candidate", "datasets", "seconds", "NLL (active → candidate)",
+                               "attribution", "edit distance", "attribution ceiling"], cycle_rows), "",
+        "Live drafts by the adapter that wrote them (what the simulated owner had to change):", "",
+        common.markdown_table(["adapter version", "drafts", "verdicts", "edit distance"], usage_rows),
+    ])
+    common.write_section(out, SECTION, body)
+    return body
+
+
+def _overall(result: dict[str, Any]) -> float | None:
+    return (result.get("style_distance") or {}).get("overall")
+
+
+def plot(report: dict[str, Any], out: Path) -> Path:
+    plt = common.pyplot()
+    results, bounds = report["results"], report["results"]["baselines"]
+    names = [n for n in report["order"] if n != "plain"]
+    plain = results.get("plain", {})
+    panels = [
+        ("held-out NLL (lower is better)", lambda r: r.get("likelihood"), []),
+        ("preference accuracy", lambda r: r.get("preference_accuracy"), [("target 0.8", 0.8, "#c0392b")]),
+        ("edit distance", lambda r: r.get("edit_distance"),
+         [("empty draft", bounds.get("edit_distance_empty"), "#7f8c8d"),
+          ("echo", bounds.get("edit_distance_echo"), "#c0392b")]),
+        ("attribution to the owner", lambda r: r.get("attribution"),
+         [("ceiling (owner's lines)", bounds.get("attribution_ceiling"), "#27ae60"),
+          ("floor (others' lines)", bounds.get("attribution_floor"), "#7f8c8d")]),
+        ("style distance (overall)", _overall, []),
+        ("caricature flags", lambda r: len(r.get("caricature_flags") or []), []),
+    ]
+    figure, axes = plt.subplots(2, 3, figsize=(13, 7))
+    xs = list(range(len(names)))
+    for axis, (title, value, lines) in zip(axes.flat, panels):
+        ys = [value(results.get(n, {})) for n in names]
+        axis.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], "o-",
+                  color="#3b6ea8", label="twin")
+        plain_value = value(plain) if plain else None
+        if plain_value is not None:
+            axis.axhline(plain_value, color="#e67e22", linestyle=":", label="plain trl SFT+DPO")
+        for label, level, color in lines:
+            if level is not None:
+                axis.axhline(level, color=color, linestyle="--", linewidth=1, label=label)
+        axis.set_xticks(xs, names, rotation=20, fontsize=8)
+        axis.set_title(title, fontsize=10)
+        axis.legend(fontsize=7)
+    figure.suptitle("Learning curve of the simulated owner (held-out set)"
+                    + (" — quick smoke run: meaningless" if report["quick"] else ""))
+    figure.tight_layout()
+    path = common.plot_path(out, "learning_curve")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def markdown(report: dict[str, Any], chart: Path) -> str:
+    results, bounds = report["results"], report["results"]["baselines"]
+    plan = report["plan"]
+    headers = ["model", "NLL", "preference acc.", "edit distance", "attribution", "style distance",
+               "caricature flags", "empty drafts"]
+    rows = []
+    for name in report["order"]:
+        r = results.get(name, {})
+        rows.append([name, r.get("likelihood"), r.get("preference_accuracy"), r.get("edit_distance"),
+                     r.get("attribution"), _overall(r), len(r.get("caricature_flags") or []), r.get("empty_drafts")])
+    lines = [
+        "## Learning curve", "",
+        common.machine_markdown(report["facts"], quick=report["quick"]), "",
+        f"Simulated owner: Tim Peters' replies on the spambayes list, 2002 (SpamAssassin public corpus, "
+        f"{plan['pairs']} reply pairs; bench/data). Imported: the oldest {plan['imported']}; rounds of "
+        f"{', '.join(map(str, plan['rounds']))} incoming messages drafted through `Twin.draft_reply` and accepted "
+        f"(edit distance ≤ {ACCEPT_DISTANCE}) or edited into the real reply, each followed by a cycle; held out: the "
+        f"newest {plan['heldout']}, each with the base model's draft as the rejected text. Whole run "
+        f"{report['seconds'] / 60:.1f} min.", "",
+        "### Rounds", "",
+        rounds_table(report["rounds"]), "",
+        "### Held-out metrics (one evaluation of every adapter: same classifier, prompts and seeds)", "",
+        common.markdown_table(headers, rows), "",
+        f"Baselines: edit distance of an empty draft {common.fmt(bounds.get('edit_distance_empty'))}, of echoing the "
+        f"message {common.fmt(bounds.get('edit_distance_echo'))}; attribution ceiling (the owner's own held-out lines) "
+        f"{common.fmt(bounds.get('attribution_ceiling'))}, floor (other people's) "
+        f"{common.fmt(bounds.get('attribution_floor'))}. Plain baseline: trl SFT ({report['plain'].get('sft_rows')} rows)"
+        f" then DPO ({report['plain'].get('dpo_rows')} pairs), one epoch each, defaults.", "",
+        "### Targets after the last cycle", "",
+        common.markdown_table(["target", "met", "figures"], [[t, common.verdict(m), f] for t, m, f in report["targets"]]),
+    ]
+    flags = {name: results[name].get("caricature_flags") for name in report["order"]
+             if results.get(name, {}).get("caricature_flags")}
+    if flags:
+        lines += ["", "Caricature flags: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in flags.items())]
+    samples = results.get(report["order"][-2], {}).get("samples") or []
+    if samples:
+        lines += ["", f"Sample drafts of `{report['order'][-2]}`:", ""]
+        lines += [f"- *{s['incoming'][:120]}* → draft: \"{s['draft'][:160]}\" · kept: \"{s['kept'][:160]}\""
+                  .replace("\n", " ") for s in samples[:3]]
+    lines += ["", f"![learning curve]({chart.name})"]
+    return "\n".join(lines)
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    print(f"learning curve ({report['seconds'] / 60:.1f} min):")
+    for name in report["order"]:
+        r = report["results"].get(name, {})
+        print(f"  {name:<8} NLL {common.fmt(r.get('likelihood'), 3)} pref {common.fmt(r.get('preference_accuracy'))} "
+              f"edit {common.fmt(r.get('edit_distance'))} attribution {common.fmt(r.get('attribution'))} "
+              f"style {common.fmt(_overall(r))} flags {len(r.get('caricature_flags') or [])}")
+    for target, met, figures in report["targets"]:
+        print(f"  [{'x' if met else ' '}] {target}: {figures}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.argument_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--heldout", type=int, default=None, help="held-out pairs (default 18)")
+    parser.add_argument("--imported", type=int, default=None, help="imported pairs (default 24)")
+    parser.add_argument("--rounds", type=int, default=None, help="feedback rounds, each followed by a cycle (default 3)")
+    parser.add_argument("--report-from", type=Path, default=None, metavar="WORK",
+                        help="only write the section of an earlier run (its --work folder) that stopped early")
+    args = parser.parse_args(argv)
+    common.offline_environment()
+    common.setup_logging(args.verbose)
+    if args.report_from:
+        print(report_from_work(args.report_from, args.out))
+        return 0
+    work = args.work or Path(tempfile.mkdtemp(prefix="twin-bench-curve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        run(quick=args.quick, out=args.out, work=work, threads=args.threads,
+            heldout=args.heldout or (3 if args.quick else 18), imported=args.imported or (6 if args.quick else 24),
+            rounds=args.rounds or (1 if args.quick else 3), pairs_limit=12 if args.quick else None)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
