@@ -305,6 +305,15 @@ def plot_path(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / f"{name}.png"
 
 
+def save_chart(figure: Any, out_dir: Path, name: str) -> Path:
+    """Write `figure` as out_dir/name.png and free it; every benchmark's chart is saved alike."""
+    path = plot_path(out_dir, name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot().close(figure)
+    return path
+
+
 def pyplot() -> Any:
     import matplotlib
 

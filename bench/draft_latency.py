@@ -378,11 +378,7 @@ def plot(report: dict[str, Any], out: Path) -> Path:
     axis.set_xlabel(f"seconds for a {report['new_tokens']}-token draft")
     axis.set_title("Draft latency on CPU" + (" (quick smoke run)" if report["quick"] else ""))
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    path = common.plot_path(out, "draft_latency")
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return common.save_chart(figure, out, "draft_latency")
 
 
 def markdown(report: dict[str, Any], chart: Path) -> str:

@@ -310,11 +310,7 @@ def plot(report: dict[str, Any], out: Path) -> Path:
         right.axis("off")
     if report["quick"]:
         figure.suptitle("quick smoke run: meaningless figures")
-    figure.tight_layout()
-    path = common.plot_path(out, "train_throughput")
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return common.save_chart(figure, out, "train_throughput")
 
 
 def markdown(report: dict[str, Any], chart: Path) -> str:
