@@ -1,0 +1,212 @@
+"""The learning curve's report: targets, tables, the chart and RESULTS.md sections (bench.learning_curve).
+
+Pure presentation of what the run measured, kept apart from the run itself so each stays short.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench import common
+
+logger = logging.getLogger(__name__)
+
+SECTION = "learning_curve"
+ACCEPT_DISTANCE = 0.25  # the simulated owner sends a draft as it is when it is this close to his reply
+
+
+def targets(results: dict[str, dict[str, Any]], final: str) -> list[tuple[str, bool | None, str]]:
+    """(target, met, figures) for the last cycle's adapter, per the issue's list."""
+    base, last, plain, bounds = results["base"], results.get(final, {}), results.get("plain", {}), results["baselines"]
+    rows: list[tuple[str, bool | None, str]] = []
+
+    def known(*values: Any) -> bool:
+        return all(v is not None for v in values)
+
+    a, ceiling = last.get("attribution"), bounds.get("attribution_ceiling")
+    rows.append(("attribution within 5 points of the owner's own held-out lines",
+                 a >= ceiling - 0.05 if known(a, ceiling) else None,
+                 f"{common.fmt(a)} vs ceiling {common.fmt(ceiling)} (floor {common.fmt(bounds.get('attribution_floor'))})"))
+    nll, base_nll = last.get("likelihood"), base.get("likelihood")
+    rows.append(("held-out NLL ≥ 20% below the base model", nll <= 0.8 * base_nll if known(nll, base_nll) else None,
+                 f"{common.fmt(nll, 3)} vs base {common.fmt(base_nll, 3)}"
+                 + (f" ({100 * (1 - nll / base_nll):.0f}% lower)" if known(nll, base_nll) else "")))
+    pref = last.get("preference_accuracy")
+    rows.append(("owner's text more likely than the rejected draft in ≥ 80% of pairs",
+                 pref >= 0.8 if pref is not None else None, common.fmt(pref)))
+    edit, echo = last.get("edit_distance"), bounds.get("edit_distance_echo")
+    rows.append(("edit distance below the echo baseline", edit < echo if known(edit, echo) else None,
+                 f"{common.fmt(edit)} vs echo {common.fmt(echo)} (empty {common.fmt(bounds.get('edit_distance_empty'))})"))
+    comparisons = [
+        ("likelihood", lambda o, p: o < p), ("preference_accuracy", lambda o, p: o > p),
+        ("edit_distance", lambda o, p: o < p), ("attribution", lambda o, p: o > p),
+        ("style", lambda o, p: o < p),
+    ]
+    better, figures = [], []
+    for key, wins in comparisons:
+        ours = last.get("style_distance", {}).get("overall") if key == "style" else last.get(key)
+        theirs = plain.get("style_distance", {}).get("overall") if key == "style" else plain.get(key)
+        if known(ours, theirs):
+            better.append(wins(ours, theirs))
+            figures.append(f"{key.replace('_', ' ')} {common.fmt(ours)} vs {common.fmt(theirs)}")
+    rows.append(("every figure better than the plain baseline's", all(better) if better else None,
+                 "; ".join(figures)))
+    flags = last.get("caricature_flags")
+    rows.append(("no caricature flag", (not flags) if flags is not None else None,
+                 "none" if not flags else "; ".join(flags)))
+    return rows
+
+
+def rounds_table(rounds: Sequence[dict[str, Any]]) -> str:
+    def gate(log: dict[str, Any], key: str) -> str:
+        sides = log["cycle"].get("gate_metrics") or {}
+        return f"{common.fmt((sides.get('active') or {}).get(key))} → {common.fmt((sides.get('candidate') or {}).get(key))}"
+
+    rows = [[log["name"], ", ".join(f"{v} {k}" for k, v in log["verdicts"].items()), log["live_edit_distance"],
+             log["cycle"].get("status"), log["cycle"].get("seconds"),
+             ", ".join(f"{k} {v}" for k, v in (log["cycle"].get("datasets") or {}).items()),
+             gate(log, "likelihood"), gate(log, "attribution")] for log in rounds]
+    return common.markdown_table(["round", "verdicts", "live edit distance", "cycle", "cycle seconds", "datasets",
+                                  "cycle's own NLL (active → candidate)", "attribution (active → candidate)"], rows)
+
+
+def report_from_work(work: Path, out: Path, *, telegram_id: int) -> str:
+    """The section of a run that stopped before its final evaluation, rebuilt from its database.
+
+    Per cycle: what it trained on and its own gate evaluation (candidate against the active adapter on
+    the cycle's held-out slice); per drafting adapter: the live edit distance of its drafts.
+    """
+    from loop.stats import list_cycles, owner_stats
+    from storage.db import open_database
+
+    database = open_database(f"sqlite:///{Path(work) / 'twin' / 'twin.db'}")
+    cycles = list_cycles(database, telegram_id=telegram_id)
+    usage = owner_stats(database, telegram_id=telegram_id)
+    database.dispose()
+
+    def pair(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
+        active, candidate = (metrics.get("active") or {}).get(key), (metrics.get("candidate") or {}).get(key)
+        return f"{common.fmt(active, digits)} → {common.fmt(candidate, digits)}"
+
+    cycle_rows = [[c.get("id"), c.get("status"), c.get("candidate_version"),
+                   ", ".join(f"{k} {v}" for k, v in ((c.get("counts") or {}).get("datasets") or {}).items()),
+                   (c.get("durations") or {}).get("total_seconds"), pair(c.get("metrics") or {}, "likelihood"),
+                   pair(c.get("metrics") or {}, "attribution", 2), pair(c.get("metrics") or {}, "edit_distance", 2),
+                   ((c.get("metrics") or {}).get("baselines") or {}).get("attribution_ceiling")]
+                  for c in cycles]
+    usage_rows = [[row.get("version"), row.get("drafts"),
+                   ", ".join(f"{n} {kind}" for kind, n in (row.get("by_kind") or {}).items() if n),
+                   row.get("edit_distance")] for row in usage]
+    body = "\n".join([
+        "## Learning curve (stopped before the final evaluation)", "",
+        common.machine_markdown(common.machine_facts(), quick=False) + " (when this section was written)", "",
+        "Simulated owner: Tim Peters' replies on the spambayes list (bench/data). Cycle 1 trains on the imported "
+        "replies; each later cycle follows a round of drafts answered with accept or edit. A cycle still "
+        "\"running\" here is the one the run was stopped in.", "",
+        f"Rebuilt from the run's database ({work}). Each cycle's own evaluation: candidate against the adapter "
+        "active before it, on that cycle's held-out slice (the newest 15% of verdicts and of imported replies).", "",
+        common.markdown_table(["cycle", "status", "candidate", "datasets", "seconds", "NLL (active → candidate)",
+                               "attribution", "edit distance", "attribution ceiling"], cycle_rows), "",
+        "Live drafts by the adapter that wrote them (what the simulated owner had to change):", "",
+        common.markdown_table(["adapter version", "drafts", "verdicts", "edit distance"], usage_rows),
+    ])
+    common.write_section(out, SECTION, body)
+    return body
+
+
+def _overall(result: dict[str, Any]) -> float | None:
+    return (result.get("style_distance") or {}).get("overall")
+
+
+def plot(report: dict[str, Any], out: Path) -> Path:
+    plt = common.pyplot()
+    results, bounds = report["results"], report["results"]["baselines"]
+    names = [n for n in report["order"] if n != "plain"]
+    plain = results.get("plain", {})
+    panels = [
+        ("held-out NLL (lower is better)", lambda r: r.get("likelihood"), []),
+        ("preference accuracy", lambda r: r.get("preference_accuracy"), [("target 0.8", 0.8, "#c0392b")]),
+        ("edit distance", lambda r: r.get("edit_distance"),
+         [("empty draft", bounds.get("edit_distance_empty"), "#7f8c8d"),
+          ("echo", bounds.get("edit_distance_echo"), "#c0392b")]),
+        ("attribution to the owner", lambda r: r.get("attribution"),
+         [("ceiling (owner's lines)", bounds.get("attribution_ceiling"), "#27ae60"),
+          ("floor (others' lines)", bounds.get("attribution_floor"), "#7f8c8d")]),
+        ("style distance (overall)", _overall, []),
+        ("caricature flags", lambda r: len(r.get("caricature_flags") or []), []),
+    ]
+    figure, axes = plt.subplots(2, 3, figsize=(13, 7))
+    xs = list(range(len(names)))
+    for axis, (title, value, lines) in zip(axes.flat, panels):
+        ys = [value(results.get(n, {})) for n in names]
+        axis.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], "o-",
+                  color="#3b6ea8", label="twin")
+        plain_value = value(plain) if plain else None
+        if plain_value is not None:
+            axis.axhline(plain_value, color="#e67e22", linestyle=":", label="plain trl SFT+DPO")
+        for label, level, color in lines:
+            if level is not None:
+                axis.axhline(level, color=color, linestyle="--", linewidth=1, label=label)
+        axis.set_xticks(xs, names, rotation=20, fontsize=8)
+        axis.set_title(title, fontsize=10)
+        axis.legend(fontsize=7)
+    figure.suptitle("Learning curve of the simulated owner (held-out set)"
+                    + (" — quick smoke run: meaningless" if report["quick"] else ""))
+    return common.save_chart(figure, out, "learning_curve")
+
+
+def markdown(report: dict[str, Any], chart: Path) -> str:
+    results, bounds = report["results"], report["results"]["baselines"]
+    plan = report["plan"]
+    headers = ["model", "NLL", "preference acc.", "edit distance", "attribution", "style distance",
+               "caricature flags", "empty drafts"]
+    rows = []
+    for name in report["order"]:
+        r = results.get(name, {})
+        rows.append([name, r.get("likelihood"), r.get("preference_accuracy"), r.get("edit_distance"),
+                     r.get("attribution"), _overall(r), len(r.get("caricature_flags") or []), r.get("empty_drafts")])
+    lines = [
+        "## Learning curve", "",
+        common.machine_markdown(report["facts"], quick=report["quick"]), "",
+        f"Simulated owner: Tim Peters' replies on the spambayes list, 2002 (SpamAssassin public corpus, "
+        f"{plan['pairs']} reply pairs; bench/data). Imported: the oldest {plan['imported']}; rounds of "
+        f"{', '.join(map(str, plan['rounds']))} incoming messages drafted through `Twin.draft_reply` and accepted "
+        f"(edit distance ≤ {ACCEPT_DISTANCE}) or edited into the real reply, each followed by a cycle; held out: the "
+        f"newest {plan['heldout']}, each with the base model's draft as the rejected text. Whole run "
+        f"{report['seconds'] / 60:.1f} min.", "",
+        "### Rounds", "",
+        rounds_table(report["rounds"]), "",
+        "### Held-out metrics (one evaluation of every adapter: same classifier, prompts and seeds)", "",
+        common.markdown_table(headers, rows), "",
+        f"Baselines: edit distance of an empty draft {common.fmt(bounds.get('edit_distance_empty'))}, of echoing the "
+        f"message {common.fmt(bounds.get('edit_distance_echo'))}; attribution ceiling (the owner's own held-out lines) "
+        f"{common.fmt(bounds.get('attribution_ceiling'))}, floor (other people's) "
+        f"{common.fmt(bounds.get('attribution_floor'))}. Plain baseline: trl SFT ({report['plain'].get('sft_rows')} rows)"
+        f" then DPO ({report['plain'].get('dpo_rows')} pairs), one epoch each, defaults.", "",
+        "### Targets after the last cycle", "",
+        common.markdown_table(["target", "met", "figures"], [[t, common.verdict(m), f] for t, m, f in report["targets"]]),
+    ]
+    flags = {name: results[name].get("caricature_flags") for name in report["order"]
+             if results.get(name, {}).get("caricature_flags")}
+    if flags:
+        lines += ["", "Caricature flags: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in flags.items())]
+    samples = results.get(report["order"][-2], {}).get("samples") or []
+    if samples:
+        lines += ["", f"Sample drafts of `{report['order'][-2]}`:", ""]
+        lines += [f"- *{s['incoming'][:120]}* → draft: \"{s['draft'][:160]}\" · kept: \"{s['kept'][:160]}\""
+                  .replace("\n", " ") for s in samples[:3]]
+    lines += ["", f"![learning curve]({chart.name})"]
+    return "\n".join(lines)
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    print(f"learning curve ({report['seconds'] / 60:.1f} min):")
+    for name in report["order"]:
+        r = report["results"].get(name, {})
+        print(f"  {name:<8} NLL {common.fmt(r.get('likelihood'), 3)} pref {common.fmt(r.get('preference_accuracy'))} "
+              f"edit {common.fmt(r.get('edit_distance'))} attribution {common.fmt(r.get('attribution'))} "
+              f"style {common.fmt(_overall(r))} flags {len(r.get('caricature_flags') or [])}")
+    for target, met, figures in report["targets"]:
+        print(f"  [{'x' if met else ' '}] {target}: {figures}")
