@@ -13,13 +13,16 @@ import logging
 import os
 import platform
 import re
+import shutil
 import statistics
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -321,3 +324,15 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextmanager
+def work_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """The folder a benchmark works in: `given` (kept afterwards) or a temporary one (removed)."""
+    work = given or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if given is None:
+            shutil.rmtree(work, ignore_errors=True)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,15 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common.offline_environment()
     common.setup_logging(args.verbose)
-    work = args.work or Path(tempfile.mkdtemp(prefix="twin-bench-latency-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with common.work_folder(args.work, "twin-bench-latency-") as work:
         run(quick=args.quick, out=args.out, work=work, threads=args.threads,
             messages=args.messages or (3 if args.quick else 32), new_tokens=8 if args.quick else args.new_tokens,
             levers=args.levers, lever_messages=args.lever_messages or (2 if args.quick else 12))
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,15 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_from:
         print(report_from_work(args.report_from, args.out, telegram_id=OWNER_TELEGRAM_ID))
         return 0
-    work = args.work or Path(tempfile.mkdtemp(prefix="twin-bench-curve-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with common.work_folder(args.work, "twin-bench-curve-") as work:
         run(quick=args.quick, out=args.out, work=work, threads=args.threads,
             heldout=args.heldout or (3 if args.quick else 18), imported=args.imported or (6 if args.quick else 24),
             rounds=args.rounds or (1 if args.quick else 3), pairs_limit=12 if args.quick else None)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

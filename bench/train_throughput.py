@@ -20,8 +20,6 @@ import json
 import logging
 import multiprocessing
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -389,16 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common.offline_environment()
     common.setup_logging(args.verbose)
-    work = args.work or Path(tempfile.mkdtemp(prefix="twin-bench-train-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with common.work_folder(args.work, "twin-bench-train-") as work:
         run(quick=args.quick, out=args.out, work=work, threads=args.threads,
             sft_rows=args.sft_rows or (4 if args.quick else 64), dpo_rows=args.dpo_rows or (4 if args.quick else 32),
             cycle_items=args.cycle_items if args.cycle_items is not None else (6 if args.quick else 300),
             isolate=not (args.in_process or args.quick), verbose=args.verbose)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
