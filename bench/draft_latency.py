@@ -5,17 +5,19 @@ by the project's one prompt renderer) and the same number of new tokens:
 
 * baseline: plain transformers, `model.generate(input_ids, max_new_tokens=N, min_new_tokens=N)`
   with the model's default generation settings (greedy), on the base model;
-* engine, base: `training.engine.Engine.generate` (sampling as configured), no adapter;
-* engine, adapter: the same with an unmerged LoRA adapter active;
-* serving: `loop.twin.Twin.draft_reply` with the real `TransformersDrafter` and an active adapter
-  in a SQLite database: storing the message, reading context, rendering, drafting, storing the
-  draft; what the bot runs for each message.
+* engine, base / adapter on transformers: `training.engine.Engine.generate` (sampling as
+  configured) without an adapter and with an unmerged LoRA adapter;
+* engine, base / adapter on CTranslate2: the same calls with `generation.backend = "ctranslate2"`
+  (the adapter merged and converted once; the conversion time is reported apart);
+* serving: `loop.twin.Twin.draft_reply` with the real `TransformersDrafter`, the default backend
+  ("auto": CTranslate2 on a CPU) and an active adapter in a SQLite database: storing the message,
+  reading context, rendering, drafting, storing the draft; what the bot runs for each message.
 
 Ours stops at the end of the turn, the baseline always writes N tokens, so every latency is also
 given for an N-token reply: prefill + (N - 1) × the path's own time per decoded token. Levers
 (`--levers`) are measured the same way on a subset: threads, static KV cache, a merged adapter,
-int8 dynamic quantization (whose drafts are compared with fp32's and whose likelihood of the
-owner's replies is checked, since a lever must not cost quality).
+int8 dynamic quantization, CTranslate2 in fp32 and int8 (drafts compared with fp32's where seeds
+replay them, and the likelihood of the owner's replies checked, since a lever must not cost quality).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bench import common
 from bench.corpus import ReplyPair, load_corpus
+from training.serving import QUANTIZATION, ServingCache
 
 logger = logging.getLogger("bench.draft_latency")
 
@@ -238,6 +241,23 @@ def likelihood(model: Any, tokenizer: Any, prompts: Sequence[str], replies: Sequ
     return mean_nll(model, tokenizer, list(zip(prompts, replies)))
 
 
+def ctranslate2_likelihood(engine: Any, adapter_dir: Path, backend: str, prompts: Sequence[str],
+                           replies: Sequence[str]) -> float | None:
+    """`training.likelihood.mean_nll` of the owner's replies, scored by the converted model."""
+    from training.datasets import END_OF_TURN
+    from training.likelihood import _encode
+
+    generator = engine.serving.generator(str(adapter_dir), backend)
+    total, tokens = 0.0, 0
+    for prompt, reply in zip(prompts, replies):
+        ids, start = _encode(engine.tokenizer, prompt, reply + END_OF_TURN)
+        log_probs = generator.score_batch([engine.tokenizer.convert_ids_to_tokens(ids)])[0].log_probs
+        first = max(start, 1)
+        total -= sum(log_probs[first - 1:])
+        tokens += len(ids) - first
+    return total / tokens if tokens else None
+
+
 def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, Path], prompts: Sequence[str],
                replies: Sequence[str], generation: Any, threads: int) -> list[dict[str, Any]]:
     """Each lever against the unmerged fp32 adapter path, interleaved per message like the main paths:
@@ -275,12 +295,19 @@ def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, P
          engine_runner(Engine(quantized, tokenizer), prompts, generation),
          likelihood(quantized, tokenizer, prompts, replies)),
     ]
+    for backend, note in (("ctranslate2", "merged, converted to CTranslate2 fp32 (the default on CPU)"),
+                          ("ctranslate2-int8", "merged, CTranslate2 int8 weights (per-row scales)")):
+        paths.append((PathResult(f"CTranslate2 {QUANTIZATION[backend]}", note=note),
+                      engine_runner(engine, prompts, replace(generation, backend=backend), adapter=adapter),
+                      ctranslate2_likelihood(engine, adapter[1], backend, prompts, replies)))
     interleave([(result, runner) for result, runner, _ in paths], n)
     reference_texts = paths[0][0].texts
     rows = []
     for result, _, nll in paths:
         same = sum(a == b for a, b in zip(result.texts, reference_texts))
-        rows.append({**result.summary(generation.max_new_tokens), "identical_drafts": f"{same}/{n}", "nll": nll,
+        # CTranslate2 does not replay a draft from its seed: only its likelihood can be compared.
+        identical = "n/a" if result.name.startswith("CTranslate2") else f"{same}/{n}"
+        rows.append({**result.summary(generation.max_new_tokens), "identical_drafts": identical, "nll": nll,
                      "nll_reference": reference_nll})
         logger.info("lever %s: %s", result.name, rows[-1])
     return rows
@@ -304,10 +331,14 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     base_path = resolve_base_model(settings, common.models_dir())
     pairs = load_corpus()
     conversations_ = conversations(pairs, messages)
-    generation = GenerationSettings(max_new_tokens=new_tokens)
+    generation = GenerationSettings(max_new_tokens=new_tokens, backend="transformers")
+    fast = replace(generation, backend="ctranslate2")
 
     started = time.perf_counter()
-    engine = Engine(load_model(base_path, settings), load_tokenizer(base_path))
+    tokenizer = load_tokenizer(base_path)
+    # Conversions go to this run's work folder, so their cost is measured rather than cached.
+    engine = Engine(load_model(base_path, settings), tokenizer,
+                    serving=ServingCache(base_path, work / "serving-models", tokenizer=tokenizer, threads=threads))
     load_seconds = time.perf_counter() - started
     tokenizer = engine.tokenizer
     render = make_renderer(tokenizer, settings)
@@ -315,20 +346,30 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     prompt_tokens = [len(engine.encode(p)) for p in prompts]
     adapter_dir = make_adapter(base_path, settings, work / "adapter")
     adapter = ("bench-adapter", adapter_dir)
+    conversion_seconds = {}
+    for name, folder in (("base", None), ("adapter", adapter_dir)):
+        started = time.perf_counter()
+        engine.serving.ensure_converted(folder, "ctranslate2")
+        conversion_seconds[name] = time.perf_counter() - started
 
-    config = Config(data_dir=work / "serving", owners=[OWNER_TELEGRAM_ID], model=settings, generation=generation)
+    config = Config(data_dir=work / "serving", owners=[OWNER_TELEGRAM_ID], model=settings,
+                    generation=replace(generation, backend=GenerationSettings().backend))
     config.data_dir.mkdir(parents=True, exist_ok=True)
     serving, database = serving_runner(config, engine, adapter_dir, pairs)
     results = [
         PathResult("baseline: plain generate", note="greedy (model defaults), exactly N tokens"),
-        PathResult("engine: base model", note="sampling as configured; stops at end of turn"),
-        PathResult("engine: unmerged adapter", note="LoRA r16 all-linear, not merged"),
-        PathResult("serving: Twin.draft_reply (active adapter)",
+        PathResult("engine: base model, transformers", note="sampling as configured; stops at end of turn"),
+        PathResult("engine: unmerged adapter, transformers", note="LoRA r16 all-linear, not merged"),
+        PathResult("engine: base model, CTranslate2", note="fp32, converted once"),
+        PathResult("engine: adapter, CTranslate2", note="LoRA merged, fp32, converted once"),
+        PathResult(f"serving: Twin.draft_reply (active adapter, backend {config.generation.backend})",
                    note="stores message and draft; sampling as configured; stops at end of turn"),
     ]
     runners = [baseline_runner(engine.model, tokenizer, prompts, new_tokens),
                engine_runner(engine, prompts, generation),
                engine_runner(engine, prompts, generation, adapter=adapter),
+               engine_runner(engine, prompts, fast),
+               engine_runner(engine, prompts, fast, adapter=adapter),
                serving]
     interleave(list(zip(results, runners)), messages)
     database.dispose()
@@ -347,7 +388,8 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     report = {
         "facts": facts, "quick": quick, "messages": messages, "new_tokens": new_tokens,
         "prompt_tokens": {"mean": common.mean(prompt_tokens), "max": max(prompt_tokens)},
-        "load_seconds": load_seconds, "paths": summaries, "levers": lever_rows,
+        "load_seconds": load_seconds, "conversion_seconds": conversion_seconds, "paths": summaries,
+        "levers": lever_rows,
         "ratio_p50": ratio,
         "ratio_tokens_per_s": (serving["tokens_per_s"] / baseline["tokens_per_s"])
         if baseline["tokens_per_s"] and serving["tokens_per_s"] else None,
@@ -396,6 +438,11 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         f"Ours (serving path) / baseline: p50 × {common.fmt(report['ratio_p50'])}, tokens per second × "
         f"{common.fmt(report['ratio_tokens_per_s'])}. Target p50 ≤ {TARGET_P50_S:.1f} s for a {n}-token reply: "
         f"{common.verdict(report['target_met'])} (serving p50 {common.fmt(report['paths'][-1]['p50_n_s'])} s).",
+        "",
+        "Converting for CTranslate2 (once per adapter version, cached under data_dir/models/serving): base "
+        f"{common.fmt(report['conversion_seconds'].get('base'), 1)} s, adapter merged and converted "
+        f"{common.fmt(report['conversion_seconds'].get('adapter'), 1)} s. A seed replays a draft on transformers "
+        "only: CTranslate2 seeds its sampler once per worker thread.",
     ]
     if report["levers"]:
         reference = report["levers"][0]
@@ -420,8 +467,8 @@ def _speedup(reference: dict[str, Any], row: dict[str, Any]) -> float | None:
 
 
 def _keeps_quality(row: dict[str, Any]) -> bool | None:
-    identical, total = (int(x) for x in str(row.get("identical_drafts", "0/0")).split("/"))
-    if total and identical == total:
+    identical, _, total = str(row.get("identical_drafts", "")).partition("/")
+    if total.isdigit() and int(total) and identical == total:
         return True
     nll, reference = row.get("nll"), row.get("nll_reference")
     if nll is None or not reference:

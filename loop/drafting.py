@@ -113,7 +113,7 @@ class TransformersDrafter:
                 output = self.engine.generate(prompt, settings=self.generation, seed=used_seed, adapter=None)
             if output.text.strip():
                 sampling = {**self.sampling(), "attempts": attempt + 1, "new_tokens": output.new_tokens,
-                            "prefill_ms": output.prefill_ms}
+                            "prefill_ms": output.prefill_ms, "backend": output.backend}
                 return DraftResult(text=output.text, adapter_version=adapter.version if adapter else 0,
                                    sampling=sampling, seed=used_seed,
                                    latency_ms=int((time.perf_counter() - started) * 1000))

@@ -6,13 +6,16 @@ report can show exactly which rule decided and with which tolerance.
 
 The rule: the held-out likelihood (mean per-token NLL, lower is better) must drop by more than
 `likelihood_tolerance`; edit distance, attribution and preference accuracy must not get worse
-by more than their tolerances; no caricature flag may appear that the active adapter lacks.
+by more than their tolerances plus `noise_z` standard errors of the difference (they are measured
+on a handful of sampled drafts or pairs: on five drafts one draft is 20 points of attribution);
+no caricature flag may appear that the active adapter lacks.
 A metric that neither side measured (e.g. no held-out preference pairs) is not judged.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from training.config import EvaluationSettings
@@ -49,6 +52,14 @@ def caricature_flags(metrics: dict[str, Any]) -> dict[str, str]:
         text = str(flag.get("feature", flag)) if isinstance(flag, dict) else str(flag)
         named[text.split(": drafts", 1)[0].strip()] = text
     return named
+
+
+def difference_error(candidate: dict[str, Any], active: dict[str, Any], name: str) -> float:
+    """Standard error of (candidate - active) for a metric; 0 when either side did not record one."""
+    errors = [(side.get("standard_errors") or {}).get(name) for side in (candidate, active)]
+    if any(not isinstance(error, (int, float)) for error in errors):
+        return 0.0
+    return math.sqrt(sum(float(error) ** 2 for error in errors))
 
 
 def _fmt(value: float) -> str:
@@ -96,8 +107,11 @@ def gate(candidate: dict[str, Any], active: dict[str, Any], settings: Evaluation
             failed.append(f"{label} was measured for one model only: {_fmt_opt(old)} → {_fmt_opt(new)}")
             continue
         worse_by = (old - new) if higher_better else (new - old)
-        line = f"{label} {_fmt(old)} → {_fmt(new)} (tolerance {tolerance})"
-        if worse_by > tolerance:
+        noise = settings.noise_z * difference_error(candidate, active, name)
+        allowed = tolerance + noise
+        line = (f"{label} {_fmt(old)} → {_fmt(new)} (tolerance {tolerance}"
+                + (f" + {_fmt(noise)} sampling noise)" if noise else ")"))
+        if worse_by > allowed:
             failed.append(f"{label} got worse: {line}")
         else:
             passed.append(f"{label} held: {line}")
@@ -120,5 +134,6 @@ def gate_rule_text(settings: EvaluationSettings) -> str:
     return (f"promote when held-out NLL drops by more than {settings.likelihood_tolerance}, "
             f"edit distance rises by at most {settings.edit_distance_tolerance}, "
             f"attribution falls by at most {settings.attribution_tolerance}, "
-            f"preference accuracy falls by at most {settings.preference_tolerance}, "
+            f"preference accuracy falls by at most {settings.preference_tolerance} "
+            f"(each plus {settings.noise_z} standard errors of sampling noise), "
             f"and no new caricature flag appears")

@@ -103,6 +103,8 @@ def test_evaluate_reports_every_metric_per_adapter(engine: Engine, adapter: Path
         assert metrics["attribution"] is None or 0 <= metrics["attribution"] <= 1
         assert isinstance(metrics["style_distance"], dict) and isinstance(metrics["caricature_flags"], list)
         assert len(metrics["samples"]) == min(3, SAMPLES_KEPT)
+        errors = metrics["standard_errors"]  # what the gate treats as sampling noise
+        assert errors["preference_accuracy"] > 0 and errors["edit_distance"] is not None
     assert results["base"]["likelihood"] != results["candidate"]["likelihood"]  # the adapter was applied
     again = evaluate(**kwargs)
     for name in ("base", "candidate"):  # fixed seeds: the same numbers and drafts every time

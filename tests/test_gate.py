@@ -97,3 +97,28 @@ def test_caricature_flags_compare_by_feature_not_by_numbers():
     other = metrics(likelihood=2.5, caricature_flags=["pet phrase 'lol' per message: drafts 0.9 vs owner 0.2 (4.5x)"])
     promote, reasons = gate(other, active, SETTINGS)
     assert not promote and "pet phrase 'lol'" in reasons[0]
+
+
+def test_a_drop_within_sampling_noise_is_not_called_worse():
+    # The learning-curve run: attribution 0.8 -> 0.4 on five drafts is two drafts, i.e. noise.
+    small = {"standard_errors": {"attribution": 0.18}}
+    candidate = metrics(likelihood=2.5, attribution=0.4, standard_errors={"attribution": 0.22})
+    promote, reasons = gate(candidate, metrics(attribution=0.8, **small), SETTINGS)
+    assert promote, reasons
+    assert any("attribution held" in r and "sampling noise" in r for r in reasons)
+    # The same drop measured on many drafts is real.
+    many = {"standard_errors": {"attribution": 0.04}}
+    promote, reasons = gate(metrics(likelihood=2.5, attribution=0.4, **many), metrics(attribution=0.8, **many), SETTINGS)
+    assert not promote and reasons[0].startswith("attribution got worse")
+    # noise_z = 0 judges the raw numbers.
+    raw = EvaluationSettings(attribution_tolerance=0.05, noise_z=0)
+    assert not gate(candidate, metrics(attribution=0.8, **small), raw)[0]
+
+
+def test_the_evaluation_records_the_noise_of_each_sampled_metric():
+    from training.evaluate import proportion_standard_error, standard_error
+
+    assert abs(proportion_standard_error(0.8, 5) - (0.8 * 0.2 / 5) ** 0.5) < 1e-9
+    assert proportion_standard_error(1.0, 4) > 0  # all-or-nothing on few items is still uncertain
+    assert proportion_standard_error(None, 5) is None and standard_error([1.0]) is None
+    assert abs(standard_error([1.0, 2.0, 3.0]) - (1.0 / 3) ** 0.5) < 1e-9

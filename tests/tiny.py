@@ -89,7 +89,9 @@ def tiny_training_settings(**overrides: object) -> TrainingSettings:
 
 def tiny_generation_settings(**overrides: object) -> GenerationSettings:
     values: dict[str, object] = {"max_new_tokens": 12, "temperature": 1.0, "top_p": 0.95,
-                                 "repetition_penalty": 1.1, "seed": 0, "max_attempts": 3}
+                                 "repetition_penalty": 1.1, "seed": 0, "max_attempts": 3,
+                                 # tests of other layers keep the in-memory path; test_serving covers CTranslate2
+                                 "backend": "transformers"}
     values.update(overrides)
     return GenerationSettings(**values)  # type: ignore[arg-type]
 

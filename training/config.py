@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from training.prompt import DEFAULT_SYSTEM_PROMPT
+from training.serving import BACKENDS
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.15
     seed: int = 0  # base seed; "another draft" adds one
     max_attempts: int = 3  # a draft that comes back empty is retried with another seed
+    backend: str = "auto"  # auto | transformers | ctranslate2 | ctranslate2-int8 (see training.serving)
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_new_tokens <= 4096, "generation.max_new_tokens", self.max_new_tokens, "1..4096")
@@ -68,6 +70,7 @@ class GenerationSettings:
         _check(0 < self.top_p <= 1, "generation.top_p", self.top_p, "a number in (0, 1]")
         _check(1 <= self.repetition_penalty <= 3, "generation.repetition_penalty", self.repetition_penalty, "1..3")
         _check(self.max_attempts >= 1, "generation.max_attempts", self.max_attempts, "1 or more")
+        _check(self.backend in BACKENDS, "generation.backend", self.backend, ", ".join(BACKENDS))
 
 
 @dataclass
@@ -141,6 +144,9 @@ class EvaluationSettings:
     attribution_tolerance: float = 0.05
     preference_tolerance: float = 0.05
     caricature_ratio: float = 2.0  # a draft habit at this multiple of the owner's own rate (or more) is a caricature
+    # A sampled metric counts as worse only when it drops by more than its tolerance plus this many
+    # standard errors of the difference (1.64: one-sided 95%); 0 judges the raw numbers.
+    noise_z: float = 1.64
 
     def __post_init__(self) -> None:
         _check(0 < self.holdout_fraction < 1, "evaluation.holdout_fraction", self.holdout_fraction, "a number in (0, 1)")
@@ -150,6 +156,7 @@ class EvaluationSettings:
             value = getattr(self, key)
             _check(0 <= value < 1, f"evaluation.{key}", value, "a number in [0, 1)")
         _check(self.caricature_ratio > 1, "evaluation.caricature_ratio", self.caricature_ratio, "a number above 1")
+        _check(0 <= self.noise_z <= 5, "evaluation.noise_z", self.noise_z, "a number in [0, 5]")
 
 
 Stage = Literal["sft", "dpo", "kto"]

@@ -1,10 +1,14 @@
 """Generation engine: one base model in memory, LoRA adapters loaded once and switched per call.
 
 `Engine(model, tokenizer)` takes its parts, so tests run it on a tiny model; `Engine.load`
-builds it from settings. Adapters are loaded through transformers' peft integration under their
-key (e.g. "42-v3"), switched with `set_adapter`, and the base model is the same weights with
-adapters disabled. A small LRU keeps memory bounded when versions come and go. One lock
-serialises generation: the bot calls from worker threads and the adapter switch is global state.
+builds it from settings. Adapters are loaded with peft under their key (e.g. "42-v3"), switched
+with `set_adapter`, and the base model is the same weights with adapters disabled. A small LRU
+keeps memory bounded when versions come and go. One lock serialises generation: the bot calls
+from worker threads and the adapter switch is global state.
+
+`generation.backend` picks who decodes: transformers, or CTranslate2 on a CPU (`training.serving`,
+same weights merged and converted once, about twice as fast). Both sample the same way; if the
+CTranslate2 path fails the engine logs why and drafts with transformers from then on.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class GenerationOutput:
     new_tokens: int
     prefill_ms: float
     total_ms: float
+    backend: str = "transformers"  # who decoded: transformers, ctranslate2 or ctranslate2-int8
 
 
 def clean_generated(text: str) -> str:
@@ -63,24 +68,54 @@ class _PrefillTimer:
         return scores
 
 
+class _GeneratedTokensRepetitionPenalty:
+    """CTRL's repetition penalty over the reply's own tokens only.
+
+    transformers' built-in penalty also covers the prompt, which holds the chat template's
+    `<|im_end|>` and the incoming message: it taught drafts not to stop and not to reuse the other
+    person's words. Penalising only what the reply has said so far is what CTranslate2 does too,
+    so both backends sample from the same distribution.
+    """
+
+    def __init__(self, prompt_length: int, penalty: float):
+        self.prompt_length = prompt_length
+        self.penalty = penalty
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        generated = input_ids[:, self.prompt_length:]
+        if self.penalty == 1.0 or generated.shape[1] == 0:
+            return scores
+        picked = scores.gather(1, generated)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, generated, picked)
+
+
 class Engine:
     """Drafts text with a base model and any of its loaded adapters."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_adapters: int = 4):
+    def __init__(self, model: Any, tokenizer: Any, *, max_adapters: int = 4, serving: Any = None):
         self.model = model
         self.tokenizer = tokenizer
         self.max_adapters = max(1, max_adapters)
         self._adapters: OrderedDict[str, str] = OrderedDict()  # key -> folder, least recently used first
         self._lock = threading.RLock()
+        self.serving = serving  # training.serving.ServingCache, or None: transformers only
+        self.serving_failure: str | None = None  # why CTranslate2 was given up, once it was
         self.model.eval()
 
     @classmethod
     def load(cls, settings: ModelSettings, models_dir: Path, *, max_adapters: int = 4) -> "Engine":
         """Resolve, load and wrap the configured base model (the embedded one is converted once)."""
         from training.model import load_model, load_tokenizer, resolve_base_model
+        from training.serving import ServingCache
 
         path = resolve_base_model(settings, Path(models_dir))
-        return cls(load_model(path, settings), load_tokenizer(path), max_adapters=max_adapters)
+        tokenizer = load_tokenizer(path)
+        serving = ServingCache(path, Path(models_dir) / "serving", tokenizer=tokenizer, threads=settings.threads,
+                               max_loaded=2)  # fp32 copies: the active adapter and one more
+        return cls(load_model(path, settings), tokenizer, max_adapters=max_adapters, serving=serving)
 
     @property
     def device(self) -> Any:
@@ -166,16 +201,65 @@ class Engine:
 
     # Generation ----------------------------------------------------------------------------------
 
+    def backend_for(self, settings: GenerationSettings) -> str:
+        """The backend a call with these settings uses on this engine."""
+        from training.serving import resolve_backend
+
+        backend = resolve_backend(getattr(settings, "backend", "transformers"), str(self.device.type))
+        if backend != "transformers" and (self.serving is None or self.serving_failure is not None):
+            return "transformers"
+        return backend
+
     def generate(self, prompt_text: str, *, settings: GenerationSettings, seed: int,
                  adapter: AdapterSpec | None = None) -> GenerationOutput:
         """Sample one reply to a rendered prompt; stops at the end of the turn or max_new_tokens."""
+        started = time.perf_counter()
+        prompt_ids = self.encode(prompt_text)
+        with self._lock:
+            backend = self.backend_for(settings)
+            new_ids: list[int] | None = None
+            if backend != "transformers":
+                new_ids, prefill_ms = self._generate_ctranslate2(prompt_ids, settings, seed, adapter, backend)
+            if new_ids is None:
+                backend = "transformers"
+                new_ids, prefill_ms = self._generate_transformers(prompt_ids, settings, seed, adapter)
+        finished = time.perf_counter()
+        raw = self.tokenizer.decode(new_ids, skip_special_tokens=False)
+        return GenerationOutput(text=clean_generated(raw), new_tokens=len(new_ids),
+                                prefill_ms=round(prefill_ms, 1),
+                                total_ms=round((finished - started) * 1000, 1), backend=backend)
+
+    def _generate_ctranslate2(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
+                              adapter: AdapterSpec | None, backend: str) -> tuple[list[int] | None, float]:
+        """CTranslate2's draft, or (None, 0) after giving the backend up for this engine."""
+        from training.serving import ServingError
+
+        folder = None
+        if adapter is not None:
+            from training.artifacts import verify_adapter
+
+            folder = str(adapter[1])
+            verify_adapter(folder)  # CorruptAdapter reaches the drafter, which falls back to the base
+        try:
+            output = self.serving.generate(prompt_ids, adapter_folder=folder, backend=backend, settings=settings,
+                                           seed=seed, stop_ids=self.stop_token_ids())
+        except (ServingError, ImportError, RuntimeError, ValueError) as error:
+            self.serving_failure = f"{type(error).__name__}: {error}"
+            logger.error("CTranslate2 drafting failed, drafting with transformers from now on: %s",
+                         self.serving_failure)
+            return None, 0.0
+        return output.new_ids, output.prefill_ms
+
+    def _generate_transformers(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
+                               adapter: AdapterSpec | None) -> tuple[list[int], float]:
         import torch
         from transformers import LogitsProcessorList
 
         started = time.perf_counter()
         with self.using(adapter) as model:
-            input_ids = torch.tensor([self.encode(prompt_text)], device=self.device)
+            input_ids = torch.tensor([prompt_ids], device=self.device)
             timer = _PrefillTimer()
+            penalty = _GeneratedTokensRepetitionPenalty(input_ids.shape[1], settings.repetition_penalty)
             # Sampling draws from torch's global generator: seeding it under the lock makes a
             # (prompt, adapter, seed) triple reproducible even with several threads drafting.
             torch.manual_seed(seed)
@@ -183,12 +267,8 @@ class Engine:
                 output = model.generate(
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                     do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
-                    repetition_penalty=settings.repetition_penalty, max_new_tokens=settings.max_new_tokens,
+                    max_new_tokens=settings.max_new_tokens,
                     eos_token_id=self.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id,
-                    logits_processor=LogitsProcessorList([timer]))
-        new_ids = output[0, input_ids.shape[1]:].tolist()
+                    logits_processor=LogitsProcessorList([penalty, timer]))
         finished = time.perf_counter()
-        raw = self.tokenizer.decode(new_ids, skip_special_tokens=False)
-        prefill = ((timer.first_call or finished) - started) * 1000
-        return GenerationOutput(text=clean_generated(raw), new_tokens=len(new_ids),
-                                prefill_ms=round(prefill, 1), total_ms=round((finished - started) * 1000, 1))
+        return output[0, input_ids.shape[1]:].tolist(), ((timer.first_call or finished) - started) * 1000

@@ -11,6 +11,7 @@ caricature flags). The metric definitions live in training.metrics / style / att
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,22 @@ def _attribution(owner_lines: Sequence[str], other_lines: Sequence[str], seed: i
     return classifier, {"attribution_ceiling": bounds["ceiling"], "attribution_floor": bounds["floor"]}
 
 
+def standard_error(values: list[float]) -> float | None:
+    """Standard error of a mean (None below two values)."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return math.sqrt(variance / len(values))
+
+
+def proportion_standard_error(share: float | None, count: int) -> float | None:
+    """Standard error of a share measured on `count` items (None when not measured)."""
+    if share is None or count < 1:
+        return None
+    return math.sqrt(max(share * (1 - share), 0.25 / count) / count)  # never 0 at 0% or 100%
+
+
 def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, models_dir: Path,
              adapters: dict[str, Path | None], heldout_feedback: list[FeedbackExample],
              heldout_writing: list[WritingExample], owner_lines: list[str], other_lines: list[str],
@@ -106,12 +123,19 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         drafts = [engine.generate(prompt, settings=generation, seed=seed + index, adapter=spec).text
                   for index, (prompt, _) in enumerate(sampled)]
         draft_profile = style_profile(drafts, phrases=owner_profile.phrases.keys())
+        distances = [edit_distance(draft, item.kept) for draft, (_, item) in zip(drafts, sampled)]
+        written = [d for d in drafts if d.strip()]
+        attribution = classifier.score(written) if classifier and written else None
         results[name] = {
             "likelihood": nll,
             "preference_accuracy": accuracy,
             "edit_distance": mean_edit_distance((draft, item.kept) for draft, (_, item) in zip(drafts, sampled)),
-            "attribution": classifier.score([d for d in drafts if d.strip()]) if classifier and any(
-                d.strip() for d in drafts) else None,
+            "attribution": attribution,
+            # How much each sampled or counted metric would move by chance alone: the gate does
+            # not call a candidate worse for a drop within this noise (a handful of held-out items).
+            "standard_errors": {"edit_distance": standard_error(distances),
+                                "attribution": proportion_standard_error(attribution, len(written)),
+                                "preference_accuracy": proportion_standard_error(accuracy, len(triples))},
             "style_distance": style_distance(owner_profile, draft_profile) if drafts else {},
             "caricature_flags": caricature_flags(owner_profile, draft_profile, ratio=eval_settings.caricature_ratio)
             if drafts else [],
