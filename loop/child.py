@@ -72,7 +72,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def peak_rss_mb() -> float:
-    """The peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    """The peak resident memory of this process so far, in MB.
+
+    On Linux this is VmHWM: `ru_maxrss` survives exec, so a child started by a parent holding a
+    model would report the parent's memory as its own (measured: 1.5 GB parent, 13 MB child,
+    ru_maxrss 1513 MB). Elsewhere ru_maxrss (macOS reports bytes).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
