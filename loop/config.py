@@ -113,6 +113,14 @@ class Config:
                 raise ConfigError("owners", self.owners, "a list of Telegram user ids (positive integers)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level", self.log_level, "DEBUG, INFO, WARNING or ERROR")
+        for name in ("sft", "dpo", "kto"):
+            # trl drops a training row whose prompt fills max_length: a prompt budget that large
+            # would make the nightly cycle train on nothing (training.train skips such stages).
+            stage = getattr(self.training, name)
+            if stage.enabled and self.model.max_prompt_tokens >= stage.max_length:
+                raise ConfigError(f"training.{name}.max_length", stage.max_length,
+                                  f"more than model.max_prompt_tokens ({self.model.max_prompt_tokens}) so a "
+                                  "prompt leaves room for the reply")
 
     @property
     def db_url(self) -> str:

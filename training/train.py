@@ -8,6 +8,11 @@ database or Telegram: everything it needs is in the `TrainJob`.
 Reference models: DPO continues the adapter SFT produced and, given that PeftModel and no
 `ref_model`, trl 1.16 copies it into a frozen "ref" adapter: the reference is the SFT state (see
 tests/test_train.py). KTO after DPO takes the post-DPO state as its reference the same way.
+
+Rows whose prompt alone fills a stage's `max_length` are dropped here, before any trainer is built:
+trl 1.16 drops them itself (nothing of the completion would be left to learn from), and a stage
+left with no rows would crash its sampler with `num_samples=0` after trl had already changed the
+model. A stage with no usable rows is skipped with the reason recorded; the others still train.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from training.artifacts import staged_folder, write_manifest
 from training.config import LoraSettings, ModelSettings, TrainingSettings
@@ -29,6 +34,7 @@ from training.datasets import END_OF_TURN, read_datasets
 logger = logging.getLogger(__name__)
 
 STAGES = ("sft", "dpo", "kto")
+ROW_NOUNS = {"sft": "SFT rows", "dpo": "DPO pairs", "kto": "KTO rows"}
 
 
 class NothingToTrain(Exception):
@@ -78,6 +84,50 @@ def plan_stages(rows: dict[str, list[dict[str, Any]]], training: TrainingSetting
     return planned, skipped
 
 
+def fit_max_length(rows: dict[str, list[dict[str, Any]]], training: TrainingSettings, *,
+                   prompt_tokens: Callable[[str], int]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """(rows that fit, a note per stage that lost rows): keep the rows whose prompt is shorter than
+    the stage's `max_length`, as trl 1.16 does (its `keep_start` truncation would cut the whole
+    completion away). `prompt_tokens` counts a prompt's tokens as trl does (`tokenizer(text=...)`).
+
+    Filtering here, rather than letting trl do it, keeps KTO's batch size and class weights and
+    the stage statistics true to the rows that really train.
+    """
+    fitted: dict[str, list[dict[str, Any]]] = dict(rows)
+    notes: dict[str, str] = {}
+    for stage in STAGES:
+        stage_rows = rows.get(stage, [])
+        if not stage_rows:
+            continue
+        max_length = getattr(training, stage).max_length
+        lengths = [prompt_tokens(row["prompt"]) for row in stage_rows]
+        kept = [row for row, length in zip(stage_rows, lengths) if length < max_length]
+        fitted[stage] = kept
+        if len(kept) < len(stage_rows):
+            notes[stage] = (f"{len(kept)} of {len(stage_rows)} {ROW_NOUNS[stage]} fit max_length {max_length} "
+                            f"(longest prompt {max(lengths)} tokens)")
+    return fitted, notes
+
+
+def replan_after_fitting(planned: list[str], fitted: dict[str, list[dict[str, Any]]], notes: dict[str, str],
+                         training: TrainingSettings) -> tuple[list[str], dict[str, str]]:
+    """The planned stages that still have usable rows after `fit_max_length`, and why the others lost theirs."""
+    replanned, reasons = plan_stages(fitted, training)
+    still: list[str] = []
+    skipped: dict[str, str] = {}
+    for stage in planned:
+        if stage in replanned:
+            still.append(stage)
+            if stage in notes:
+                logger.warning("%s: %s; training on those", stage, notes[stage])
+            continue
+        # "no rows" only repeats the note; any other reason (e.g. KTO's) says what the rest lacks.
+        reason = reasons[stage]
+        skipped[stage] = notes[stage] if reason == "no rows" else f"{notes[stage]}; {reason}"
+        logger.warning("%s skipped: %s", stage, skipped[stage])
+    return still, skipped
+
+
 def _check_rows(rows: dict[str, list[dict[str, Any]]], eos_token: str) -> None:
     """Completions must end with the tokenizer's eos exactly once (see training.datasets)."""
     if eos_token != END_OF_TURN:
@@ -116,8 +166,10 @@ def _run_log(path: Path) -> Iterator[None]:
 def run_training(job: TrainJob, progress: bool = True, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train an adapter from `job`'s datasets and write it to `job.output_dir`.
 
-    Raises NothingToTrain when no enabled stage has rows. On any error the output folder does
-    not appear. `callbacks` are extra `transformers.TrainerCallback`s given to every stage.
+    Raises NothingToTrain when no enabled stage has rows, or none has rows that fit its
+    `max_length`; a stage left without usable rows is skipped and listed in `TrainResult.skipped`.
+    On any error the output folder does not appear. `callbacks` are extra
+    `transformers.TrainerCallback`s given to every stage.
     """
     rows = read_datasets(job.datasets_dir)
     planned, skipped = plan_stages(rows, job.training)
@@ -145,6 +197,12 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
     dtype = select_dtype(job.model, device)
     tokenizer = load_tokenizer(base)
     _check_rows(rows, tokenizer.eos_token)
+    data_counts = {stage: len(rows.get(stage, [])) for stage in STAGES}  # as the cycle wrote them
+    rows, notes = fit_max_length(rows, job.training, prompt_tokens=lambda text: len(tokenizer(text=text)["input_ids"]))
+    planned, lost = replan_after_fitting(planned, rows, notes, job.training)
+    skipped = {stage: lost.get(stage) or skipped[stage] for stage in STAGES if stage in lost or stage in skipped}
+    if not planned:  # before the model loads and any folder is staged
+        raise NothingToTrain("nothing to train: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     model: Any = load_model(base, job.model, device=device, dtype=dtype, for_training=True)
     peft_config: Any = None
     if job.init_adapter is not None:
@@ -167,6 +225,8 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
                                                peft_config=peft_config, callbacks=callbacks)
                 peft_config = None  # from now on the model carries the adapter
                 stats[stage] = stage_stats.to_dict()
+                if stage in notes:
+                    stats[stage]["extra"]["fit_max_length"] = notes[stage]
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         # Only the trained adapter ("default"): trl's "ref" copy was already dropped per stage.
@@ -177,7 +237,7 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
             "base_model": job.model.base,
             "base_model_path": str(base),
             "init_adapter": str(job.init_adapter) if job.init_adapter else None,
-            "data_counts": {stage: len(rows.get(stage, [])) for stage in STAGES},
+            "data_counts": data_counts,
             "hyperparameters": {"lora": dataclasses.asdict(job.lora),
                                 "training": dataclasses.asdict(job.training),
                                 "precision": str(dtype).removeprefix("torch."), "device": device},
