@@ -104,6 +104,9 @@ def test_all_three_stages_run_for_their_steps(trained: dict[str, Any]) -> None:
         assert stats["steps"] == 3, stage  # max_steps honoured
         assert stats["examples"] == len(trained["rows"][stage]) and stats["train_loss"] is not None
         assert stats["peak_rss_mb"] > 0 and stats["tokens_per_second"] > 0
+    # On this CPU each stage accumulated micro-batches (the plan is what the trainer was given).
+    assert result.stages["sft"]["extra"]["memory_plan"]["per_device_batch"] == 1
+    assert result.stages["dpo"]["extra"]["memory_plan"]["checkpointing"] is True
     kto = result.stages["kto"]["extra"]
     labels = [row["label"] for row in trained["rows"]["kto"]]
     # Balanced as trl's KTO docs advise: desirable_weight × n_desirable == undesirable_weight × n_undesirable.
@@ -294,3 +297,20 @@ def test_dpo_and_kto_completions_end_with_one_end_of_turn(trained: dict[str, Any
     kto = _trainer("kto", tiny_model_dir, trained["rows"]["kto"], tmp_path)
     for ids in kto.train_dataset["completion_ids"]:
         assert ids[-1] == im_end and ids[-2] != im_end
+
+
+def test_on_a_cpu_a_batch_is_accumulated_from_single_examples_and_dpo_checkpoints() -> None:
+    from training.config import TrainingSettings
+    from training.stages import memory_plan
+
+    training = TrainingSettings()
+    sft = memory_plan("sft", training.sft, training, "cpu")
+    assert (sft.per_device_batch, sft.accumulation, sft.checkpointing) == (1, training.sft.batch_size, False)
+    dpo = memory_plan("dpo", training.dpo, training, "cpu")
+    assert dpo.per_device_batch == 1 and dpo.checkpointing
+    kto = memory_plan("kto", training.kto, training, "cpu")
+    assert kto.per_device_batch == 2 and kto.accumulation == 2  # KTO's KL term needs two per batch
+    gpu = memory_plan("sft", training.sft, training, "cuda")
+    assert (gpu.per_device_batch, gpu.accumulation, gpu.checkpointing) == (training.sft.batch_size, 1, False)
+    explicit = TrainingSettings(micro_batch_size=2, gradient_checkpointing="off")
+    assert memory_plan("dpo", explicit.dpo, explicit, "cpu") == type(dpo)(2, 1, False)

@@ -123,10 +123,20 @@ class TrainingSettings:
     replay_fraction: float = 0.5  # older writing mixed into SFT, as a share of the new SFT rows
     monologue_chunk_tokens: int = 256
     seed: int = 42
+    # Examples per forward pass; a stage's batch_size is reached by accumulating such micro-batches.
+    # 0 = auto: 1 on a CPU (no padding, a fraction of the memory), the whole batch on a GPU.
+    micro_batch_size: int = 0
+    # Recompute activations in the backward pass to save memory: auto = on a CPU for DPO and KTO
+    # (two sequences and a reference pass per example), off otherwise; or "on" / "off".
+    gradient_checkpointing: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("sft", "dpo", "kto"):
             getattr(self, name).validate(name)
+        _check(self.micro_batch_size >= 0, "training.micro_batch_size", self.micro_batch_size,
+               "0 (auto) or a positive integer")
+        _check(self.gradient_checkpointing in ("auto", "on", "off"), "training.gradient_checkpointing",
+               self.gradient_checkpointing, "auto, on or off")
         _check(0 <= self.replay_fraction <= 10, "training.replay_fraction", self.replay_fraction, "0..10")
         _check(32 <= self.monologue_chunk_tokens <= 8192, "training.monologue_chunk_tokens",
                self.monologue_chunk_tokens, "32..8192")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from training.config import LoraSettings, StageSettings
+from training.config import LoraSettings, StageSettings, TrainingSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -22,9 +22,38 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-# Gradient checkpointing (trl's default) trades ~30% more compute for activation memory; a 135M
-# model at our sequence lengths fits comfortably without it, and CPU time is the scarce resource.
+# Without a memory plan (`memory_plan`) no checkpointing: trl's default trades ~25% more compute
+# for activation memory, and CPU time is the scarce resource.
 GRADIENT_CHECKPOINTING = False
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a stage reaches its batch size: examples per forward pass, accumulation, checkpointing."""
+
+    per_device_batch: int
+    accumulation: int
+    checkpointing: bool
+
+
+def memory_plan(stage: str, settings: StageSettings, training: TrainingSettings, device: str) -> MemoryPlan:
+    """The stage's batch as micro-batches that fit memory, without changing what is learnt.
+
+    On a CPU one example per forward pass wastes no compute on padding and holds a quarter of the
+    activations and logits of a batch of four: measured on SmolLM2 with mail-length rows, SFT batch
+    4 took 69 s and 7.8 GB for 12 examples, 1 x 4 accumulated 37 s and 2.8 GB, same loss; DPO
+    batch 2 6.4 GB, 1 x 2 4.1 GB and 1.6x faster, 2.8 GB with checkpointing (+23% time).
+    """
+    micro = training.micro_batch_size or (1 if device == "cpu" else settings.batch_size)
+    micro = min(micro, settings.batch_size)
+    if stage == "kto":  # KTO estimates its KL term from mismatched pairs within a batch
+        micro = max(2, micro)
+    accumulation = settings.gradient_accumulation_steps * max(1, -(-settings.batch_size // micro))
+    if training.gradient_checkpointing == "auto":
+        checkpointing = device == "cpu" and stage in ("dpo", "kto")
+    else:
+        checkpointing = training.gradient_checkpointing == "on"
+    return MemoryPlan(per_device_batch=micro, accumulation=accumulation, checkpointing=checkpointing)
 
 
 def lora_config(settings: LoraSettings) -> "LoraConfig":
@@ -49,12 +78,18 @@ def precision_arguments(device: str, dtype: "torch.dtype") -> dict[str, Any]:
 
 
 def common_arguments(settings: StageSettings, *, scratch_dir: Path, seed: int, device: str,
-                     dtype: "torch.dtype", progress: bool) -> dict[str, Any]:
-    """Arguments every stage shares: batch, schedule, precision, seeds, no checkpoints, no trackers."""
+                     dtype: "torch.dtype", progress: bool, memory: MemoryPlan | None = None) -> dict[str, Any]:
+    """Arguments every stage shares: batch, schedule, precision, seeds, no checkpoints, no trackers.
+
+    Without `memory` the batch is one forward pass and activations are kept.
+    """
+    memory = memory or MemoryPlan(per_device_batch=settings.batch_size,
+                                  accumulation=settings.gradient_accumulation_steps,
+                                  checkpointing=GRADIENT_CHECKPOINTING)
     return {
         "output_dir": str(scratch_dir),
-        "per_device_train_batch_size": settings.batch_size,
-        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "per_device_train_batch_size": memory.per_device_batch,
+        "gradient_accumulation_steps": memory.accumulation,
         "learning_rate": settings.learning_rate,
         "num_train_epochs": settings.epochs,
         "max_steps": settings.max_steps,
@@ -66,7 +101,7 @@ def common_arguments(settings: StageSettings, *, scratch_dir: Path, seed: int, d
         "data_seed": seed,
         "disable_tqdm": not progress,
         # transformers 5 renamed gradient_checkpointing (trl defaults it to True) to this:
-        "activation_checkpointing": GRADIENT_CHECKPOINTING,
+        "activation_checkpointing": memory.checkpointing,
         "dataloader_num_workers": 0,
         **precision_arguments(device, dtype),
     }

@@ -189,7 +189,7 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
     from transformers import set_seed
 
     from training.model import load_model, load_tokenizer, resolve_base_model, select_device, select_dtype
-    from training.stages import common_arguments, lora_config, run_stage
+    from training.stages import common_arguments, lora_config, memory_plan, run_stage
 
     set_seed(job.training.seed)
     base = resolve_base_model(job.model, Path(job.models_dir))
@@ -218,13 +218,16 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
         scratch = Path(tempfile.mkdtemp(prefix=".trainer-", dir=staging.parent))
         try:
             for stage in planned:
-                common = common_arguments(getattr(job.training, stage), scratch_dir=scratch / stage,
-                                          seed=job.training.seed, device=device, dtype=dtype, progress=progress)
+                settings = getattr(job.training, stage)
+                memory = memory_plan(stage, settings, job.training, device)
+                common = common_arguments(settings, scratch_dir=scratch / stage, seed=job.training.seed,
+                                          device=device, dtype=dtype, progress=progress, memory=memory)
                 model, stage_stats = run_stage(stage, model=model, tokenizer=tokenizer, rows=rows[stage],
                                                settings=getattr(job.training, stage), common=common,
                                                peft_config=peft_config, callbacks=callbacks)
                 peft_config = None  # from now on the model carries the adapter
                 stats[stage] = stage_stats.to_dict()
+                stats[stage]["extra"]["memory_plan"] = dataclasses.asdict(memory)
                 if stage in notes:
                     stats[stage]["extra"]["fit_max_length"] = notes[stage]
         finally:
