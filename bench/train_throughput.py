@@ -224,6 +224,7 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, sft_rows: int, dpo_
 
     from training.config import TrainingSettings
     from training.model import load_tokenizer, resolve_base_model
+    from training.stages import memory_plan
 
     threads = common.apply_threads(threads)
     facts = common.machine_facts()
@@ -244,7 +245,9 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, sft_rows: int, dpo_
     comparisons: list[dict[str, Any]] = []
     report: dict[str, Any] = {"facts": facts, "quick": quick, "comparisons": comparisons, "cycle": None,
                               "settings": {"ours": {k: {"batch": v["batch_size"], "lr": v["learning_rate"],
-                                                        "max_length": v["max_length"], "loss": v["loss_type"]}
+                                                        "max_length": v["max_length"], "loss": v["loss_type"],
+                                                        "plan": dataclasses.asdict(memory_plan(
+                                                            k, getattr(training, k), training, "cpu"))}
                                                     for k, v in stages.items()}}}
     for stage in ("sft", "dpo"):
         tokens = count_tokens(tokenizer, stage, rows[stage])
@@ -311,6 +314,13 @@ def plot(report: dict[str, Any], out: Path) -> Path:
     return common.save_chart(figure, out, "train_throughput")
 
 
+def _plan_text(plan: dict[str, Any] | None) -> str:
+    if not plan:
+        return "one forward pass, no checkpointing"
+    return (f"{plan['per_device_batch']} per pass x {plan['accumulation']} accumulated"
+            + (", activation checkpointing" if plan["checkpointing"] else ""))
+
+
 def markdown(report: dict[str, Any], chart: Path) -> str:
     headers = ["stage", "rows", "tokens", "recipe", "steps", "seconds", "tokens/s", "peak RSS MB", "train loss",
                "loss after (same formula)", "preference acc."]
@@ -326,9 +336,10 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         "## Training throughput", "",
         common.machine_markdown(report["facts"], quick=report["quick"]), "",
         "Same rows for both recipes, one epoch, each run in a fresh process. Ours: "
-        + "; ".join(f"{k.upper()} batch {v['batch']}, lr {v['lr']}, max_length {v['max_length']}"
+        + "; ".join(f"{k.upper()} batch {v['batch']} ({_plan_text(v.get('plan'))}), lr {v['lr']}, "
+                    f"max_length {v['max_length']}"
                     + (f", loss {'+'.join(v['loss'])}" if k == "dpo" else "") for k, v in ours.items() if k != "kto")
-        + ", LoRA r16 all-linear, no gradient checkpointing. Plain: trl defaults (batch 8, gradient checkpointing, "
+        + ", LoRA r16 all-linear. Plain: trl defaults (batch 8, gradient checkpointing, "
         "max_length 1024, SFT lr 2e-5, DPO lr 1e-6) with LoRA r16/alpha 32 all-linear. \"Loss after\" is measured "
         "on the training rows after training, with one formula for both: SFT completion NLL; DPO sigmoid loss "
         "(β 0.1) against the base model.", "",
