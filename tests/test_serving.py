@@ -176,3 +176,14 @@ def test_an_interrupted_conversion_is_redone(tiny_model_dir: Path, tmp_path: Pat
     engine = Engine.load(tiny_model_settings(tiny_model_dir), tmp_path)
     assert engine.generate(prompt(engine), settings=settings("ctranslate2"), seed=1).backend == "ctranslate2"
     assert (target / COMPLETE_MARKER).exists() and (target / "model.bin").stat().st_size > 1000
+
+
+def test_the_base_can_be_converted_ahead_of_the_first_draft(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from training.serving import prepare_base
+
+    models = tmp_path / "models"
+    assert prepare_base(tiny_model_settings(tiny_model_dir), "transformers", models) is None
+    folder = prepare_base(tiny_model_settings(tiny_model_dir), "auto", models)
+    assert folder is not None and (folder / COMPLETE_MARKER).exists()
+    engine = Engine.load(tiny_model_settings(tiny_model_dir), models)
+    assert engine.serving.folder_for(None, "ctranslate2") == folder  # what the first draft will use

@@ -113,8 +113,8 @@ class Engine:
 
         path = resolve_base_model(settings, Path(models_dir))
         tokenizer = load_tokenizer(path)
-        serving = ServingCache(path, Path(models_dir) / "serving", tokenizer=tokenizer, threads=settings.threads,
-                               max_loaded=1)  # one fp32 copy in memory; reloading another takes ~0.3 s
+        # One fp32 copy in memory at a time: reloading another takes ~0.3 s.
+        serving = ServingCache.in_models_dir(path, Path(models_dir), tokenizer=tokenizer, threads=settings.threads)
         return cls(load_model(path, settings), tokenizer, max_adapters=max_adapters, serving=serving)
 
     @property

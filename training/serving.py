@@ -80,6 +80,11 @@ class ServingCache:
         self.keep_on_disk = max(1, keep_on_disk)
         self._loaded: OrderedDict[str, Any] = OrderedDict()
 
+    @classmethod
+    def in_models_dir(cls, base_path: str | Path, models_dir: Path, *, tokenizer: Any, threads: int = 0) -> "ServingCache":
+        """The cache every process of one data folder shares: base conversions under models/serving."""
+        return cls(base_path, Path(models_dir) / "serving", tokenizer=tokenizer, threads=threads, max_loaded=1)
+
     # Naming -----------------------------------------------------------------------------------
 
     def folder_for(self, adapter_folder: str | Path | None, backend: str) -> Path:
@@ -222,3 +227,19 @@ class ServingCache:
         finished = time.perf_counter()
         return ServingOutput(new_ids=list(result[0].sequences_ids[0]),
                              prefill_ms=round(((first_step[0] if first_step else finished) - started) * 1000, 1))
+
+
+def prepare_base(model_settings: Any, backend: str, models_dir: Path) -> Path | None:
+    """Convert the base model for drafting now (`twin init`), so the first draft does not wait.
+
+    Returns the converted folder, or None when drafting will not use CTranslate2.
+    """
+    from training.model import load_tokenizer, resolve_base_model, select_device
+
+    resolved = resolve_backend(backend, select_device(model_settings))
+    if resolved == "transformers":
+        return None
+    base_path = resolve_base_model(model_settings, Path(models_dir))
+    cache = ServingCache.in_models_dir(base_path, Path(models_dir), tokenizer=load_tokenizer(base_path),
+                                       threads=model_settings.threads)
+    return cache.ensure_converted(None, resolved)
