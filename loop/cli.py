@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -278,6 +279,8 @@ def run(owner: OwnerOption = None) -> None:
         with err_console.status("preparing the embedded model (first start only)…"):
             resolve_base_model(config.model, config.models_dir)
     twin = _make_twin(config)
+    # Converting the active adapters for fast drafting takes seconds each: do it while the bot starts.
+    threading.Thread(target=twin.warm_up, name="twin-warm-up", daemon=True).start()
     if config.telegram_token:
         if not config.owners:
             fail("Set `owners` in the config to your Telegram user id first: the bot serves configured owners only.", 2)

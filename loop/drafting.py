@@ -91,6 +91,10 @@ class TransformersDrafter:
         engine = Engine.load(config.model, config.models_dir)
         return cls(engine, config.model, config.generation)
 
+    def prepare(self, adapter: AdapterRef | None) -> None:
+        """Convert and load what drafting with `adapter` needs now rather than on the first draft."""
+        self.engine.prepare((adapter.key, adapter.path) if adapter is not None else None, settings=self.generation)
+
     def sampling(self) -> dict[str, Any]:
         g = self.generation
         return {"temperature": g.temperature, "top_p": g.top_p, "repetition_penalty": g.repetition_penalty,

@@ -84,6 +84,21 @@ class Twin:
                 return None
             return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=adapter.path)
 
+    def warm_up(self) -> None:
+        """Ready every configured owner's active adapter for drafting (conversions take seconds).
+
+        Run in the background at start: a draft asked for meanwhile waits for the engine anyway.
+        A failure is logged, never raised: drafting then prepares on demand.
+        """
+        prepare = getattr(self.drafter, "prepare", None)
+        if prepare is None:
+            return
+        for telegram_id in self.config.owners or [self.config.default_owner()]:
+            try:
+                prepare(self.active_adapter_ref(self.owner_id(telegram_id)))
+            except Exception:  # noqa: BLE001 - a warm-up must never stop the twin
+                logger.exception("warming up the drafter for owner %s failed", telegram_id)
+
     def draft_reply(
         self,
         *,

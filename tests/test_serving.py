@@ -187,3 +187,4 @@ def test_the_base_can_be_converted_ahead_of_the_first_draft(tiny_model_dir: Path
     assert folder is not None and (folder / COMPLETE_MARKER).exists()
     engine = Engine.load(tiny_model_settings(tiny_model_dir), models)
     assert engine.serving.folder_for(None, "ctranslate2") == folder  # what the first draft will use
+

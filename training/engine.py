@@ -210,6 +210,26 @@ class Engine:
             return "transformers"
         return backend
 
+    def prepare(self, adapter: AdapterSpec | None, *, settings: GenerationSettings) -> None:
+        """Have `adapter` ready to draft with: converted and loaded for CTranslate2, or loaded in torch."""
+        with self._lock:
+            backend = self.backend_for(settings)
+            if backend == "transformers":
+                with self.using(adapter):
+                    return
+            from training.artifacts import verify_adapter
+            from training.serving import ServingError
+
+            folder = None if adapter is None else str(adapter[1])
+            if folder is not None:
+                verify_adapter(folder)
+            try:
+                self.serving.generator(folder, backend)
+            except (ServingError, ImportError, RuntimeError, ValueError) as error:
+                self.serving_failure = f"{type(error).__name__}: {error}"
+                logger.error("CTranslate2 preparation failed, drafting with transformers from now on: %s",
+                             self.serving_failure)
+
     def generate(self, prompt_text: str, *, settings: GenerationSettings, seed: int,
                  adapter: AdapterSpec | None = None) -> GenerationOutput:
         """Sample one reply to a rendered prompt; stops at the end of the turn or max_new_tokens."""
