@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,6 +29,8 @@ from bench import common
 logger = logging.getLogger("bench.cycle_measure")
 
 SECTION = "cycle_measure"
+TARGET_MINUTES = 15
+TARGET_PEAK_MB = 4096
 OWNER = 5151
 STAGES = ("collect", "datasets", "sft", "dpo", "kto", "evaluate", "child")
 
@@ -149,6 +149,8 @@ def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: in
 
 def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
     stages = result["stages"]
+    peaks = [v.get("peak_rss_mb") for v in stages.values() if isinstance(v, dict) and v.get("peak_rss_mb")]
+    peak = max(peaks) if peaks else None
     rows = [[name, common.fmt(stages[name].get("seconds"), 1),
              common.fmt((stages[name].get("seconds") or 0) / 60, 1), stages[name].get("steps", ""),
              stages[name].get("examples", ""), common.fmt(stages[name].get("peak_rss_mb"), 0)]
@@ -165,6 +167,9 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
                               rows), "",
         f"Whole cycle: {result['wall_seconds'] / 60:.1f} min. The calling process (the bot or the CLI) grew by "
         f"{result['parent_growth_mb']:.0f} MB during the cycle: the model lives in the child only.", "",
+        f"Targets (full cycle ≤ {TARGET_MINUTES} min, peak memory ≤ {TARGET_PEAK_MB / 1024:.0f} GB on 2 CPU cores): "
+        f"time {common.verdict(result['wall_seconds'] <= TARGET_MINUTES * 60)}, memory "
+        f"{common.verdict(peak is not None and peak <= TARGET_PEAK_MB)} (child peak {common.fmt(peak, 0)} MB).", "",
     ])
 
 
@@ -177,18 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     common.offline_environment()
     common.setup_logging(args.verbose)
     feedback = args.feedback if args.feedback is not None else (12 if args.quick else 300)
-    work = Path(args.work or tempfile.mkdtemp(prefix="twin-cycle-measure-"))
     facts = common.machine_facts()
-    try:
+    with common.work_folder(args.work, "twin-cycle-measure-") as work:
         result = measure(quick=args.quick, work=work, threads=args.threads, feedback=feedback,
                          writing=args.writing if not args.quick else 24, progress=args.progress)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{SECTION}.json").write_text(json.dumps({"facts": facts, **result}, indent=2, default=str))
-    common.write_section(out, SECTION, markdown(result, facts))
+        (work / f"{SECTION}.json").write_text(json.dumps({"facts": facts, **result}, indent=2, default=str))
+    common.write_section(Path(args.out), SECTION, markdown(result, facts))
     print(markdown(result, facts))
     print(result["report"])
     return 0 if result["status"] in ("promoted", "kept") else 1
