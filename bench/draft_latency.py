@@ -439,7 +439,7 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         f"{common.fmt(report['ratio_tokens_per_s'])}. Target p50 ≤ {TARGET_P50_S:.1f} s for a {n}-token reply: "
         f"{common.verdict(report['target_met'])} (serving p50 {common.fmt(report['paths'][-1]['p50_n_s'])} s).",
         "",
-        "Converting for CTranslate2 (once per adapter version, cached under data_dir/models/serving): base "
+        "Converting for CTranslate2 (once per version: the base under data_dir/models/serving, an adapter inside its folder): base "
         f"{common.fmt(report['conversion_seconds'].get('base'), 1)} s, adapter merged and converted "
         f"{common.fmt(report['conversion_seconds'].get('adapter'), 1)} s. A seed replays a draft on transformers "
         "only: CTranslate2 seeds its sampler once per worker thread.",
