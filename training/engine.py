@@ -7,7 +7,7 @@ keeps memory bounded when versions come and go. One lock serialises generation: 
 from worker threads and the adapter switch is global state.
 
 `generation.backend` picks who decodes: transformers, or CTranslate2 on a CPU (`training.serving`,
-same weights merged and converted once, about twice as fast). Both sample the same way; if the
+same weights merged and converted once, about 1.8x as fast). Both sample the same way; if the
 CTranslate2 path fails the engine logs why and drafts with transformers from then on.
 """
 

@@ -1,6 +1,6 @@
 """Fast CPU drafting with CTranslate2: the base model, or base + adapter merged, converted once.
 
-Why: on a 2-core CPU CTranslate2's decoder drafts 2-2.5x faster than transformers' `generate`
+Why: on a 2-core CPU CTranslate2's decoder drafts 1.8-2.4x faster than transformers' `generate`
 with the very same fp32 weights (held-out log-likelihoods agree to 1e-5; bench/RESULTS.md). It
 cannot apply a LoRA adapter on the fly, so each (base, adapter) pair is merged with peft and
 converted once, by whichever process needs it first (the training child while evaluating a
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "transformers", "ctranslate2", "ctranslate2-int8")
 # CTranslate2's weight types per backend: fp32 keeps drafts identical in quality; int8 (per-row
-# scales) is ~1.2x faster again and costs about 1% of held-out likelihood on SmolLM2.
+# scales) is ~1.4x faster again and costs 0.2-1% of held-out likelihood on SmolLM2.
 QUANTIZATION = {"ctranslate2": "float32", "ctranslate2-int8": "int8"}
 COMPLETE_MARKER = "twin_serving_complete"
 
