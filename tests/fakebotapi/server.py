@@ -203,10 +203,12 @@ class FakeBotApi(BotApiMethods):
     def pending_updates(self) -> list[dict[str, Any]]:
         return [u for u in self._updates if u["update_id"] >= self._confirmed_below]
 
-    async def wait_for(self, predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
+    async def wait_for(self, predicate: Callable[[], Any], *, timeout: float = 90.0, what: str = "") -> Any:
         """Wait until `predicate()` is truthy (checked after every request and injection) and return it.
 
-        The timeout is a safety net against hanging forever, not a measurement.
+        The timeout is a safety net against hanging forever, not a measurement: on a starved CPU a
+        request can time out in the client and be retried by `bot.telegram_io` after pauses that
+        add up to 30 s, which a 30 s wait once mistook for a lost edit.
         """
         assert self._changed is not None
         loop = asyncio.get_running_loop()
