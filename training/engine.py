@@ -217,18 +217,7 @@ class Engine:
             if backend == "transformers":
                 with self.using(adapter):
                     return
-            from training.artifacts import verify_adapter
-            from training.serving import ServingError
-
-            folder = None if adapter is None else str(adapter[1])
-            if folder is not None:
-                verify_adapter(folder)
-            try:
-                self.serving.generator(folder, backend)
-            except (ServingError, ImportError, RuntimeError, ValueError) as error:
-                self.serving_failure = f"{type(error).__name__}: {error}"
-                logger.error("CTranslate2 preparation failed, drafting with transformers from now on: %s",
-                             self.serving_failure)
+            self._on_ctranslate2(adapter, lambda folder: self.serving.generator(folder, backend))
 
     def generate(self, prompt_text: str, *, settings: GenerationSettings, seed: int,
                  adapter: AdapterSpec | None = None) -> GenerationOutput:
@@ -249,9 +238,12 @@ class Engine:
                                 prefill_ms=round(prefill_ms, 1),
                                 total_ms=round((finished - started) * 1000, 1), backend=backend)
 
-    def _generate_ctranslate2(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
-                              adapter: AdapterSpec | None, backend: str) -> tuple[list[int] | None, float]:
-        """CTranslate2's draft, or (None, 0) after giving the backend up for this engine."""
+    def _on_ctranslate2(self, adapter: AdapterSpec | None, call: Any) -> Any:
+        """`call(adapter folder or None)` on the CTranslate2 side; None after giving that backend up.
+
+        The adapter is verified first: CorruptAdapter reaches the drafter, which falls back to the
+        base model. Any other failure makes this engine draft with transformers from then on.
+        """
         from training.serving import ServingError
 
         folder = None
@@ -259,16 +251,22 @@ class Engine:
             from training.artifacts import verify_adapter
 
             folder = str(adapter[1])
-            verify_adapter(folder)  # CorruptAdapter reaches the drafter, which falls back to the base
+            verify_adapter(folder)
         try:
-            output = self.serving.generate(prompt_ids, adapter_folder=folder, backend=backend, settings=settings,
-                                           seed=seed, stop_ids=self.stop_token_ids())
+            return call(folder)
         except (ServingError, ImportError, RuntimeError, ValueError) as error:
             self.serving_failure = f"{type(error).__name__}: {error}"
             logger.error("CTranslate2 drafting failed, drafting with transformers from now on: %s",
                          self.serving_failure)
-            return None, 0.0
-        return output.new_ids, output.prefill_ms
+            return None
+
+    def _generate_ctranslate2(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
+                              adapter: AdapterSpec | None, backend: str) -> tuple[list[int] | None, float]:
+        """CTranslate2's draft, or (None, 0) after giving the backend up for this engine."""
+        output = self._on_ctranslate2(adapter, lambda folder: self.serving.generate(
+            prompt_ids, adapter_folder=folder, backend=backend, settings=settings, seed=seed,
+            stop_ids=self.stop_token_ids()))
+        return (None, 0.0) if output is None else (output.new_ids, output.prefill_ms)
 
     def _generate_transformers(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
                                adapter: AdapterSpec | None) -> tuple[list[int], float]:
