@@ -298,6 +298,18 @@ def model_settings(*, quick: bool, work: Path, threads: int = 0, **overrides: An
     return ModelSettings(**values)
 
 
+def store_thread(database: Any, *, owner_id: int, chat_key: str, turns: Sequence[dict[str, Any]]) -> None:
+    """The earlier turns of a thread stored in its conversation, as the bot would have them before drafting."""
+    from storage import repo
+    from storage.db import session_scope
+
+    with session_scope(database) as session:
+        conversation = repo.get_or_create_conversation(session=session, owner_id=owner_id, chat_key=chat_key)
+        for turn in turns:
+            repo.add_message(session=session, owner_id=owner_id, conversation_id=conversation.id,
+                             role=turn["role"], text=turn["text"], sender=turn.get("sender"))
+
+
 def models_dir() -> Path:
     """Where the embedded model is converted once and kept between runs (not the scratch folder)."""
     return Path(os.environ.get("TWIN_BENCH_MODELS", BENCH_DIR.parent / "data" / "models"))

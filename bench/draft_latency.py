@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 from bench import common
 from bench.corpus import ReplyPair, load_corpus
+from training.engine import PrefillTimer
 from training.serving import QUANTIZATION, ServingCache
 
 logger = logging.getLogger("bench.draft_latency")
@@ -76,18 +77,6 @@ class PathResult:
             "mean_new_tokens": common.mean(c.new_tokens for c in self.calls),
             "peak_mb": self.peak_mb, "note": self.note,
         }
-
-
-class _FirstTokenClock:
-    """A logits processor noting when the first token's logits arrive: the end of prefill."""
-
-    def __init__(self) -> None:
-        self.at: float | None = None
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        if self.at is None:
-            self.at = time.perf_counter()
-        return scores
 
 
 def conversations(pairs: Sequence[ReplyPair], n: int) -> list[Any]:
@@ -169,14 +158,14 @@ def baseline_runner(model: Any, tokenizer: Any, prompts: Sequence[str], n_tokens
 
     def run(index: int) -> tuple[Call, str]:
         started = time.perf_counter()
-        clock = _FirstTokenClock()
+        clock = PrefillTimer()
         encoded = tokenizer(prompts[index % len(prompts)], return_tensors="pt")
         with torch.no_grad():
             output = model.generate(**encoded, max_new_tokens=n_tokens, min_new_tokens=n_tokens,
                                     logits_processor=LogitsProcessorList([clock]))
         finished = time.perf_counter()
         new = output[0, encoded["input_ids"].shape[1]:]
-        return (Call(finished - started, (clock.at or finished) - started, int(new.shape[0])),
+        return (Call(finished - started, (clock.first_call or finished) - started, int(new.shape[0])),
                 tokenizer.decode(new, skip_special_tokens=True))
 
     return run
@@ -203,11 +192,7 @@ def serving_runner(config: Any, engine: Any, adapter_dir: Path, pairs: Sequence[
     def run(index: int) -> tuple[Call, str]:
         pair = pairs[index % len(pairs)]
         chat_key = f"bench:{index}"
-        with session_scope(database) as session:  # the earlier turns of the thread, as the bot would have them
-            conversation = repo.get_or_create_conversation(session=session, owner_id=owner_id, chat_key=chat_key)
-            for turn in pair.context:
-                repo.add_message(session=session, owner_id=owner_id, conversation_id=conversation.id,
-                                 role=turn["role"], text=turn["text"], sender=turn.get("sender"))
+        common.store_thread(database, owner_id=owner_id, chat_key=chat_key, turns=pair.context)
         started = time.perf_counter()
         draft = twin.draft_reply(telegram_id=OWNER_TELEGRAM_ID, chat_key=chat_key, incoming=pair.message)
         seconds = time.perf_counter() - started

@@ -77,18 +77,12 @@ def write_import_file(pairs: Sequence[ReplyPair], path: Path) -> Path:
 def play_round(twin: Any, database: Any, owner_id: int, pairs: Sequence[ReplyPair], log: RoundLog,
                offset: int) -> None:
     """Draft each incoming message, then accept or edit it into the owner's real reply."""
-    from storage import repo
-    from storage.db import session_scope
     from training.metrics import edit_distance
 
     distances = []
     for index, pair in enumerate(pairs, start=offset):
         chat_key = f"mail:{index}"
-        with session_scope(database) as session:  # the earlier turns of the thread, as the bot would have them
-            conversation = repo.get_or_create_conversation(session=session, owner_id=owner_id, chat_key=chat_key)
-            for turn in pair.context:
-                repo.add_message(session=session, owner_id=owner_id, conversation_id=conversation.id,
-                                 role=turn["role"], text=turn["text"], sender=turn.get("sender"))
+        common.store_thread(database, owner_id=owner_id, chat_key=chat_key, turns=pair.context)
         draft = twin.draft_reply(telegram_id=OWNER_TELEGRAM_ID, chat_key=chat_key, incoming=pair.message,
                                  sender=pair.sender)
         distance = edit_distance(draft.text, pair.reply)

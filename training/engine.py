@@ -56,7 +56,7 @@ def clean_generated(text: str) -> str:
     return _SPECIAL_TOKEN.sub("", text).strip()
 
 
-class _PrefillTimer:
+class PrefillTimer:
     """A logits processor that notes when the first token's logits arrive (end of prefill)."""
 
     def __init__(self) -> None:
@@ -276,7 +276,7 @@ class Engine:
         started = time.perf_counter()
         with self.using(adapter) as model:
             input_ids = torch.tensor([prompt_ids], device=self.device)
-            timer = _PrefillTimer()
+            timer = PrefillTimer()
             penalty = _GeneratedTokensRepetitionPenalty(input_ids.shape[1], settings.repetition_penalty)
             # Sampling draws from torch's global generator: seeding it under the lock makes a
             # (prompt, adapter, seed) triple reproducible even with several threads drafting.
