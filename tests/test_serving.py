@@ -188,3 +188,15 @@ def test_the_base_can_be_converted_ahead_of_the_first_draft(tiny_model_dir: Path
     engine = Engine.load(tiny_model_settings(tiny_model_dir), models)
     assert engine.serving.folder_for(None, "ctranslate2") == folder  # what the first draft will use
 
+
+
+def test_a_loaded_adapter_drafts_without_touching_the_disk_again(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Verified and converted when loaded (as on the transformers path); later drafts neither
+    # re-hash the weights nor read the manifest: here both are gone and drafting goes on.
+    engine = Engine.load(tiny_model_settings(tiny_model_dir), tmp_path / "models")
+    adapter = own_adapter(tiny_model_dir, tmp_path / "v1")
+    engine.generate(prompt(engine), settings=settings("ctranslate2"), seed=1, adapter=("k", adapter))
+    (adapter / "twin_adapter.json").unlink()
+    shutil.rmtree(conversions(adapter)[0])
+    output = engine.generate(prompt(engine), settings=settings("ctranslate2"), seed=2, adapter=("k", adapter))
+    assert output.backend == "ctranslate2" and output.text and engine.serving_failure is None

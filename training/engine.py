@@ -217,7 +217,7 @@ class Engine:
             if backend == "transformers":
                 with self.using(adapter):
                     return
-            self._on_ctranslate2(adapter, lambda folder: self.serving.generator(folder, backend))
+            self._on_ctranslate2(adapter, backend, lambda folder: self.serving.generator(folder, backend))
 
     def generate(self, prompt_text: str, *, settings: GenerationSettings, seed: int,
                  adapter: AdapterSpec | None = None) -> GenerationOutput:
@@ -238,7 +238,7 @@ class Engine:
                                 prefill_ms=round(prefill_ms, 1),
                                 total_ms=round((finished - started) * 1000, 1), backend=backend)
 
-    def _on_ctranslate2(self, adapter: AdapterSpec | None, call: Any) -> Any:
+    def _on_ctranslate2(self, adapter: AdapterSpec | None, backend: str, call: Any) -> Any:
         """`call(adapter folder or None)` on the CTranslate2 side; None after giving that backend up.
 
         The adapter is verified first: CorruptAdapter reaches the drafter, which falls back to the
@@ -251,7 +251,8 @@ class Engine:
             from training.artifacts import verify_adapter
 
             folder = str(adapter[1])
-            verify_adapter(folder)
+            if not self.serving.loaded(folder, backend):  # checked when loaded, as on the transformers path
+                verify_adapter(folder)
         try:
             return call(folder)
         except (ServingError, ImportError, RuntimeError, ValueError) as error:
@@ -263,7 +264,7 @@ class Engine:
     def _generate_ctranslate2(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
                               adapter: AdapterSpec | None, backend: str) -> tuple[list[int] | None, float]:
         """CTranslate2's draft, or (None, 0) after giving the backend up for this engine."""
-        output = self._on_ctranslate2(adapter, lambda folder: self.serving.generate(
+        output = self._on_ctranslate2(adapter, backend, lambda folder: self.serving.generate(
             prompt_ids, adapter_folder=folder, backend=backend, settings=settings, seed=seed,
             stop_ids=self.stop_token_ids()))
         return (None, 0.0) if output is None else (output.new_ids, output.prefill_ms)

@@ -70,7 +70,7 @@ class ServingCache:
     """Converted models on disk and their loaded generators, least recently used evicted first."""
 
     def __init__(self, base_path: str | Path, folder: Path, *, tokenizer: Any, threads: int = 0,
-                 max_loaded: int = 2, keep_on_disk: int = 3):
+                 max_loaded: int = 1, keep_on_disk: int = 3):
         self.base_path = str(base_path)
         self.folder = Path(folder)
         self.tokenizer = tokenizer
@@ -78,12 +78,12 @@ class ServingCache:
             else (os.cpu_count() or 1)
         self.max_loaded = max(1, max_loaded)
         self.keep_on_disk = max(1, keep_on_disk)
-        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     @classmethod
     def in_models_dir(cls, base_path: str | Path, models_dir: Path, *, tokenizer: Any, threads: int = 0) -> "ServingCache":
         """The cache every process of one data folder shares: base conversions under models/serving."""
-        return cls(base_path, Path(models_dir) / "serving", tokenizer=tokenizer, threads=threads, max_loaded=1)
+        return cls(base_path, Path(models_dir) / "serving", tokenizer=tokenizer, threads=threads)
 
     # Naming -----------------------------------------------------------------------------------
 
@@ -186,16 +186,25 @@ class ServingCache:
 
     # Generation ---------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _key(adapter_folder: str | Path | None, backend: str) -> tuple[str, str]:
+        # Adapter folders are never rewritten in place, so the folder names the weights while loaded.
+        return (str(adapter_folder) if adapter_folder is not None else "", backend)
+
+    def loaded(self, adapter_folder: str | Path | None, backend: str) -> bool:
+        """Whether drafting with this adapter is ready in memory (no disk work on the next draft)."""
+        return self._key(adapter_folder, backend) in self._loaded
+
     def generator(self, adapter_folder: str | Path | None, backend: str) -> Any:
-        target = self.ensure_converted(adapter_folder, backend)
-        key = str(target)
-        if key in self._loaded:
+        key = self._key(adapter_folder, backend)
+        if key in self._loaded:  # the hot path: every draft after the first
             self._loaded.move_to_end(key)
             return self._loaded[key]
+        target = self.ensure_converted(adapter_folder, backend)
         import ctranslate2
 
         # "default" keeps the converted weight type; "auto" would silently pick int8 or bf16 on CPUs that have them.
-        generator = ctranslate2.Generator(key, device="cpu", compute_type="default", intra_threads=self.threads)
+        generator = ctranslate2.Generator(str(target), device="cpu", compute_type="default", intra_threads=self.threads)
         self._loaded[key] = generator
         while len(self._loaded) > self.max_loaded:
             self._loaded.popitem(last=False)
