@@ -108,7 +108,7 @@ def _die_with_parent() -> None:
 def build_datasets(job: dict[str, Any], model: ModelSettings, training: TrainingSettings, folder: Path) -> dict[str, int]:
     """Render the collected examples into trl rows with the one prompt renderer and write them."""
     from loop.collect import feedback_from_json, writing_from_json
-    from training.datasets import build_dpo_rows, build_kto_rows, build_sft_rows, make_renderer, write_datasets
+    from training.datasets import build_dpo_rows, build_sft_rows, make_renderer, write_datasets
     from training.model import load_tokenizer, resolve_base_model
 
     examples = json.loads((folder / EXAMPLES_FILE).read_text(encoding="utf-8"))
@@ -120,19 +120,24 @@ def build_datasets(job: dict[str, Any], model: ModelSettings, training: Training
         "sft": build_sft_rows(feedback, writing, render=render, replay_fraction=training.replay_fraction,
                               seed=training.seed, tokenizer=tokenizer, chunk_tokens=training.monologue_chunk_tokens),
         "dpo": build_dpo_rows(feedback, render=render),
-        "kto": build_kto_rows(feedback, _kto_replay(feedback, writing, training), render=render) if feedback else [],
+        "kto": _kto_rows(feedback, writing, training, render) if feedback else [],
     }
     return write_datasets(rows, folder / DATASETS_DIR)
 
 
-def _kto_replay(feedback: list[Any], writing: list[Any], training: TrainingSettings) -> list[Any]:
-    """Imported replies count as desirable KTO texts (design.md), but only a replay-sized sample:
-    all of a large import in every cycle would drown the verdicts and cost hours."""
+def _kto_rows(feedback: list[Any], writing: list[Any], training: TrainingSettings, render: Any) -> list[dict[str, Any]]:
+    """KTO learns the verdicts DPO cannot use (accepts, rejects without a replacement), or all of
+    them when DPO is off; plus imported replies as desirable texts (design.md), but only a
+    replay-sized sample: all of a large import in every cycle would drown the verdicts and cost hours."""
     import random
 
+    from training.datasets import build_kto_rows
+
+    verdict_rows = build_kto_rows(feedback, [], render=render, paired=not training.dpo.enabled)
     replies = [item for item in writing if item.kind == "reply" and item.conversation is not None]
-    size = min(len(replies), round(training.replay_fraction * len(feedback)))
-    return random.Random(training.seed).sample(replies, size)
+    size = min(len(replies), round(training.replay_fraction * len(verdict_rows)))
+    replay = random.Random(training.seed).sample(replies, size)
+    return build_kto_rows([], replay, render=render) + verdict_rows
 
 
 def run_job(job_path: Path) -> dict[str, Any]:

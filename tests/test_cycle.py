@@ -69,8 +69,8 @@ def test_full_cycle_import_feedback_promote_and_the_next_draft_uses_the_new_vers
     assert skipped.status == "skipped" and "0 new verdict(s)" in skipped.reason and "3 are needed" in skipped.reason
 
     # A candidate made worse on purpose (a learning rate far too high) is refused, and the report says why.
-    cycle_config.training.sft.learning_rate = 0.9
-    cycle_config.training.sft.max_steps = 10
+    for stage in (cycle_config.training.sft, cycle_config.training.dpo, cycle_config.training.kto):
+        stage.learning_rate, stage.max_steps = 0.9, 10  # whichever stage has rows this time
     wrecked = run_cycle(cycle_config, engine, telegram_id=OWNER, force=True)
     assert wrecked.status == "kept", wrecked.report_text
     assert wrecked.reason.startswith("held-out likelihood did not improve enough")

@@ -95,6 +95,16 @@ def test_kto_rows_follow_the_table() -> None:
     ]
 
 
+def test_kto_rows_without_pairs_leave_the_ranked_verdicts_to_dpo() -> None:
+    rows = build_kto_rows(TABLE_FEEDBACK + [fb("edit", "m7", "same", text="same")], [], render=render, paired=False)
+    assert [(r["prompt"], r["completion"], r["label"]) for r in rows] == [
+        ("PROMPT[m1]", e("draft one"), True),  # accept
+        ("PROMPT[m4]", e("draft four"), False),  # reject without replacement
+        ("PROMPT[m6]", e("draft six"), False),  # regenerate with nothing kept later
+        ("PROMPT[m7]", e("same"), True),  # an edit that changed nothing ranks nothing: an accept
+    ]  # m2 (edit), m3 (replacement) and m5 (regenerate, then kept) are DPO pairs
+
+
 def test_monologues_give_no_dpo_or_kto_rows() -> None:
     assert build_kto_rows([], [monologue("a long text of mine.")], render=render) == []
 

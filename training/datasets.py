@@ -258,8 +258,13 @@ def build_dpo_rows(feedback: Sequence[FeedbackExample], *, render: Renderer,
 
 
 def build_kto_rows(feedback: Sequence[FeedbackExample], writing: Sequence[WritingExample], *,
-                   render: Renderer, end_of_turn: str = END_OF_TURN) -> list[Row]:
-    """`prompt`/`completion`/`label` rows: single texts marked desirable or not."""
+                   render: Renderer, paired: bool = True, end_of_turn: str = END_OF_TURN) -> list[Row]:
+    """`prompt`/`completion`/`label` rows: single texts marked desirable or not.
+
+    `paired=False` leaves out the verdicts that `preference_pair` ranks (edits, replacements, a
+    regenerate whose message got a kept text): when DPO trains on those pairs the same night,
+    KTO rows of them would learn each correction twice and double the stage's time.
+    """
     rows: list[Row] = []
 
     def add(conversation: Conversation, text: str, label: bool) -> None:
@@ -269,6 +274,8 @@ def build_kto_rows(feedback: Sequence[FeedbackExample], writing: Sequence[Writin
         if sample.kind == "reply" and sample.conversation is not None and _clean(sample.text):
             add(sample.conversation, _clean(sample.text), True)
     for item in _checked(feedback):
+        if not paired and preference_pair(item) is not None:
+            continue
         draft = _clean(item.draft)
         if item.kind == "accept" and draft:
             add(item.conversation, draft, True)
