@@ -225,6 +225,7 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, sft_rows: int, dpo_
     from training.config import TrainingSettings
     from training.model import load_tokenizer, resolve_base_model
     from training.stages import memory_plan
+    from training.train import longest_row_tokens
 
     threads = common.apply_threads(threads)
     facts = common.machine_facts()
@@ -242,12 +243,15 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, sft_rows: int, dpo_
                 "threads": threads, "work": str(work), "verbose": verbose,
                 "training": {"seed": training.seed, "replay_fraction": training.replay_fraction},
                 "stages": stages}
+    longest = {name: longest_row_tokens(rows[name], lambda text: len(tokenizer(text=text)["input_ids"]))
+               if rows.get(name) else None for name in stages}
     comparisons: list[dict[str, Any]] = []
     report: dict[str, Any] = {"facts": facts, "quick": quick, "comparisons": comparisons, "cycle": None,
                               "settings": {"ours": {k: {"batch": v["batch_size"], "lr": v["learning_rate"],
                                                         "max_length": v["max_length"], "loss": v["loss_type"],
                                                         "plan": dataclasses.asdict(memory_plan(
-                                                            k, getattr(training, k), training, "cpu"))}
+                                                            k, getattr(training, k), training, "cpu",
+                                                            longest_row_tokens=longest[k]))}
                                                     for k, v in stages.items()}}}
     for stage in ("sft", "dpo"):
         tokens = count_tokens(tokenizer, stage, rows[stage])

@@ -109,6 +109,15 @@ def fit_max_length(rows: dict[str, list[dict[str, Any]]], training: TrainingSett
     return fitted, notes
 
 
+def longest_row_tokens(rows: Sequence[dict[str, Any]], count_tokens: Callable[[str], int]) -> int:
+    """Tokens of the stage's longest sequence: the prompt plus its longest completion (DPO: chosen or rejected)."""
+    longest = 0
+    for row in rows:
+        completions = [row[key] for key in ("completion", "chosen", "rejected") if key in row]
+        longest = max(longest, count_tokens(row["prompt"] + max(completions, key=len, default="")))
+    return longest
+
+
 def replan_after_fitting(planned: list[str], fitted: dict[str, list[dict[str, Any]]], notes: dict[str, str],
                          training: TrainingSettings) -> tuple[list[str], dict[str, str]]:
     """The planned stages that still have usable rows after `fit_max_length`, and why the others lost theirs."""
@@ -198,7 +207,10 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
     tokenizer = load_tokenizer(base)
     _check_rows(rows, tokenizer.eos_token)
     data_counts = {stage: len(rows.get(stage, [])) for stage in STAGES}  # as the cycle wrote them
-    rows, notes = fit_max_length(rows, job.training, prompt_tokens=lambda text: len(tokenizer(text=text)["input_ids"]))
+    def count_tokens(text: str) -> int:  # as trl tokenizes a prompt
+        return len(tokenizer(text=text)["input_ids"])
+
+    rows, notes = fit_max_length(rows, job.training, prompt_tokens=count_tokens)
     planned, lost = replan_after_fitting(planned, rows, notes, job.training)
     skipped = {stage: lost.get(stage) or skipped[stage] for stage in STAGES if stage in lost or stage in skipped}
     if not planned:  # before the model loads and any folder is staged
@@ -219,7 +231,8 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
         try:
             for stage in planned:
                 settings = getattr(job.training, stage)
-                memory = memory_plan(stage, settings, job.training, device)
+                memory = memory_plan(stage, settings, job.training, device,
+                                     longest_row_tokens=longest_row_tokens(rows[stage], count_tokens))
                 common = common_arguments(settings, scratch_dir=scratch / stage, seed=job.training.seed,
                                           device=device, dtype=dtype, progress=progress, memory=memory)
                 model, stage_stats = run_stage(stage, model=model, tokenizer=tokenizer, rows=rows[stage],
