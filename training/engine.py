@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from training.config import GenerationSettings, ModelSettings
 
@@ -90,6 +90,17 @@ class _GeneratedTokensRepetitionPenalty:
         picked = scores.gather(1, generated)
         picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
         return scores.scatter(1, generated, picked)
+
+
+def left_padded(sequences: Sequence[list[int]], pad_id: int, *, device: Any = None) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of token sequences padded on the left, so every row's next
+    token comes at the same position; the mask hides the padding from attention."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in sequences], device=device)
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences], device=device)
+    return input_ids, attention
 
 
 class Engine:
@@ -237,6 +248,49 @@ class Engine:
         return GenerationOutput(text=clean_generated(raw), new_tokens=len(new_ids),
                                 prefill_ms=round(prefill_ms, 1),
                                 total_ms=round((finished - started) * 1000, 1), backend=backend)
+
+    def generate_many(self, prompt_texts: Sequence[str], *, settings: GenerationSettings, seed: int,
+                      adapter: AdapterSpec | None = None, batch_size: int = 16) -> list[GenerationOutput]:
+        """One sampled reply per rendered prompt, for evaluations that draft dozens at once.
+
+        Decoded with torch in left-padded batches of `batch_size`, whatever `settings.backend`
+        says: one sequence at a time is bound by reading every weight per token, so a batch of 16
+        drafts ~3.5x as many per second as transformers one by one and ~2x CTranslate2 one by one
+        (SmolLM2, 2 cores). Seeded per batch, so the same prompts and seed give the same drafts
+        and versions compare. CTranslate2 is not used: with prompts of different lengths it feeds
+        the longer prompts' last tokens step by step and penalises them as repeats (the
+        end-of-turn token among them). `total_ms` is each reply's share of its batch's time.
+        """
+        import torch
+        from transformers import LogitsProcessorList
+
+        encoded = [self.encode(text) for text in prompt_texts]
+        order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))  # less padding
+        stops = set(self.stop_token_ids())
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(stops)
+        outputs: dict[int, GenerationOutput] = {}
+        with self._lock, self.using(adapter) as model:
+            for start in range(0, len(order), max(1, batch_size)):
+                chunk = order[start:start + max(1, batch_size)]
+                started = time.perf_counter()
+                input_ids, attention = left_padded([encoded[index] for index in chunk], pad, device=self.device)
+                width = input_ids.shape[1]
+                penalty = _GeneratedTokensRepetitionPenalty(width, settings.repetition_penalty)
+                torch.manual_seed(seed + start)
+                with torch.inference_mode():
+                    generated = model.generate(
+                        input_ids=input_ids, attention_mask=attention,
+                        do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                        max_new_tokens=settings.max_new_tokens, eos_token_id=sorted(stops), pad_token_id=pad,
+                        logits_processor=LogitsProcessorList([penalty]))
+                share = (time.perf_counter() - started) * 1000 / len(chunk)
+                for index, row in zip(chunk, generated[:, width:].tolist()):
+                    ends = [position for position, token in enumerate(row) if token in stops]
+                    new_ids = row[:ends[0] + 1] if ends else row  # after the first stop there is only padding
+                    raw = self.tokenizer.decode(new_ids, skip_special_tokens=False)
+                    outputs[index] = GenerationOutput(text=clean_generated(raw), new_tokens=len(new_ids),
+                                                      prefill_ms=0.0, total_ms=round(share, 1))
+        return [outputs[index] for index in range(len(encoded))]
 
     def _on_ctranslate2(self, adapter: AdapterSpec | None, backend: str, call: Any) -> Any:
         """`call(adapter folder or None)` on the CTranslate2 side; None after giving that backend up.

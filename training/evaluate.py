@@ -120,8 +120,8 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         with engine.using(spec) as model:
             nll = mean_nll(model, engine.tokenizer, nll_pairs)
             accuracy = preference_accuracy(model, engine.tokenizer, triples)
-        drafts = [engine.generate(prompt, settings=generation, seed=seed + index, adapter=spec).text
-                  for index, (prompt, _) in enumerate(sampled)]
+        drafts = [output.text for output in engine.generate_many([prompt for prompt, _ in sampled],
+                                                                 settings=generation, seed=seed, adapter=spec)]
         draft_profile = style_profile(drafts, phrases=owner_profile.phrases.keys())
         distances = [edit_distance(draft, item.kept) for draft, (_, item) in zip(drafts, sampled)]
         written = [d for d in drafts if d.strip()]
