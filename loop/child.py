@@ -196,7 +196,34 @@ def run_job(job_path: Path) -> dict[str, Any]:
     if "active" not in metrics:  # the base model is the active one (version 0)
         metrics["active"] = metrics.get("base", {})
     result["metrics"] = metrics
+    serving = _ready_for_drafting(metrics, evaluation, model, generation, Path(job["models_dir"]), trained.adapter_dir)
+    if serving is not None:
+        result["stages"]["serving"] = serving
     return result
+
+
+def _ready_for_drafting(metrics: dict[str, Any], evaluation: EvaluationSettings, model: ModelSettings,
+                        generation: GenerationSettings, models_dir: Path, adapter_dir: Path) -> dict[str, Any] | None:
+    """Convert a candidate the gate will promote for CTranslate2 drafting, here and now: otherwise
+    the owner's first draft after the promotion waits for it (10-13 s on SmolLM2, 2 cores).
+
+    The parent applies the same gate to the same metrics. A failure is logged, not raised: the
+    drafter then converts on its first draft. None when nothing was done.
+    """
+    from loop.gate import gate
+    from training.serving import prepare_for_drafting
+
+    if not gate(metrics.get("candidate", {}), metrics.get("active", {}), evaluation)[0]:
+        return None
+    started = time.perf_counter()
+    try:
+        folder = prepare_for_drafting(model, generation.backend, models_dir, adapter_folder=adapter_dir)
+    except Exception as error:  # noqa: BLE001 - drafting converts on demand instead
+        logger.warning("converting the candidate for drafting failed (the first draft will do it): %s", error)
+        return None
+    if folder is None:  # drafting does not use CTranslate2
+        return None
+    return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb()}
 
 
 # The parent's side -------------------------------------------------------------------------

@@ -104,13 +104,13 @@ def init(
     if not skip_model and config.model.base == "embedded":
         from training.model import resolve_base_model
 
-        from training.serving import prepare_base
+        from training.serving import prepare_for_drafting
 
         with console.status("preparing the embedded model (once, about half a minute)…"):
             folder = resolve_base_model(config.model, config.models_dir)
         console.print(f"model: {folder}")
         with console.status("converting it for fast drafting (once, about half a minute)…"):
-            serving = prepare_base(config.model, config.generation.backend, config.models_dir)
+            serving = prepare_for_drafting(config.model, config.generation.backend, config.models_dir)
         if serving is not None:
             console.print(f"drafting copy: {serving}")
 

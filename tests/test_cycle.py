@@ -80,3 +80,26 @@ def test_full_cycle_import_feedback_promote_and_the_next_draft_uses_the_new_vers
     assert metrics["candidate"]["likelihood"] > metrics["active"]["likelihood"]  # really worse, not just equal
     assert active_version(engine) == 2
     assert twin.draft_reply(telegram_id=OWNER, chat_key="x", incoming="still you?").adapter_version == 2
+
+
+def test_a_promoted_candidate_is_converted_for_fast_drafting_before_the_bot_needs_it(cycle_config, engine, twin):
+    from loop import adapters as adapter_store
+    from tests.tiny import tiny_generation_settings
+    from training.serving import COMPLETE_MARKER
+
+    cycle_config.generation = tiny_generation_settings(backend="ctranslate2")
+    import_writing(engine)
+    first = run_cycle(cycle_config, engine, telegram_id=OWNER)
+    assert first.status == "promoted", first.report_text
+    folder = adapter_store.adapter_dir(cycle_config, OWNER, first.candidate_version)
+    assert [p.name for p in folder.iterdir() if (p / COMPLETE_MARKER).exists()], "converted in the training child"
+    assert list_cycles(engine, telegram_id=OWNER)[-1]["durations"]["stages"]["serving"]["seconds"] > 0
+
+    give_every_kind_of_feedback(twin)
+    for stage in (cycle_config.training.sft, cycle_config.training.dpo, cycle_config.training.kto):
+        stage.learning_rate, stage.max_steps = 0.9, 10
+    wrecked = run_cycle(cycle_config, engine, telegram_id=OWNER, force=True)
+    assert wrecked.status == "kept", wrecked.report_text
+    refused = adapter_store.adapter_dir(cycle_config, OWNER, wrecked.candidate_version)
+    assert not [p for p in refused.iterdir() if (p / COMPLETE_MARKER).exists()]  # no conversion wasted on it
+    assert "serving" not in list_cycles(engine, telegram_id=OWNER)[-1]["durations"]["stages"]

@@ -179,11 +179,11 @@ def test_an_interrupted_conversion_is_redone(tiny_model_dir: Path, tmp_path: Pat
 
 
 def test_the_base_can_be_converted_ahead_of_the_first_draft(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from training.serving import prepare_base
+    from training.serving import prepare_for_drafting
 
     models = tmp_path / "models"
-    assert prepare_base(tiny_model_settings(tiny_model_dir), "transformers", models) is None
-    folder = prepare_base(tiny_model_settings(tiny_model_dir), "auto", models)
+    assert prepare_for_drafting(tiny_model_settings(tiny_model_dir), "transformers", models) is None
+    folder = prepare_for_drafting(tiny_model_settings(tiny_model_dir), "auto", models)
     assert folder is not None and (folder / COMPLETE_MARKER).exists()
     engine = Engine.load(tiny_model_settings(tiny_model_dir), models)
     assert engine.serving.folder_for(None, "ctranslate2") == folder  # what the first draft will use

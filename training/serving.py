@@ -238,8 +238,10 @@ class ServingCache:
                              prefill_ms=round(((first_step[0] if first_step else finished) - started) * 1000, 1))
 
 
-def prepare_base(model_settings: Any, backend: str, models_dir: Path) -> Path | None:
-    """Convert the base model for drafting now (`twin init`), so the first draft does not wait.
+def prepare_for_drafting(model_settings: Any, backend: str, models_dir: Path,
+                         adapter_folder: str | Path | None = None) -> Path | None:
+    """Convert the base model (`twin init`), or base + adapter (a candidate about to be promoted),
+    for drafting now, so the first draft does not wait for it.
 
     Returns the converted folder, or None when drafting will not use CTranslate2.
     """
@@ -251,4 +253,4 @@ def prepare_base(model_settings: Any, backend: str, models_dir: Path) -> Path | 
     base_path = resolve_base_model(model_settings, Path(models_dir))
     cache = ServingCache.in_models_dir(base_path, Path(models_dir), tokenizer=load_tokenizer(base_path),
                                        threads=model_settings.threads)
-    return cache.ensure_converted(None, resolved)
+    return cache.ensure_converted(adapter_folder, resolved)
