@@ -330,3 +330,37 @@ def test_the_longest_row_counts_the_prompt_and_the_longest_completion() -> None:
     assert longest_row_tokens(rows, words) == 7
     assert longest_row_tokens([{"prompt": "p q ", "completion": "r s t"}], words) == 5
     assert longest_row_tokens([], words) == 0
+
+
+def test_a_stage_with_few_rows_is_lifted_to_min_steps_but_passes_over_them_at_most_four_times() -> None:
+    from training.config import StageSettings
+    from training.stages import MemoryPlan
+    from training.train import MAX_PASSES, steps_to_train
+
+    one_by_four = MemoryPlan(per_device_batch=1, accumulation=4, checkpointing=False)
+    sft = StageSettings(min_steps=16)  # batch 4
+    assert steps_to_train(19, sft, one_by_four) == 16  # 5 steps an epoch: lifted to 16 (3.2 passes)
+    assert steps_to_train(11, sft, one_by_four) == 2 * MAX_PASSES  # 2 steps an epoch: 4 passes, not 16 steps
+    assert steps_to_train(345, sft, one_by_four) is None  # 86 steps in its one epoch: the epochs decide
+    assert steps_to_train(19, StageSettings(min_steps=0), one_by_four) is None
+    assert steps_to_train(19, StageSettings(min_steps=16, max_steps=3), one_by_four) == 3  # the smoke-test cap wins
+    assert steps_to_train(19, StageSettings(min_steps=16, epochs=4.0), one_by_four) is None  # 20 steps already
+
+
+def test_min_steps_really_trains_that_many_steps(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from training.config import StageSettings, TrainingSettings
+    from training.model import load_tokenizer
+
+    render = make_renderer(load_tokenizer(tiny_model_dir), tiny_model_settings(tiny_model_dir))
+    feedback = [FeedbackExample(kind="accept", conversation=Conversation.of(f"hi {i}?"), draft=f"hey {i}", text=None,
+                                later_kept=None, created_at=T0) for i in range(6)]
+    write_datasets({"sft": build_sft_rows(feedback, [], render=render, replay_fraction=0, seed=0, tokenizer=None,
+                                          chunk_tokens=64)}, tmp_path / "data")
+    training = TrainingSettings(sft=StageSettings(batch_size=2, min_steps=7, max_length=192), dpo=StageSettings(enabled=False),
+                                kto=StageSettings(enabled=False))
+    job = TrainJob(model=tiny_model_settings(tiny_model_dir), lora=LoraSettings(r=4, alpha=8), training=training,
+                   models_dir=tmp_path / "models", datasets_dir=tmp_path / "data", init_adapter=None,
+                   output_dir=tmp_path / "adapter", log_file=tmp_path / "train.log")
+    stats = run_training(job, progress=False).stages["sft"]
+    assert stats["steps"] == 7  # 3 steps an epoch, lifted to 7
+    assert "7 steps over 6 rows" in stats["extra"]["min_steps"]

@@ -99,6 +99,9 @@ class StageSettings:
     gradient_accumulation_steps: int = 1
     max_length: int = 512
     max_steps: int = -1  # > 0 caps the stage (for smoke tests)
+    # > 0: a stage whose epochs give fewer optimizer steps repeats its rows (at most 4 passes in
+    # all) until it has trained this many: a small import or a quiet week still moves the adapter.
+    min_steps: int = 0
     beta: float = 0.1  # DPO / KTO only
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # DPO only; ["sigmoid", "sft"] mixes an SFT term
 
@@ -110,13 +113,14 @@ class StageSettings:
                self.gradient_accumulation_steps, "1 or more")
         _check(64 <= self.max_length <= 32768, f"training.{name}.max_length", self.max_length, "64..32768")
         _check(self.beta > 0, f"training.{name}.beta", self.beta, "a number above 0")
+        _check(self.min_steps >= 0, f"training.{name}.min_steps", self.min_steps, "0 (off) or a positive integer")
 
 
 @dataclass
 class TrainingSettings:
     """All stages of a cycle plus the data mix."""
 
-    sft: StageSettings = field(default_factory=StageSettings)
+    sft: StageSettings = field(default_factory=lambda: StageSettings(min_steps=16))
     dpo: StageSettings = field(default_factory=lambda: StageSettings(
         learning_rate=5e-5, batch_size=2, loss_type=["sigmoid", "sft"]))
     kto: StageSettings = field(default_factory=lambda: StageSettings(enabled=True, learning_rate=5e-5, batch_size=4))

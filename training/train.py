@@ -20,16 +20,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from training.artifacts import staged_folder, write_manifest
-from training.config import LoraSettings, ModelSettings, TrainingSettings
+from training.config import LoraSettings, ModelSettings, StageSettings, TrainingSettings
 from training.datasets import END_OF_TURN, read_datasets
+
+if TYPE_CHECKING:  # pragma: no cover
+    from training.stages import MemoryPlan
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +120,24 @@ def longest_row_tokens(rows: Sequence[dict[str, Any]], count_tokens: Callable[[s
         completions = [row[key] for key in ("completion", "chosen", "rejected") if key in row]
         longest = max(longest, count_tokens(row["prompt"] + max(completions, key=len, default="")))
     return longest
+
+
+# A stage's min_steps never makes it pass over its rows more often than this.
+MAX_PASSES = 4
+
+
+def steps_to_train(examples: int, settings: StageSettings, memory: MemoryPlan) -> int | None:
+    """The optimizer steps a stage is held to (trainer `max_steps`), or None to run its `epochs`.
+
+    `max_steps` > 0 caps the stage; otherwise `min_steps` lifts a stage with few rows to that many
+    steps, repeating them at most MAX_PASSES times (the gate still refuses an overfit adapter).
+    """
+    if settings.max_steps > 0:
+        return settings.max_steps
+    per_epoch = max(1, -(-examples // memory.per_device_batch) // memory.accumulation)  # as transformers counts
+    planned = math.ceil(settings.epochs * per_epoch)
+    lifted = min(settings.min_steps, MAX_PASSES * per_epoch)
+    return lifted if lifted > planned else None
 
 
 def replan_after_fitting(planned: list[str], fitted: dict[str, list[dict[str, Any]]], notes: dict[str, str],
@@ -235,12 +257,17 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
                                      longest_row_tokens=longest_row_tokens(rows[stage], count_tokens))
                 common = common_arguments(settings, scratch_dir=scratch / stage, seed=job.training.seed,
                                           device=device, dtype=dtype, progress=progress, memory=memory)
+                steps = steps_to_train(len(rows[stage]), settings, memory)
+                if steps is not None:
+                    common["max_steps"] = steps
                 model, stage_stats = run_stage(stage, model=model, tokenizer=tokenizer, rows=rows[stage],
                                                settings=getattr(job.training, stage), common=common,
                                                peft_config=peft_config, callbacks=callbacks)
                 peft_config = None  # from now on the model carries the adapter
                 stats[stage] = stage_stats.to_dict()
                 stats[stage]["extra"]["memory_plan"] = dataclasses.asdict(memory)
+                if steps is not None and settings.max_steps <= 0:
+                    stats[stage]["extra"]["min_steps"] = f"{steps} steps over {len(rows[stage])} rows (min_steps)"
                 if stage in notes:
                     stats[stage]["extra"]["fit_max_length"] = notes[stage]
         finally:
