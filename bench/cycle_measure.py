@@ -32,7 +32,7 @@ SECTION = "cycle_measure"
 TARGET_MINUTES = 15
 TARGET_PEAK_MB = 4096
 OWNER = 5151
-STAGES = ("collect", "datasets", "sft", "dpo", "kto", "evaluate", "child")
+STAGES = ("collect", "datasets", "sft", "dpo", "kto", "evaluate", "serving", "child")
 
 _FRIENDS = ["Sam", "Alex", "Jo", "Priya", "Tom", "Mia"]
 _PLACES = ["the lake", "mums", "the new bar", "the office", "the station", "the gym", "the market", "the cinema"]
@@ -165,6 +165,8 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
         f"Rows: {', '.join(f'{k.upper()} {v}' for k, v in datasets.items())}. Outcome: {result['status']}.", "",
         common.markdown_table(["stage", "seconds", "minutes", "steps", "examples", "peak RSS MB (child, so far)"],
                               rows), "",
+        "evaluate: candidate, active and base model on the held-out items (likelihood, preference pairs, "
+        "drafts in batches); serving: the promoted adapter converted for CTranslate2 drafting.", "",
         f"Whole cycle: {result['wall_seconds'] / 60:.1f} min. The calling process (the bot or the CLI) grew by "
         f"{result['parent_growth_mb']:.0f} MB during the cycle: the model lives in the child only.", "",
         f"Targets (full cycle ≤ {TARGET_MINUTES} min, peak memory ≤ {TARGET_PEAK_MB / 1024:.0f} GB on 2 CPU cores): "
