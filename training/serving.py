@@ -3,8 +3,8 @@
 Why: on a 2-core CPU CTranslate2's decoder drafts 1.8-2.4x faster than transformers' `generate`
 with the very same fp32 weights (held-out log-likelihoods agree to 1e-5; bench/RESULTS.md). It
 cannot apply a LoRA adapter on the fly, so each (base, adapter) pair is merged with peft and
-converted once, by whichever process needs it first (the training child while evaluating a
-candidate, or the bot on its first draft): the base model's under `models_dir/serving/`, an
+converted once, by whichever process needs it first (the training child for a candidate the
+gate will promote, or the bot on its first draft): the base model's under `models_dir/serving/`, an
 adapter's inside its own folder, named after the base and the adapter's checksum so a stale
 conversion can never be used. Folders are written staged and renamed, so a killed conversion
 leaves nothing half-made.
