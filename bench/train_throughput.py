@@ -236,6 +236,8 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, sft_rows: int, dpo_
     rows = stage_rows(settings, tokenizer, pairs, sft_rows=sft_rows, dpo_rows=dpo_rows)
     training = TrainingSettings()
     stages = {name: dataclasses.asdict(getattr(training, name)) for name in ("sft", "dpo", "kto")}
+    for stage in stages.values():  # exactly one epoch, as the plain recipe: min_steps would add passes
+        stage["min_steps"] = 0
     if quick:
         for stage in stages.values():
             stage["max_steps"] = 2
