@@ -81,17 +81,20 @@ def test_profile_stats_and_json_round_trip():
 def test_style_distance_in_units_of_owner_spread():
     owner = StyleProfile(features={"exclamations": FeatureStat(0.5, 0.5, 10), "words": FeatureStat(10, 2, 10),
                                    "emoji": FeatureStat(0, 0, 10), "commas": FeatureStat(1, 0, 10),
-                                   "questions": FeatureStat(1, 1, 10)})
+                                   "questions": FeatureStat(1, 1, 10), "laughter": FeatureStat(0, 0, 10)})
     drafts = StyleProfile(features={"exclamations": FeatureStat(1.0, 0, 5), "words": FeatureStat(6, 1, 5),
                                     "emoji": FeatureStat(0.5, 0.5, 5), "commas": FeatureStat(1, 0, 5),
-                                    "questions": FeatureStat(0, 0, 0)})
+                                    "questions": FeatureStat(0, 0, 0), "laughter": FeatureStat(1, 0, 5)})
     distance = style_distance(owner, drafts)
-    assert distance["exclamations"] == pytest.approx(1.0)
+    assert distance["exclamations"] == pytest.approx(1.0)  # the owner's spread, larger than the pooled one
     assert distance["words"] == pytest.approx(-2.0)
-    assert distance["emoji"] == 10.0  # the owner never varies: capped, not infinite
+    # The owner never varies: the drafts' own spread counts too (pooled), so a habit the drafts
+    # show now and then is a finite distance, while one they always show and the owner never is capped.
+    assert distance["emoji"] == pytest.approx(0.5 / math.sqrt(0.125))
+    assert distance["laughter"] == 10.0
     assert distance["commas"] == 0.0
     assert "questions" not in distance and "sentiment" not in distance  # no drafts data / not measured
-    assert distance["overall"] == pytest.approx((1 + 2 + 10 + 0) / 4)
+    assert distance["overall"] == pytest.approx((1 + 2 + 0.5 / math.sqrt(0.125) + 10 + 0) / 5)
     assert style_distance(owner, StyleProfile(features={})) == {}
 
 

@@ -2,7 +2,7 @@
 
 `message_features` turns one message into the `FEATURES` rates; `style_profile` summarises
 many messages (mean, std, n per feature, plus the rates of the owner's pet phrases);
-`style_distance` measures drafts against the owner in units of the owner's own spread;
+`style_distance` measures drafts against the owner in units of the owner's own spread (or both sides');
 `caricature_flags` names the habits the drafts exaggerate. Burrows' Delta compares
 function-word use and needs a few thousand words per side. Pure functions: no model, no
 downloads (the small lexicons are below), English-centred but harmless on other languages.
@@ -225,8 +225,11 @@ def style_profile(texts: Sequence[str], *, phrases: Iterable[str] | None = None,
 
 
 def style_distance(owner: StyleProfile, drafts: StyleProfile) -> dict[str, float]:
-    """Per feature, (drafts mean - owner mean) / owner std, capped at ±10; "overall" = mean of |values|.
+    """Per feature, (drafts mean - owner mean) / spread, capped at ±10; "overall" = mean of |values|.
 
+    The spread is the owner's own standard deviation, or the pooled one of owner and drafts when
+    that is larger: a habit the owner never varies (no emoji in any message) would otherwise turn
+    one stray emoji in twenty drafts into an infinite, capped distance that dominates "overall".
     Features missing on either side are left out; "overall" is absent when nothing could be compared.
     """
     result: dict[str, float] = {}
@@ -235,7 +238,8 @@ def style_distance(owner: StyleProfile, drafts: StyleProfile) -> dict[str, float
         if o is None or d is None or not o.n or not d.n:
             continue
         difference = d.mean - o.mean
-        z = difference / o.std if o.std > 0 else (0.0 if difference == 0 else math.copysign(math.inf, difference))
+        spread = max(o.std, math.sqrt((o.std ** 2 + d.std ** 2) / 2))
+        z = difference / spread if spread > 0 else (0.0 if difference == 0 else math.copysign(math.inf, difference))
         result[name] = max(-MAX_STANDARDISED, min(MAX_STANDARDISED, z))
     if result:
         result["overall"] = sum(abs(v) for v in result.values()) / len(result)
