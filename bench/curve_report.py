@@ -179,6 +179,8 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         "### Rounds", "",
         rounds_table(report["rounds"]), "",
         "### Held-out metrics (one evaluation of every adapter: same classifier, prompts and seeds)", "",
+        *([f"Evaluated again on {report['reevaluated']} from the same adapters (`--reevaluate`, no training).", ""]
+          if report.get("reevaluated") else []),
         common.markdown_table(headers, rows), "",
         f"Baselines: edit distance of an empty draft {common.fmt(bounds.get('edit_distance_empty'))}, of echoing the "
         f"message {common.fmt(bounds.get('edit_distance_echo'))}; attribution ceiling (the owner's own held-out lines) "

@@ -167,14 +167,17 @@ def plain_baseline(*, base_path: str, settings: Any, plan: Plan, logs: Sequence[
 
 def heldout_feedback(engine: Any, settings: Any, generation: Any, pairs: Sequence[ReplyPair]) -> list[Any]:
     """The held-out set as edits: the owner's real reply over the base model's draft (fixed seeds)."""
+    from dataclasses import replace
+
     from training.datasets import FeedbackExample, make_renderer
     from training.prompt import Conversation
 
     render = make_renderer(engine.tokenizer, settings)
+    seeded = replace(generation, backend="transformers")  # CTranslate2 would not replay a draft from its seed
     items = []
     for index, pair in enumerate(pairs):
         conversation = Conversation.of(pair.message, pair.context)
-        draft = engine.generate(render(conversation), settings=generation, seed=10_000 + index).text
+        draft = engine.generate(render(conversation), settings=seeded, seed=10_000 + index).text
         items.append(FeedbackExample(kind="edit", conversation=conversation, draft=draft or "ok", text=pair.reply,
                                      later_kept=None, created_at=pair.written_at))
     return items
@@ -191,7 +194,6 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, impor
     from loop.twin import Twin
     from storage.db import open_database
     from training.engine import Engine
-    from training.evaluate import evaluate
     from training.model import resolve_base_model
 
     threads = common.apply_threads(threads)
@@ -245,27 +247,78 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, impor
         if version is not None:
             adapters[name] = adapter_path(database, version)
     adapters["plain"] = plain_dir
-    training_pairs = plan.imported + [p for chunk in plan.rounds for p in chunk]
-    held = heldout_feedback(engine, settings, config.generation, plan.heldout)
-    eval_settings = config.evaluation
-    eval_settings.max_eval_items = len(plan.heldout)
-    results = evaluate(model_settings=settings, generation=config.generation, models_dir=config.models_dir,
-                       adapters=adapters, heldout_feedback=held, heldout_writing=[],
-                       owner_lines=[p.reply for p in training_pairs], other_lines=[p.message for p in training_pairs],
-                       eval_settings=eval_settings, seed=SEED, engine=engine)
+    results = evaluate_all(config, engine, plan, adapters)
     database.dispose()
-    final = [name for name in adapters if name.startswith("cycle")]
     report = {"facts": facts, "quick": quick, "seconds": time.perf_counter() - started,
               "plan": {"imported": len(plan.imported), "rounds": [len(r) for r in plan.rounds],
                        "heldout": len(plan.heldout), "pairs": len(pairs)},
-              "rounds": _round_dicts(logs),
-              "plain": plain_stats, "results": results, "order": list(adapters),
+              "rounds": _round_dicts(logs), "plain": plain_stats}
+    return finish(report, results, adapters, out=out, work=work)
+
+
+def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path | None]) -> dict[str, Any]:
+    """Every adapter on the held-out set in one `evaluate` call: one classifier, the same prompts and seeds."""
+    from training.evaluate import evaluate
+
+    training_pairs = plan.imported + [p for chunk in plan.rounds for p in chunk]
+    held = heldout_feedback(engine, config.model, config.generation, plan.heldout)
+    eval_settings = config.evaluation
+    eval_settings.max_eval_items = len(plan.heldout)
+    return evaluate(model_settings=config.model, generation=config.generation, models_dir=config.models_dir,
+                    adapters=adapters, heldout_feedback=held, heldout_writing=[],
+                    owner_lines=[p.reply for p in training_pairs], other_lines=[p.message for p in training_pairs],
+                    eval_settings=eval_settings, seed=SEED, engine=engine)
+
+
+def finish(report: dict[str, Any], results: dict[str, Any], adapters: dict[str, Path | None], *, out: Path,
+           work: Path) -> dict[str, Any]:
+    """Targets, the JSON in the work folder, the chart and the RESULTS.md section."""
+    final = [name for name in adapters if name.startswith("cycle")]
+    report = {**report, "results": results, "order": list(adapters),
+              "adapters": {name: str(path) if path else None for name, path in adapters.items()},
               "targets": targets(results, final[-1]) if final else []}
     (work / "learning_curve.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     chart = plot(report, out)
     common.write_section(out, SECTION, markdown(report, chart))
     print_summary(report)
     return report
+
+
+def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
+    """Evaluate the adapters of a finished run (its --work folder) again, e.g. after a metric changed.
+
+    No training: the rounds, the plain baseline's figures and the run's time are kept from its
+    JSON; the held-out drafts are seeded, so an unchanged metric gives the same figures.
+    """
+    from loop.config import Config
+    from storage.db import open_database
+    from training.engine import Engine
+
+    report = json.loads((work / "learning_curve.json").read_text(encoding="utf-8"))
+    common.apply_threads(threads)
+    sizes = report["plan"]
+    pairs = load_corpus()[:sizes["pairs"]]
+    plan = Plan.split(pairs, heldout=sizes["heldout"], imported=sizes["imported"], rounds=len(sizes["rounds"]))
+    settings = common.model_settings(quick=report["quick"], work=work, threads=threads, owner_name="Tim")
+    config = Config(data_dir=work / "twin", owners=[OWNER_TELEGRAM_ID], model=settings)
+    if report["quick"]:
+        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings
+
+        config.generation, config.evaluation = tiny_generation_settings(), tiny_evaluation_settings()
+    adapters: dict[str, Path | None] = {"base": None}
+    if "adapters" in report:
+        adapters = {name: Path(path) if path else None for name, path in report["adapters"].items()}
+    else:  # a run from before the adapters were listed: each round's candidate, then the plain baseline
+        database = open_database(config.db_url)
+        for log in report["rounds"]:
+            if log["cycle"].get("candidate") is not None:
+                adapters[log["name"]] = adapter_path(database, log["cycle"]["candidate"])
+        database.dispose()
+        adapters["plain"] = work / "plain-adapter"
+    engine = Engine.load(config.model, config.models_dir, max_adapters=len(adapters) + 1)
+    results = evaluate_all(config, engine, plan, adapters)
+    report["reevaluated"] = common.machine_facts()["date"]
+    return finish(report, results, adapters, out=out, work=work)
 
 
 def _round_dicts(logs: Sequence[RoundLog]) -> list[dict[str, Any]]:
@@ -292,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="feedback rounds, each followed by a cycle (default 3)")
     parser.add_argument("--report-from", type=Path, default=None, metavar="WORK",
                         help="only write the section of an earlier run (its --work folder) that stopped early")
+    parser.add_argument("--reevaluate", type=Path, default=None, metavar="WORK",
+                        help="evaluate the adapters of a finished run (its --work folder) again, without training")
     args = parser.parse_args(argv)
     common.offline_environment()
     common.setup_logging(args.verbose)
+    if args.reevaluate:
+        reevaluate(args.reevaluate, args.out, args.threads)
+        return 0
     if args.report_from:
         print(report_from_work(args.report_from, args.out, telegram_id=OWNER_TELEGRAM_ID))
         return 0
