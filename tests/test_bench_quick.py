@@ -126,10 +126,16 @@ def test_a_finished_learning_curve_is_evaluated_again_to_the_same_figures(tmp_pa
     # Held-out drafts are seeded (torch, in batches): re-evaluating the same adapters after no
     # metric change must reproduce the table, so a changed figure means a changed metric.
     work, out = tmp_path / "work", tmp_path / "out"
+
+    def heldout_table() -> list[str]:
+        section = common.read_section(out, "learning_curve").split("### Held-out")[1].split("###")[0]
+        return [line for line in section.splitlines() if line.startswith("|")]
+
     first = run_quick("bench.learning_curve", out, "--work", str(work))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    table = common.read_section(out, "learning_curve").split("### Held-out")[1].split("###")[0]
+    table = heldout_table()
     again = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--reevaluate", str(work), "--out", str(out)],
                            cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert common.read_section(out, "learning_curve").split("### Held-out")[1].split("###")[0] == table
+    assert len(table) > 3 and heldout_table() == table
+    assert "Evaluated again on" in common.read_section(out, "learning_curve")
