@@ -187,7 +187,6 @@ def heldout_feedback(engine: Any, settings: Any, generation: Any, pairs: Sequenc
 
 def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, imported: int, rounds: int,
         pairs_limit: int | None) -> dict[str, Any]:
-    from loop.config import Config
     from loop.drafting import TransformersDrafter
     from loop.importing.base import OwnerIdentity
     from loop.importing.runner import run_import
@@ -203,17 +202,11 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, impor
     if pairs_limit:
         pairs = pairs[:pairs_limit]
     plan = Plan.split(pairs, heldout=heldout, imported=imported, rounds=rounds)
-    settings = common.model_settings(quick=quick, work=work, threads=threads, owner_name="Tim")
+    config = curve_config(quick=quick, work=work, threads=threads)
+    settings = config.model
     base_path = resolve_base_model(settings, common.models_dir())
-    config = Config(data_dir=work / "twin", owners=[OWNER_TELEGRAM_ID], model=settings)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    if quick:
-        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
-
-        config.training = tiny_training_settings()
-        config.generation = tiny_generation_settings()
-        config.evaluation = tiny_evaluation_settings()
-    else:
+    if not quick:
         config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
     database = open_database(config.db_url)
     engine = Engine.load(config.model, config.models_dir, max_adapters=rounds + 4)
@@ -256,6 +249,21 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, impor
     return finish(report, results, adapters, out=out, work=work)
 
 
+def curve_config(*, quick: bool, work: Path, threads: int) -> Any:
+    """The simulated owner's twin config in `work`: the embedded model, or (quick) the tests' tiny one."""
+    from loop.config import Config
+
+    settings = common.model_settings(quick=quick, work=work, threads=threads, owner_name="Tim")
+    config = Config(data_dir=work / "twin", owners=[OWNER_TELEGRAM_ID], model=settings)
+    if quick:
+        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
+
+        config.training = tiny_training_settings()
+        config.generation = tiny_generation_settings()
+        config.evaluation = tiny_evaluation_settings()
+    return config
+
+
 def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path | None]) -> dict[str, Any]:
     """Every adapter on the held-out set in one `evaluate` call: one classifier, the same prompts and seeds."""
     from training.evaluate import evaluate
@@ -290,7 +298,6 @@ def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
     No training: the rounds, the plain baseline's figures and the run's time are kept from its
     JSON; the held-out drafts are seeded, so an unchanged metric gives the same figures.
     """
-    from loop.config import Config
     from storage.db import open_database
     from training.engine import Engine
 
@@ -299,12 +306,7 @@ def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
     sizes = report["plan"]
     pairs = load_corpus()[:sizes["pairs"]]
     plan = Plan.split(pairs, heldout=sizes["heldout"], imported=sizes["imported"], rounds=len(sizes["rounds"]))
-    settings = common.model_settings(quick=report["quick"], work=work, threads=threads, owner_name="Tim")
-    config = Config(data_dir=work / "twin", owners=[OWNER_TELEGRAM_ID], model=settings)
-    if report["quick"]:
-        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings
-
-        config.generation, config.evaluation = tiny_generation_settings(), tiny_evaluation_settings()
+    config = curve_config(quick=report["quick"], work=work, threads=threads)
     adapters: dict[str, Path | None] = {"base": None}
     if "adapters" in report:
         adapters = {name: Path(path) if path else None for name, path in report["adapters"].items()}
