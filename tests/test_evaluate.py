@@ -56,6 +56,37 @@ def test_batching_and_padding_do_not_change_scores(engine: Engine) -> None:
         assert n == m and a == pytest.approx(b, abs=1e-3)
 
 
+def test_only_completion_positions_are_projected_and_scores_match_full_logits(engine: Engine) -> None:
+    import torch
+
+    render = make_renderer(engine.tokenizer, tiny_model_settings(Path("x")))
+    items = [(render(Conversation.of("short?")), "yes"),
+             (render(Conversation.of("a much longer question, " * 6 + "right?")), "no, not at all " * 3),
+             (render(Conversation.of("medium length question here?")), "maybe")]
+    projected: list[int] = []
+    hook = engine.model.get_output_embeddings().register_forward_hook(
+        lambda module, inputs, output: projected.append(inputs[0].shape[0] * inputs[0].shape[1]))
+    try:
+        scored = completion_logprobs(engine.model, engine.tokenizer, items, batch_size=3)
+    finally:
+        hook.remove()
+    full = []
+    for prompt, text in items:
+        ids = engine.tokenizer(prompt + text + "<|im_end|>")["input_ids"]
+        start = len(engine.tokenizer(prompt)["input_ids"])
+        with torch.inference_mode():
+            logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
+        logps = torch.log_softmax(logits[start - 1:-1], dim=-1).gather(-1, torch.tensor(ids[start:]).unsqueeze(-1))
+        full.append((float(logps.sum()), len(ids) - start))
+    for (a, n), (b, m) in zip(scored, full):
+        assert n == m and a == pytest.approx(b, abs=1e-4)
+    width = max(len(engine.tokenizer(p + t + "<|im_end|>")["input_ids"]) for p, t in items)
+    first_needed = min(len(engine.tokenizer(p)["input_ids"]) for p, _ in items) - 1
+    # From the shortest prompt's last token on: the positions before it predict only prompt tokens.
+    assert projected == [3 * (width - 1 - first_needed)]
+    assert first_needed > (width - 1) / 3
+
+
 def test_preference_accuracy_counts_where_the_chosen_text_wins(engine: Engine) -> None:
     triples = [(p, f"reply {i} lol", f"A much more formal answer, number {i}.") for i, p in enumerate(prompts(engine, 6))]
     forward = preference_accuracy(engine.model, engine.tokenizer, triples)

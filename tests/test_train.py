@@ -87,14 +87,88 @@ class ModelGrabber:
         return grabber
 
 
+class ScoringWatcher:
+    """Records, at every training step, whether trl's fused LM head would skip unlabelled positions on a CPU."""
+
+    def __new__(cls) -> Any:
+        import torch
+        import trl.trainer.utils as trl_utils
+        from transformers import TrainerCallback
+
+        class Watcher(TrainerCallback):
+            compact: list[bool] = []
+
+            def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+                self.compact.append(trl_utils._use_triton(torch.device("cpu")))
+
+        watcher = Watcher()
+        watcher.compact = []
+        return watcher
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("train")
     rows = build_rows(tiny_model_dir)
     job = make_job(tiny_model_dir, root, rows)
-    grabber = ModelGrabber()
-    result = run_training(job, progress=False, callbacks=[grabber])
-    return {"job": job, "result": result, "rows": rows, "model": grabber.models[-1], "root": root}
+    grabber, watcher = ModelGrabber(), ScoringWatcher()
+    result = run_training(job, progress=False, callbacks=[grabber, watcher])
+    return {"job": job, "result": result, "rows": rows, "model": grabber.models[-1], "root": root,
+            "compact_scoring": watcher.compact}
+
+
+def test_every_stage_scores_only_labelled_positions_and_restores_trl(trained: dict[str, Any]) -> None:
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    assert trained["compact_scoring"] == [True] * 9  # 3 steps in each of SFT, DPO and KTO
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # trl's own choice is back after training
+
+
+def test_scoring_only_labelled_positions_gives_the_same_log_probs(trained: dict[str, Any], tiny_model_dir: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    from training.stages import labelled_positions_only
+
+    trainer = _trainer("sft", tiny_model_dir, trained["rows"]["sft"], tmp_path)
+    dataset = trainer.train_dataset
+    batch = trainer.data_collator([dataset[0], dataset[1]])
+    scored_rows: list[int] = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class CountingChunkedLogProb:
+        @staticmethod
+        def apply(hidden: Any, *args: Any) -> Any:
+            scored_rows.append(hidden.shape[0])
+            return chunked.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingChunkedLogProb)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        everywhere = model(**batch, fused_lm_head=True)
+        with labelled_positions_only() as switched:
+            labelled_only = model(**batch, fused_lm_head=True)
+    assert switched
+    labels = batch["labels"][:, 1:]
+    assert scored_rows == [labels.numel(), int((labels != -100).sum())]
+    assert scored_rows[1] < scored_rows[0] / 2  # the prompt is most of a chat row
+    torch.testing.assert_close(labelled_only.log_probs, everywhere.log_probs)
+    torch.testing.assert_close(labelled_only.loss, everywhere.loss)
+
+
+def test_a_trl_without_the_switch_trains_as_before(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import trl.trainer.utils as trl_utils
+
+    from training.stages import labelled_positions_only
+
+    monkeypatch.delattr(trl_utils, "_use_triton")
+    with labelled_positions_only() as switched:
+        assert not hasattr(trl_utils, "_use_triton")
+    assert switched is False and "scores every position" in caplog.text
 
 
 def test_all_three_stages_run_for_their_steps(trained: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 Texts are scored as completions of their rendered prompt, tokenised exactly as trl tokenises
 training rows (prompt + completion, the completion starting where the two token sequences part),
 and always with the end-of-turn token: a twin that does not know when to stop is scored for it.
-Deterministic and cheap: no sampling, one forward pass per small batch.
+Deterministic and cheap: no sampling, one forward pass per small batch, the vocabulary projection
+only where a completion token is predicted.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def completion_logprobs(model: Any, tokenizer: Any, items: Sequence[tuple[str, s
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # Only the positions that predict a completion token need the vocabulary projection: the prompt
+    # is most of a chat row, and the LM head is a fifth of a small model's forward pass.
+    slices_logits = _supports_logits_to_keep(model)
     results: list[tuple[float, int]] = []
     for offset in range(0, len(items), batch_size):
         encoded = [_encode(tokenizer, prompt, text + end_of_turn) for prompt, text in items[offset:offset + batch_size]]
@@ -46,16 +50,26 @@ def completion_logprobs(model: Any, tokenizer: Any, items: Sequence[tuple[str, s
         for row, (ids, _) in enumerate(encoded):
             input_ids[row, :len(ids)] = torch.tensor(ids)
             attention[row, :len(ids)] = 1
+        # Position t predicts token t+1: the completion tokens [start, len) are scored by [start-1, len-1).
+        first_needed = min(max(start, 1) - 1 for _, start in encoded) if slices_logits else 0
+        keep: dict[str, Any] = {"logits_to_keep": torch.arange(first_needed, width - 1, device=device)} \
+            if slices_logits else {}
         with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **keep).logits
         for row, (ids, start) in enumerate(encoded):
-            # Position t predicts token t+1: the completion tokens [start, len) are scored by [start-1, len-1).
             first = max(start, 1)
-            scores = torch.log_softmax(logits[row, first - 1:len(ids) - 1].float(), dim=-1)
+            scores = torch.log_softmax(logits[row, first - 1 - first_needed:len(ids) - 1 - first_needed].float(), dim=-1)
             targets = torch.tensor(ids[first:], device=scores.device)
             token_logps = scores.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             results.append((float(token_logps.sum()), len(ids) - first))
     return results
+
+
+def _supports_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (every causal LM of transformers 5; a PeftModel asks its base)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    supports = getattr(base, "_supports_logits_to_keep", None)
+    return bool(supports and supports())
 
 
 def mean_nll(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> float | None:
