@@ -79,7 +79,10 @@ class LoraSettings:
 
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    # No dropout: on a CPU drawing its random masks took a fifth of every training step (24 SFT rows
+    # of SmolLM2, 2 threads: 46.9 s with 0.05, 36.1 s without, same loss), and a night passes over
+    # its new rows once; the gate and the caricature flags are the guard against overfitting.
+    dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
 
     def __post_init__(self) -> None:
