@@ -178,9 +178,9 @@ def test_all_three_stages_run_for_their_steps(trained: dict[str, Any]) -> None:
         assert stats["steps"] == 3, stage  # max_steps honoured
         assert stats["examples"] == len(trained["rows"][stage]) and stats["train_loss"] is not None
         assert stats["peak_rss_mb"] > 0 and stats["tokens_per_second"] > 0
-    # On this CPU each stage accumulated micro-batches (the plan is what the trainer was given).
-    assert result.stages["sft"]["extra"]["memory_plan"]["per_device_batch"] == 1
-    assert result.stages["dpo"]["extra"]["memory_plan"]["checkpointing"] is False  # short rows
+    # Short rows on this CPU: each stage's whole batch per pass (the plan is what the trainer was given).
+    assert result.stages["sft"]["extra"]["memory_plan"]["per_device_batch"] == 2
+    assert result.stages["dpo"]["extra"]["memory_plan"]["checkpointing"] is False
     kto = result.stages["kto"]["extra"]
     labels = [row["label"] for row in trained["rows"]["kto"]]
     # Balanced as trl's KTO docs advise: desirable_weight × n_desirable == undesirable_weight × n_undesirable.
@@ -373,25 +373,34 @@ def test_dpo_and_kto_completions_end_with_one_end_of_turn(trained: dict[str, Any
         assert ids[-1] == im_end and ids[-2] != im_end
 
 
-def test_on_a_cpu_a_batch_is_accumulated_from_single_examples_and_long_dpo_rows_checkpoint() -> None:
+def test_on_a_cpu_long_rows_train_one_at_a_time_and_dpo_kto_checkpoint_them() -> None:
     from training.config import TrainingSettings
-    from training.stages import CHECKPOINT_ABOVE_TOKENS, memory_plan
+    from training.stages import LONG_ROW_TOKENS, memory_plan
 
     training = TrainingSettings()
     sft = memory_plan("sft", training.sft, training, "cpu", longest_row_tokens=4000)
     assert (sft.per_device_batch, sft.accumulation, sft.checkpointing) == (1, training.sft.batch_size, False)
-    dpo = memory_plan("dpo", training.dpo, training, "cpu", longest_row_tokens=CHECKPOINT_ABOVE_TOKENS + 1)
+    dpo = memory_plan("dpo", training.dpo, training, "cpu", longest_row_tokens=LONG_ROW_TOKENS + 1)
     assert dpo.per_device_batch == 1 and dpo.checkpointing
-    # Chat-length rows: checkpointing would cost time (KTO 1.7x) for memory nobody is short of.
-    assert not memory_plan("dpo", training.dpo, training, "cpu", longest_row_tokens=CHECKPOINT_ABOVE_TOKENS).checkpointing
     assert memory_plan("kto", training.kto, training, "cpu").checkpointing  # length unknown: the safe side
-    kto = memory_plan("kto", training.kto, training, "cpu", longest_row_tokens=90)
-    assert kto.per_device_batch == 2 and kto.accumulation == 2 and not kto.checkpointing  # KL needs two per batch
+    assert memory_plan("sft", training.sft, training, "cpu").per_device_batch == 1
+    # Chat-length rows: SFT and KTO the whole batch per pass, no checkpointing: both faster at these lengths.
+    for stage in ("sft", "kto"):
+        settings = getattr(training, stage)
+        short = memory_plan(stage, settings, training, "cpu", longest_row_tokens=LONG_ROW_TOKENS)
+        assert (short.per_device_batch, short.accumulation, short.checkpointing) == (
+            settings.batch_size, settings.gradient_accumulation_steps, False), stage
+    short_dpo = memory_plan("dpo", training.dpo, training, "cpu", longest_row_tokens=LONG_ROW_TOKENS)
+    assert (short_dpo.per_device_batch, short_dpo.accumulation, short_dpo.checkpointing) == (
+        1, training.dpo.batch_size, False)  # DPO's SFT term averages over a pass: one pair each
     gpu = memory_plan("sft", training.sft, training, "cuda")
     assert (gpu.per_device_batch, gpu.accumulation, gpu.checkpointing) == (training.sft.batch_size, 1, False)
     assert not memory_plan("dpo", training.dpo, training, "cuda", longest_row_tokens=4000).checkpointing
     explicit = TrainingSettings(micro_batch_size=2, gradient_checkpointing="off")
     assert memory_plan("dpo", explicit.dpo, explicit, "cpu", longest_row_tokens=4000) == type(dpo)(2, 1, False)
+    assert memory_plan("sft", explicit.sft, explicit, "cpu", longest_row_tokens=10) == type(dpo)(2, 2, False)
+    kto = memory_plan("kto", explicit.kto, TrainingSettings(micro_batch_size=1), "cpu", longest_row_tokens=4000)
+    assert kto.per_device_batch == 2 and kto.accumulation == 2  # KTO's KL term needs two per batch
     forced = TrainingSettings(gradient_checkpointing="on")
     assert memory_plan("sft", forced.sft, forced, "cpu", longest_row_tokens=10).checkpointing
 

@@ -132,7 +132,8 @@ class TrainingSettings:
     monologue_chunk_tokens: int = 256
     seed: int = 42
     # Examples per forward pass; a stage's batch_size is reached by accumulating such micro-batches.
-    # 0 = auto: 1 on a CPU (no padding, a fraction of the memory), the whole batch on a GPU.
+    # 0 = auto (training.stages.memory_plan): on a CPU 1 for long rows and for DPO, the whole batch
+    # for chat-length SFT and KTO rows; the whole batch on a GPU.
     micro_batch_size: int = 0
     # Recompute activations in the backward pass to save memory: auto = on a CPU for DPO and KTO
     # (two sequences and a reference pass per example), off otherwise; or "on" / "off".

@@ -37,31 +37,41 @@ class MemoryPlan:
     checkpointing: bool
 
 
-# On a CPU, DPO and KTO checkpoint activations only for rows longer than this (prompt plus the
-# longest completion). Measured on SmolLM2-135M, 2 threads: chat rows of ~90 tokens DPO 46 s
-# without vs 52 s with checkpointing (1.9 vs 1.6 GB), KTO 53 s vs 92 s; rows of 354 tokens DPO
-# peaked at 3.9 GB without and 3.1 GB with it, so longer rows would pass a 4 GB laptop budget.
-CHECKPOINT_ABOVE_TOKENS = 256
+# On a CPU a stage's rows are "long" above this many tokens (prompt plus the longest completion).
+# Long rows train one example per pass, and DPO/KTO checkpoint activations; short (chat-length)
+# SFT and KTO rows train the whole batch per pass, DPO one pair per pass (its SFT term is a token
+# mean over the pass, so a bigger pass would change what it learns: the tiny-model cycle test's
+# second cycle stopped improving), all without checkpointing. Measured on SmolLM2-135M, 2 threads:
+# - checkpointing: chat rows of ~90 tokens DPO 46 s without vs 52 s with (1.9 vs 1.6 GB), KTO 53 s
+#   vs 92 s; rows of 354 tokens DPO peaked at 3.9 GB without and 3.1 GB with it, so longer rows
+#   would pass a 4 GB laptop budget;
+# - the whole batch per pass, on a night's chat rows of ~110 tokens with only the labelled positions
+#   scored: 48 SFT rows 28.7 s as 1 x 4 accumulated vs 22.4 s as 4 (1.5 vs 2.4 GB), 24 DPO pairs
+#   30.7 vs 21.9 s, 24 KTO rows 28.2 s as 2 x 2 vs 24.0 s as 4. Passes this short are bound by
+#   per-operation overhead and small matrix products, not by the arithmetic of the padding.
+LONG_ROW_TOKENS = 256
 
 
 def memory_plan(stage: str, settings: StageSettings, training: TrainingSettings, device: str,
                 longest_row_tokens: int | None = None) -> MemoryPlan:
     """The stage's batch as micro-batches that fit memory, without changing what is learnt.
 
-    On a CPU one example per forward pass wastes no compute on padding and holds a quarter of the
-    activations and logits of a batch of four: measured on SmolLM2 with mail-length rows, SFT batch
-    4 took 69 s and 7.8 GB for 12 examples, 1 x 4 accumulated 37 s and 2.8 GB, same loss; DPO
-    batch 2 6.4 GB, 1 x 2 4.1 GB and 1.6x faster, 2.8 GB with checkpointing (+23% time).
-    DPO and KTO (two sequences and reference passes per example) checkpoint on a CPU when the
-    stage's longest row (`longest_row_tokens`, unknown = long) exceeds CHECKPOINT_ABOVE_TOKENS.
+    On a CPU, long rows (the stage's `longest_row_tokens` above LONG_ROW_TOKENS, or unknown) train
+    one example per forward pass: no compute on padding and a quarter of the activations of a batch
+    of four (mail-length rows, SFT batch 4: 69 s and 7.8 GB for 12 examples, 1 x 4 accumulated 37 s
+    and 2.8 GB, same loss; DPO batch 2 6.4 GB, 1 x 2 4.1 GB and 1.6x faster), and DPO and KTO (two
+    sequences and reference passes per example) checkpoint activations as well. Short SFT and KTO
+    rows train the whole batch per pass, short DPO rows one pair per pass. On a GPU the whole
+    batch, without checkpointing.
     """
-    micro = training.micro_batch_size or (1 if device == "cpu" else settings.batch_size)
+    long_rows = longest_row_tokens is None or longest_row_tokens > LONG_ROW_TOKENS
+    one_per_pass = device == "cpu" and (long_rows or stage == "dpo")
+    micro = training.micro_batch_size or (1 if one_per_pass else settings.batch_size)
     micro = min(micro, settings.batch_size)
     if stage == "kto":  # KTO estimates its KL term from mismatched pairs within a batch
         micro = max(2, micro)
     accumulation = settings.gradient_accumulation_steps * max(1, -(-settings.batch_size // micro))
     if training.gradient_checkpointing == "auto":
-        long_rows = longest_row_tokens is None or longest_row_tokens > CHECKPOINT_ABOVE_TOKENS
         checkpointing = device == "cpu" and stage in ("dpo", "kto") and long_rows
     else:
         checkpointing = training.gradient_checkpointing == "on"
