@@ -97,12 +97,15 @@ class ScoringWatcher:
 
         class Watcher(TrainerCallback):
             compact: list[bool] = []
+            shared_prompts: list[bool] = []
 
-            def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            def on_step_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
                 self.compact.append(trl_utils._use_triton(torch.device("cpu")))
+                forward = model.get_base_model().forward
+                self.shared_prompts.append("prompts_computed_once" in getattr(forward, "__qualname__", ""))
 
         watcher = Watcher()
-        watcher.compact = []
+        watcher.compact, watcher.shared_prompts = [], []
         return watcher
 
 
@@ -114,14 +117,15 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     grabber, watcher = ModelGrabber(), ScoringWatcher()
     result = run_training(job, progress=False, callbacks=[grabber, watcher])
     return {"job": job, "result": result, "rows": rows, "model": grabber.models[-1], "root": root,
-            "compact_scoring": watcher.compact}
+            "compact_scoring": watcher.compact, "shared_prompts": watcher.shared_prompts}
 
 
-def test_every_stage_scores_only_labelled_positions_and_restores_trl(trained: dict[str, Any]) -> None:
+def test_stages_score_only_labelled_positions_and_dpo_computes_prompts_once(trained: dict[str, Any]) -> None:
     import torch
     import trl.trainer.utils as trl_utils
 
     assert trained["compact_scoring"] == [True] * 9  # 3 steps in each of SFT, DPO and KTO
+    assert trained["shared_prompts"] == [False] * 3 + [True] * 3 + [False] * 3  # DPO pairs share their prompt
     assert trl_utils._use_triton(torch.device("cpu")) is False  # trl's own choice is back after training
 
 

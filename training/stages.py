@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from training.config import LoraSettings, StageSettings, TrainingSettings
+from training.prompt_sharing import prompts_computed_once
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -280,7 +281,9 @@ def run_stage(stage: str, *, model: Any, tokenizer: Any, rows: list[dict[str, An
     trainer = build_trainer(stage, model=model, tokenizer=tokenizer, rows=rows, settings=settings,
                             common=common, peft_config=peft_config, callbacks=[monitor, *callbacks])
     logger.info("%s: %d rows, %d tokenised examples", stage, len(rows), len(trainer.train_dataset))
-    with labelled_positions_only():
+    # A DPO pair's chosen and rejected replies share their prompt: compute it once (training.prompt_sharing).
+    shared_prompts = prompts_computed_once(trainer.model) if stage == "dpo" else contextlib.nullcontext()
+    with labelled_positions_only(), shared_prompts:
         output = trainer.train()
     seconds = time.perf_counter() - started
     epochs_done = float(trainer.state.epoch or 0.0)
