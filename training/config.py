@@ -136,7 +136,7 @@ class TrainingSettings:
     # for chat-length SFT and KTO rows; the whole batch on a GPU.
     micro_batch_size: int = 0
     # Recompute activations in the backward pass to save memory: auto = on a CPU for DPO and KTO
-    # (two sequences and a reference pass per example), off otherwise; or "on" / "off".
+    # rows over 256 tokens (two sequences and a reference pass per example), off otherwise; or "on" / "off".
     gradient_checkpointing: str = "auto"
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ of the benchmark's DPO rows), so nearly half of that work computes the same prom
 
 `prompts_computed_once(model)` wraps, while it lasts, the forward that trl's fused LM head put on
 the model: for a batch whose rows all start with the same prompt (one pair per forward pass, as the
-memory plan gives every CPU stage) it runs the prompt once as a batch of one, keeping its keys and
+memory plan gives DPO on a CPU) it runs the prompt once as a batch of one, keeping its keys and
 values, repeats them for every row and runs only the completions on top. Gradients flow back
 through the repeated keys and values into the single prompt pass, so the log-probabilities and
 their gradients are those of the full pass (tests/test_prompt_sharing.py compares the two). Any

@@ -62,8 +62,9 @@ def memory_plan(stage: str, settings: StageSettings, training: TrainingSettings,
     of four (mail-length rows, SFT batch 4: 69 s and 7.8 GB for 12 examples, 1 x 4 accumulated 37 s
     and 2.8 GB, same loss; DPO batch 2 6.4 GB, 1 x 2 4.1 GB and 1.6x faster), and DPO and KTO (two
     sequences and reference passes per example) checkpoint activations as well. Short SFT and KTO
-    rows train the whole batch per pass, short DPO rows one pair per pass. On a GPU the whole
-    batch, without checkpointing.
+    rows train the whole batch per pass (KTO then estimates its KL term over the batch it was
+    configured with), short DPO rows one pair per pass. On a GPU the whole batch, without
+    checkpointing.
     """
     long_rows = longest_row_tokens is None or longest_row_tokens > LONG_ROW_TOKENS
     one_per_pass = device == "cpu" and (long_rows or stage == "dpo")
