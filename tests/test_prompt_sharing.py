@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +130,10 @@ def test_a_dpo_stage_trains_the_same_with_the_prompt_computed_once(tiny_model_di
     trained = {}
     for sharing in (False, True):
         trainer = dpo_trainer(tiny_model_dir, tmp_path / str(sharing))
-        with labelled_positions_only(), (prompts_computed_once(trainer.model) if sharing else _nothing()):
+        with labelled_positions_only(), (prompts_computed_once(trainer.model) if sharing else contextlib.nullcontext()):
             output = trainer.train()
         weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if "lora_" in name}
         trained[sharing] = (output.training_loss, weights)
     assert trained[True][0] == pytest.approx(trained[False][0], rel=1e-4)
     for name, weight in trained[False][1].items():
         torch.testing.assert_close(trained[True][1][name], weight, atol=1e-5, rtol=1e-3, msg=name)
-
-
-def _nothing() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
