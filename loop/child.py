@@ -204,8 +204,9 @@ def run_job(job_path: Path) -> dict[str, Any]:
 
 def _ready_for_drafting(metrics: dict[str, Any], evaluation: EvaluationSettings, model: ModelSettings,
                         generation: GenerationSettings, models_dir: Path, adapter_dir: Path) -> dict[str, Any] | None:
-    """Convert a candidate the gate will promote for CTranslate2 drafting, here and now: otherwise
-    the owner's first draft after the promotion waits for it (10-13 s on SmolLM2, 2 cores).
+    """Convert a candidate the gate will promote for fast drafting (llama.cpp or CTranslate2), here
+    and now: otherwise the owner's first draft after the promotion waits for it (on SmolLM2, 2 cores,
+    about 4 s for llama.cpp, 10-13 s for CTranslate2).
 
     The parent applies the same gate to the same metrics. A failure is logged, not raised: the
     drafter then converts on its first draft. None when nothing was done.
@@ -221,7 +222,7 @@ def _ready_for_drafting(metrics: dict[str, Any], evaluation: EvaluationSettings,
     except Exception as error:  # noqa: BLE001 - drafting converts on demand instead
         logger.warning("converting the candidate for drafting failed (the first draft will do it): %s", error)
         return None
-    if folder is None:  # drafting does not use CTranslate2
+    if folder is None:  # drafting uses transformers: nothing to convert
         return None
     return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb()}
 

@@ -12,15 +12,17 @@ from training.model import (
     COMPLETE_MARKER,
     EMBEDDED_DIR_NAME,
     ModelLoadError,
+    EMBEDDED_GGUF,
     embedded_gguf_path,
     end_of_turn_id,
+    gguf_source,
     load_model,
     load_tokenizer,
     resolve_base_model,
     select_device,
     select_dtype,
 )
-from tests.tiny import build_tiny_gguf, tiny_model_settings
+from tests.tiny import build_tiny_gguf, tiny_model, tiny_model_settings
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,39 @@ def test_embedded_model_is_converted_once(tiny_gguf: Path, tmp_path: Path, monke
 
     monkeypatch.setattr(model_module, "convert_gguf", no_second_conversion)
     assert resolve_base_model(ModelSettings(), models_dir) == str(path)
+
+
+@pytest.mark.parametrize("row_order", ["llama.cpp's", "Hugging Face's"])
+def test_a_model_written_as_gguf_reads_back_as_the_same_weights(tmp_path: Path, row_order: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Our GGUF writer (llama.cpp drafting) against transformers' GGUF reader: the query and key
+    # rows must go back into llama.cpp's order, which the reader undoes.
+    import torch
+
+    import training.llamacpp as llamacpp
+
+    if row_order == "Hugging Face's":
+        monkeypatch.setattr(llamacpp, "llama_cpp_row_order", lambda rows, heads: rows)
+    model = tiny_model()[0]
+    written = llamacpp.write_model_gguf(model, embedded_gguf_path(), tmp_path / "m.gguf", matrix_dtype="float32")
+    monkeypatch.setattr(model_module, "embedded_gguf_path", lambda: written)
+    read = load_model(resolve_base_model(ModelSettings(), tmp_path / "models"), ModelSettings(device="cpu"))
+    original, back = model.state_dict(), read.state_dict()
+    mismatched = [name for name in original if name in back and not torch.equal(original[name], back[name])]
+    if row_order == "llama.cpp's":
+        assert mismatched == [] and len(back) >= len(original) - 1  # lm_head is tied to the embeddings
+    else:
+        assert mismatched and all(name.endswith(("q_proj.weight", "k_proj.weight")) for name in mismatched)
+
+
+def test_only_a_folder_converted_from_the_embedded_gguf_has_a_gguf_source(tmp_path: Path) -> None:
+    for name, marker in (("embedded", EMBEDDED_GGUF), ("other", "another.gguf"), ("plain", None)):
+        (tmp_path / name).mkdir()
+        if marker:
+            (tmp_path / name / COMPLETE_MARKER).write_text(marker + "\n", encoding="utf-8")
+    assert gguf_source(tmp_path / "embedded") == embedded_gguf_path()
+    assert gguf_source(tmp_path / "other") is None and gguf_source(tmp_path / "plain") is None
+    assert gguf_source("HuggingFaceTB/SmolLM2-360M-Instruct") is None
 
 
 def test_an_interrupted_conversion_is_redone_and_a_failed_one_leaves_nothing(

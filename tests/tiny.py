@@ -33,13 +33,11 @@ def smollm2_tokenizer_dir() -> Path:
     return folder
 
 
-def build_tiny_model_dir(path: Path) -> Path:
-    """Save a tiny Llama (vocab 49152, hidden 64, 2 layers, tied embeddings) plus tokenizer at `path`."""
+def tiny_model() -> tuple[object, object]:
+    """A tiny Llama (vocab 49152, hidden 64, 2 layers, tied embeddings) and the SmolLM2 tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
     config = LlamaConfig(
         vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -50,8 +48,16 @@ def build_tiny_model_dir(path: Path) -> Path:
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
+    return model, tokenizer
+
+
+def build_tiny_model_dir(path: Path) -> Path:
+    """Save the tiny Llama plus tokenizer at `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = tiny_model()
+    model.save_pretrained(str(path))  # type: ignore[attr-defined]
+    tokenizer.save_pretrained(str(path))  # type: ignore[attr-defined]
     return path
 
 
@@ -105,54 +111,15 @@ def tiny_evaluation_settings(**overrides: object) -> EvaluationSettings:
 
 
 def build_tiny_gguf(path: Path) -> Path:
-    """A tiny float32 Llama GGUF carrying the embedded model's tokenizer and chat template.
+    """The tiny Llama as a float32 GGUF file carrying the embedded model's tokenizer and chat template.
 
     Lets the GGUF → safetensors conversion be tested in seconds instead of converting the real
-    135M model: the metadata is copied from the embedded file, the shapes and weights are tiny.
+    135M model. Written by the project's own GGUF writer (training.llamacpp), in float32.
     """
-    import gguf
-    import numpy as np
-
+    from training.llamacpp import write_model_gguf
     from training.model import embedded_gguf_path
 
-    hidden, layers, heads, kv_heads, ffn, vocab = 64, 2, 4, 2, 128, 49152
-    overrides = {"llama.block_count": layers, "llama.embedding_length": hidden, "llama.feed_forward_length": ffn,
-                 "llama.attention.head_count": heads, "llama.attention.head_count_kv": kv_heads,
-                 "llama.rope.dimension_count": hidden // heads, "llama.context_length": 2048,
-                 "general.file_type": 0, "general.name": "tiny test llama"}
-    reader = gguf.GGUFReader(str(embedded_gguf_path()))
-    writer = gguf.GGUFWriter(str(path), "llama")
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, overrides.get(field.name, field.contents()), kind, sub_type=sub)
-    rng = np.random.default_rng(TINY_SEED)
-
-    def tensor(name: str, *shape: int) -> None:
-        data = np.ones(shape, dtype=np.float32) if len(shape) == 1 else (
-            rng.standard_normal(shape).astype(np.float32) * 0.02)
-        writer.add_tensor(name, data)
-
-    tensor("token_embd.weight", vocab, hidden)
-    tensor("output_norm.weight", hidden)
-    head_dim = hidden // heads
-    for i in range(layers):
-        tensor(f"blk.{i}.attn_norm.weight", hidden)
-        tensor(f"blk.{i}.ffn_norm.weight", hidden)
-        tensor(f"blk.{i}.attn_q.weight", hidden, hidden)
-        tensor(f"blk.{i}.attn_k.weight", kv_heads * head_dim, hidden)
-        tensor(f"blk.{i}.attn_v.weight", kv_heads * head_dim, hidden)
-        tensor(f"blk.{i}.attn_output.weight", hidden, hidden)
-        tensor(f"blk.{i}.ffn_gate.weight", ffn, hidden)
-        tensor(f"blk.{i}.ffn_up.weight", ffn, hidden)
-        tensor(f"blk.{i}.ffn_down.weight", hidden, ffn)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_model_gguf(tiny_model()[0], embedded_gguf_path(), Path(path), matrix_dtype="float32")
 
 
 def build_random_adapter(model_dir: Path, path: Path, *, seed: int, r: int = 4) -> Path:

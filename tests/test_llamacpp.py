@@ -1,0 +1,195 @@
+"""llama.cpp drafting: the fp16 GGUF scores text as torch does, samples as transformers does, falls back safely."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from training.config import GenerationSettings
+from training.datasets import make_renderer
+from training.engine import Engine
+from training.llamacpp import llamacpp_installed
+from training.model import COMPLETE_MARKER as BASE_MARKER, EMBEDDED_GGUF, embedded_gguf_path
+from training.prompt import Conversation, Turn
+from training.serving import COMPLETE_MARKER, resolve_backend
+from tests.tiny import build_random_adapter, tiny_generation_settings, tiny_model_settings
+
+# Without the optional package (make EXTRAS=dev) these tests cannot run; CI installs it and must run them.
+pytestmark = pytest.mark.skipif(not llamacpp_installed() and not os.environ.get("CI"),
+                                reason="llama-cpp-python is not installed (make setup builds it)")
+
+CONVERSATION = Conversation.of("are you coming tonight? the others are already there", [Turn("other", "hey")])
+
+
+@pytest.fixture(scope="module")
+def gguf_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as if converted from the embedded GGUF file (it has the same vocabulary):
+    llama.cpp takes its vocabulary from there, the shape and weights from the tiny model."""
+    folder = tmp_path_factory.mktemp("gguf-base") / "tiny"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / BASE_MARKER).write_text(EMBEDDED_GGUF + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapter(gguf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_random_adapter(gguf_model_dir, tmp_path_factory.mktemp("llamacpp-adapter") / "a", seed=5)
+
+
+@pytest.fixture(scope="module")
+def engine(gguf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return Engine.load(tiny_model_settings(gguf_model_dir), tmp_path_factory.mktemp("llamacpp-models"))
+
+
+def prompt(engine: Engine) -> str:
+    return make_renderer(engine.tokenizer, tiny_model_settings(Path("x")))(CONVERSATION)
+
+
+def settings(**overrides: object) -> GenerationSettings:
+    return tiny_generation_settings(**{"backend": "llamacpp", **overrides})
+
+
+def torch_log_probs(engine: Engine, ids: list[int], adapter: Path | None) -> list[float]:
+    import torch
+
+    with engine.using(("a", adapter) if adapter else None) as model, torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0, :-1].double()
+    return torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+
+
+def test_auto_means_llamacpp_on_a_cpu_for_a_base_from_a_gguf_file(engine: Engine, tiny_model_dir: Path) -> None:
+    assert resolve_backend("auto", "cpu", gguf_source=embedded_gguf_path()) == "llamacpp"
+    assert resolve_backend("auto", "cuda", gguf_source=embedded_gguf_path()) == "transformers"
+    assert resolve_backend("auto", "cpu") == "ctranslate2"  # a hub model or folder without a GGUF source
+    assert engine.backend_for(settings(backend="auto")) == "llamacpp"
+    plain = Engine.load(tiny_model_settings(tiny_model_dir), Path(engine.serving.folder).parent)
+    assert plain.serving.gguf_source is None and plain.backend_for(settings(backend="auto")) == "ctranslate2"
+
+
+@pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "adapter"])
+def test_the_gguf_file_scores_text_as_torch_does(engine: Engine, adapter: Path, with_adapter: bool) -> None:
+    ids = engine.encode(prompt(engine) + "sure, see you at nine<|im_end|>")
+    expected = torch_log_probs(engine, ids, adapter if with_adapter else None)
+    generator = engine.serving.generator(str(adapter) if with_adapter else None, "llamacpp")
+    scored = generator.log_likelihoods(ids, 1)
+    # fp16 weights: agreement to a few thousandths of a nat on every token.
+    assert max(abs(a - b) for a, b in zip(scored, expected)) < 5e-3
+    if with_adapter:  # ...and not as the base model does: the merge really happened
+        base = torch_log_probs(engine, ids, None)
+        assert max(abs(a - b) for a, b in zip(scored, base)) > 5e-2
+
+
+@pytest.mark.parametrize("row_order", ["llama.cpp's", "Hugging Face's"])
+def test_query_and_key_rows_are_written_in_llama_cpp_order(engine: Engine, tmp_path: Path, row_order: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tiny model's random attention is nearly uniform, whatever the row order: sharpen it so
+    # that rotary positions matter, then only llama.cpp's order scores text as torch does.
+    import torch
+
+    import training.llamacpp as llamacpp
+
+    model = engine.serving._fp32_model(None)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                parameter.mul_(40.0)
+    if row_order == "Hugging Face's":
+        monkeypatch.setattr(llamacpp, "llama_cpp_row_order", lambda rows, heads: rows)
+    generator = llamacpp.LlamaGenerator(llamacpp.write_model_gguf(model, embedded_gguf_path(), tmp_path / "m.gguf"),
+                                        threads=1, context_tokens=256)
+    ids = engine.encode(prompt(engine) + "sure, see you at nine<|im_end|>")
+    try:
+        scored = generator.log_likelihoods(ids, 1)
+    finally:
+        generator.close()
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0, :-1].double()
+    expected = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+    gap = max(abs(a - b) for a, b in zip(scored, expected))
+    assert (gap < 2e-2) if row_order == "llama.cpp's" else (gap > 0.2), gap
+
+
+def test_both_backends_draw_the_same_reply_when_sampling_is_near_greedy(gguf_model_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # At a tiny temperature sampling is the arg-max: equal replies mean equal logits after the
+    # repetition penalty, which covers only the reply's own tokens on both paths. fp32 weights
+    # here (MATRIX_DTYPE, the default of the writer): the random model's top logits are so close
+    # that fp16 rounding may swap them.
+    import training.llamacpp as llamacpp
+
+    monkeypatch.setattr(llamacpp, "MATRIX_DTYPE", "float32")
+    engine = Engine.load(tiny_model_settings(gguf_model_dir), tmp_path / "models")
+    adapter = build_random_adapter(gguf_model_dir, tmp_path / "a", seed=5)
+    # The random model's logits lie within hundredths of each other: at 0.01 sampling is not yet the arg-max.
+    near_greedy = {"temperature": 1e-4, "top_p": 1.0, "repetition_penalty": 1.5, "max_new_tokens": 16}
+    fast = engine.generate(prompt(engine), settings=settings(**near_greedy), seed=1, adapter=("a", adapter))
+    slow = engine.generate(prompt(engine), settings=settings(backend="transformers", **near_greedy), seed=1,
+                           adapter=("a", adapter))
+    assert fast.backend == "llamacpp" and slow.backend == "transformers"
+    assert fast.text == slow.text and fast.text
+
+
+def test_a_seed_replays_a_draft_and_another_seed_samples_another(engine: Engine, adapter: Path) -> None:
+    drafts = [engine.generate(prompt(engine), settings=settings(), seed=seed, adapter=("a", adapter))
+              for seed in (3, 3, 4, 5)]
+    assert all(d.backend == "llamacpp" and 1 <= d.new_tokens <= 12 and "<|im_" not in d.text for d in drafts)
+    assert drafts[0].text == drafts[1].text
+    assert len({d.text for d in drafts[1:]}) > 1
+    assert 0 < drafts[0].prefill_ms <= drafts[0].total_ms
+
+
+def test_a_prompt_sharing_the_last_ones_start_samples_as_a_fresh_context_would(adapter: Path, gguf_model_dir: Path,
+                                                                               tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The second prompt reuses the cached keys and values of the first one's shared start. Both
+    # engines are new: a cache filled token by token (as scoring does) may differ in the last bit
+    # from one filled in a batch, and sampling the random model's flat distribution shows that.
+    def fresh_engine() -> Engine:
+        return Engine.load(tiny_model_settings(gguf_model_dir), tmp_path / "models")
+
+    warm_engine = fresh_engine()
+    render = make_renderer(warm_engine.tokenizer, tiny_model_settings(Path("x")))
+    first = render(Conversation.of("and tomorrow?", CONVERSATION.context))
+    second = render(Conversation.of("what about friday then", CONVERSATION.context))
+    warm_engine.generate(first, settings=settings(), seed=9, adapter=("a", adapter))
+    llama = warm_engine.serving.generator(str(adapter), "llamacpp").llama
+    evaluated: list[int] = []
+    evaluate = llama.eval
+    monkeypatch.setattr(llama, "eval", lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))[1])
+    warm = warm_engine.generate(second, settings=settings(), seed=9, adapter=("a", adapter))
+    first_ids, second_ids = warm_engine.encode(first), warm_engine.encode(second)
+    shared = next(i for i, (a, b) in enumerate(zip(first_ids, second_ids)) if a != b)
+    assert shared > 10 and evaluated[0] == len(second_ids) - shared  # only the new part of the prompt
+    assert warm.text == fresh_engine().generate(second, settings=settings(), seed=9, adapter=("a", adapter)).text
+
+
+def test_a_prompt_longer_than_the_context_gets_a_larger_one(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.serving as serving
+
+    monkeypatch.setattr(serving, "LLAMACPP_CONTEXT", 64)
+    engine.serving._loaded.clear()
+    long_prompt = make_renderer(engine.tokenizer, tiny_model_settings(Path("x")))(
+        Conversation.of("so " * 40 + "are you in?", [Turn("other", "hey there, " * 10)]))
+    output = engine.generate(long_prompt, settings=settings(), seed=1)
+    assert output.backend == "llamacpp" and engine.serving_failure is None
+    assert engine.serving.generator(None, "llamacpp").context_tokens >= len(engine.encode(long_prompt)) + 12
+
+
+def test_the_conversion_lives_with_its_adapter(gguf_model_dir: Path, tmp_path: Path) -> None:
+    engine = Engine.load(tiny_model_settings(gguf_model_dir), tmp_path / "models")
+    adapter = build_random_adapter(gguf_model_dir, tmp_path / "owners" / "7" / "adapters" / "v1", seed=2)
+    engine.generate(prompt(engine), settings=settings(), seed=1, adapter=("k", adapter))
+    made = [p for p in adapter.iterdir() if p.is_dir() and (p / COMPLETE_MARKER).exists()]
+    assert len(made) == 1 and made[0].name.endswith("llamacpp-float16") and (made[0] / "model.gguf").is_file()
+    assert not [p for p in adapter.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_base_without_a_gguf_source_falls_back_to_transformers(tiny_model_dir: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    engine = Engine.load(tiny_model_settings(tiny_model_dir), tmp_path / "models")
+    output = engine.generate(prompt(engine), settings=settings(), seed=1)
+    assert output.backend == "transformers" and output.text
+    assert "llama.cpp drafting failed" in caplog.text and "GGUF" in (engine.serving_failure or "")

@@ -1,0 +1,213 @@
+"""Fast CPU drafting with llama.cpp: the fp32 model (base, or base + adapter merged) as a GGUF file in fp16.
+
+Why: on a 2-core CPU llama.cpp drafts a 40-token reply in about a third of CTranslate2's time
+with fp16 weights that keep the held-out likelihood within 0.01% of the fp32 model's
+(bench/RESULTS.md). Its quantized formats (the shipped Q4_1 file itself, Q8_0) are faster again
+but round activations to 8 bits in every product, which cost 0.15-0.25% of held-out likelihood
+on SmolLM2: not used.
+
+The GGUF file is written here from the same fp32 weights that transformers and CTranslate2 use
+(`write_model_gguf`): the tensors renamed by gguf's own table and the query/key rows put back in
+llama.cpp's order, hyperparameters from the model's config, the vocabulary copied from the GGUF
+file the base came from (tokenizer.ggml.*), so only a Llama-family base that came from a GGUF
+file can be drafted here (the embedded one). We pass token ids in and decode them with the
+Hugging Face tokenizer, so llama.cpp's own tokenizer is never used.
+
+Sampling follows transformers' order: a repetition penalty over the reply's own tokens, the
+temperature, full-vocabulary top-p, then a draw seeded per draft, so a seed replays a draft.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+MODEL_FILE = "model.gguf"
+# Matrices are written in fp16 (norms stay fp32, as in llama.cpp's own converter).
+MATRIX_DTYPE = "float16"
+# general.file_type: llama.cpp's LLAMA_FTYPE_ALL_F32 and LLAMA_FTYPE_MOSTLY_F16.
+_FILE_TYPES = {"float32": 0, "float16": 1}
+_GGML_TYPE_F32 = 0
+
+
+class GgufWriteError(ValueError):
+    """The model cannot be written as a llama.cpp GGUF file (not a Llama-family model)."""
+
+
+def llamacpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def llama_cpp_row_order(rows: Any, heads: int) -> Any:
+    """llama.cpp's order of query/key rows (its converter's `permute`): the rotary halves interleaved.
+
+    transformers undoes it when it reads a GGUF file (`_reverse_permute_weights`), so the fp32
+    model has Hugging Face's order and writing it back needs this.
+    """
+    return (rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:])
+            .swapaxes(1, 2).reshape(rows.shape))
+
+
+def write_model_gguf(model: Any, source_gguf: Path, target: Path, *, matrix_dtype: str | None = None) -> Path:
+    """Write a Llama-family transformers `model` (fp32, adapters merged) as a GGUF file.
+
+    `source_gguf` is the GGUF file the base model was converted from: its vocabulary and
+    general metadata are copied; the hyperparameters come from `model.config`. Matrices are
+    written as `matrix_dtype` ("float16" or "float32"; default MATRIX_DTYPE), norms in float32.
+    """
+    import gguf
+    import numpy as np
+
+    config = model.config
+    if getattr(config, "model_type", None) != "llama":
+        raise GgufWriteError(f"llama.cpp drafting writes Llama-family models only, not {config.model_type!r}")
+    reader = gguf.GGUFReader(str(source_gguf))
+    architecture = reader.get_field("general.architecture").contents()
+    if architecture != "llama":
+        raise GgufWriteError(f"{source_gguf.name} is a {architecture!r} model, not a Llama-family one")
+    matrix_dtype = matrix_dtype or MATRIX_DTYPE
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+
+    writer = gguf.GGUFWriter(str(target), arch="llama")
+    for field in reader.fields.values():  # the vocabulary and the model card, not the shape
+        if field.name.startswith(("GGUF.", "llama.")) or field.name in ("general.architecture", "general.file_type"):
+            continue
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None)
+                                    or (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_file_type(_FILE_TYPES[matrix_dtype])
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for key, tensor in model.state_dict().items():
+        if tied and key == "lm_head.weight":
+            continue  # llama.cpp reuses token_embd for the output when there is no output.weight
+        if key.endswith("rotary_emb.inv_freq"):
+            continue
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise GgufWriteError(f"no GGUF name for the tensor {key}")
+        data = tensor.detach().float().cpu().numpy()
+        if name.endswith("attn_q.weight"):
+            data = llama_cpp_row_order(data, heads)
+        elif name.endswith("attn_k.weight"):
+            data = llama_cpp_row_order(data, kv_heads)
+        writer.add_tensor(name, np.ascontiguousarray(data.astype(matrix_dtype if data.ndim == 2 else np.float32)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
+@dataclass(frozen=True)
+class LlamaOutput:
+    new_ids: list[int]
+    prefill_ms: float
+
+
+_OPEN_GENERATORS: "weakref.WeakSet[LlamaGenerator]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_generators() -> None:
+    # llama-cpp-python frees a model in __del__, which at interpreter exit can run after its
+    # bindings are gone and print a TypeError traceback: free them while the bindings exist.
+    for generator in list(_OPEN_GENERATORS):
+        generator.close()
+
+
+class LlamaGenerator:
+    """One llama.cpp context on a GGUF model that samples drafts, one at a time."""
+
+    def __init__(self, model_gguf: Path, *, threads: int, context_tokens: int):
+        from llama_cpp import Llama
+
+        self.context_tokens = context_tokens
+        # Keys and values cached in fp32 (llama.cpp's default is fp16): on short chat prompts the
+        # cache is a few MB next to the weights, and it keeps the logits those of the weights.
+        self.llama = Llama(model_path=str(model_gguf), n_ctx=context_tokens, n_batch=min(512, context_tokens),
+                           n_threads=threads, n_threads_batch=threads, type_k=_GGML_TYPE_F32, type_v=_GGML_TYPE_F32,
+                           verbose=False)
+        _OPEN_GENERATORS.add(self)
+
+    def _feed_prompt(self, prompt_ids: Sequence[int]) -> None:
+        """Evaluate the prompt, keeping the cached keys and values of the part it shares with the
+        last draft's (the system text; the earlier turns too when the same chat goes on)."""
+        cached = self.llama.input_ids[:self.llama.n_tokens]
+        shared = 0
+        limit = min(len(cached), len(prompt_ids) - 1)  # one token at least is evaluated: its logits are sampled
+        while shared < limit and cached[shared] == prompt_ids[shared]:
+            shared += 1
+        self.llama.n_tokens = shared  # eval() drops the cache beyond this point
+        self.llama.eval(list(prompt_ids[shared:]))
+
+    def generate(self, prompt_ids: Sequence[int], *, settings: Any, seed: int, stop_ids: Sequence[int]) -> LlamaOutput:
+        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned)."""
+        import llama_cpp
+
+        if len(prompt_ids) + settings.max_new_tokens > self.context_tokens:
+            raise ValueError(f"a prompt of {len(prompt_ids)} tokens and {settings.max_new_tokens} new ones exceed "
+                             f"the context of {self.context_tokens}")
+        started = time.perf_counter()
+        self._feed_prompt(prompt_ids)
+        prefill_ms = (time.perf_counter() - started) * 1000
+        # The penalty sampler remembers only the tokens it draws (llama_sampler_sample accepts
+        # each), so the prompt is not penalised, as on the other backends.
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        for sampler in (llama_cpp.llama_sampler_init_penalties(self.llama.n_vocab(), settings.max_new_tokens,
+                                                               settings.repetition_penalty, 0.0, 0.0),
+                        llama_cpp.llama_sampler_init_temp(settings.temperature),
+                        llama_cpp.llama_sampler_init_top_p(settings.top_p, 1),
+                        llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF)):
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
+        stops = set(stop_ids)
+        new_ids: list[int] = []
+        try:
+            while len(new_ids) < settings.max_new_tokens:
+                token = llama_cpp.llama_sampler_sample(chain, self.llama.ctx, -1)
+                if token in stops:
+                    break
+                new_ids.append(token)
+                if len(new_ids) < settings.max_new_tokens:
+                    self.llama.eval([token])
+        finally:
+            llama_cpp.llama_sampler_free(chain)  # and the samplers added to it
+        return LlamaOutput(new_ids=new_ids, prefill_ms=round(prefill_ms, 1))
+
+    def log_likelihoods(self, ids: Sequence[int], start: int) -> list[float]:
+        """Log-probability of each of `ids[start:]` given the tokens before it (for quality checks)."""
+        import llama_cpp
+        import numpy as np
+
+        self.llama.n_tokens = 0
+        self.llama.eval(list(ids[:start]))
+        scores = []
+        for position in range(start, len(ids)):
+            row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llama.ctx, -1),
+                                        shape=(self.llama.n_vocab(),)).astype(np.float64)
+            scores.append(float(row[ids[position]] - row.max() - np.log(np.exp(row - row.max()).sum())))
+            self.llama.eval([ids[position]])
+        return scores
+
+    def close(self) -> None:
+        """Free the model and its context (again is a no-op)."""
+        self.llama.close()
+        _OPEN_GENERATORS.discard(self)
