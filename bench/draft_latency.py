@@ -7,17 +7,22 @@ by the project's one prompt renderer) and the same number of new tokens:
   with the model's default generation settings (greedy), on the base model;
 * engine, base / adapter on transformers: `training.engine.Engine.generate` (sampling as
   configured) without an adapter and with an unmerged LoRA adapter;
-* engine, base / adapter on CTranslate2: the same calls with `generation.backend = "ctranslate2"`
-  (the adapter merged and converted once; the conversion time is reported apart);
+* engine, base / adapter on llama.cpp and on CTranslate2: the same calls with
+  `generation.backend = "llamacpp"` (fp16 GGUF) or `"ctranslate2"` (fp32); the adapter merged and
+  converted once, the conversion times reported apart. llama.cpp needs a base from a GGUF file:
+  the quick run's tiny model has none and skips it;
 * serving: `loop.twin.Twin.draft_reply` with the real `TransformersDrafter`, the default backend
-  ("auto": CTranslate2 on a CPU) and an active adapter in a SQLite database: storing the message,
-  reading context, rendering, drafting, storing the draft; what the bot runs for each message.
+  ("auto": llama.cpp on a CPU for the embedded model) and an active adapter in a SQLite database:
+  storing the message, reading context, rendering, drafting, storing the draft; what the bot runs
+  for each message. It has an engine of its own, as the bot does: each message is another chat, so
+  only the system text is read from the cache of the message before.
 
 Ours stops at the end of the turn, the baseline always writes N tokens, so every latency is also
 given for an N-token reply: prefill + (N - 1) × the path's own time per decoded token. Levers
 (`--levers`) are measured the same way on a subset: threads, static KV cache, a merged adapter,
-int8 dynamic quantization, CTranslate2 in fp32 and int8 (drafts compared with fp32's where seeds
-replay them, and the likelihood of the owner's replies checked, since a lever must not cost quality).
+int8 dynamic quantization, CTranslate2 in fp32 and int8, llama.cpp in fp16 (drafts compared with
+fp32's where the same sampler replays them, and the likelihood of the owner's replies checked,
+since a lever must not cost quality).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any, Callable, Sequence
 from bench import common
 from bench.corpus import ReplyPair, load_corpus
 from training.engine import PrefillTimer
-from training.serving import QUANTIZATION, ServingCache
+from training.serving import LABELS, QUANTIZATION, ServingCache
 
 logger = logging.getLogger("bench.draft_latency")
 
@@ -204,6 +209,13 @@ def serving_runner(config: Any, engine: Any, adapter_dir: Path, pairs: Sequence[
 
 # Levers ---------------------------------------------------------------------------------------------
 
+def llamacpp_ready(engine: Any) -> bool:
+    """llama.cpp can draft here: installed, and the base came from a GGUF file (its vocabulary)."""
+    from training.llamacpp import llamacpp_installed
+
+    return engine.serving.gguf_source is not None and llamacpp_installed()
+
+
 def merged_model(base_path: str, settings: Any, adapter_dir: Path) -> Any:
     """A fresh copy of the base model with the adapter merged into its weights."""
     from peft import PeftModel
@@ -226,8 +238,8 @@ def likelihood(model: Any, tokenizer: Any, prompts: Sequence[str], replies: Sequ
     return mean_nll(model, tokenizer, list(zip(prompts, replies)))
 
 
-def ctranslate2_likelihood(engine: Any, adapter_dir: Path, backend: str, prompts: Sequence[str],
-                           replies: Sequence[str]) -> float | None:
+def converted_likelihood(engine: Any, adapter_dir: Path, backend: str, prompts: Sequence[str],
+                         replies: Sequence[str]) -> float | None:
     """`training.likelihood.mean_nll` of the owner's replies, scored by the converted model."""
     from training.datasets import END_OF_TURN
     from training.likelihood import _encode
@@ -236,8 +248,11 @@ def ctranslate2_likelihood(engine: Any, adapter_dir: Path, backend: str, prompts
     total, tokens = 0.0, 0
     for prompt, reply in zip(prompts, replies):
         ids, start = _encode(engine.tokenizer, prompt, reply + END_OF_TURN)
-        log_probs = generator.score_batch([engine.tokenizer.convert_ids_to_tokens(ids)])[0].log_probs
         first = max(start, 1)
+        if backend == "llamacpp":
+            log_probs = [0.0] * (first - 1) + generator.log_likelihoods(ids, first)
+        else:
+            log_probs = generator.score_batch([engine.tokenizer.convert_ids_to_tokens(ids)])[0].log_probs
         total -= sum(log_probs[first - 1:])
         tokens += len(ids) - first
     return total / tokens if tokens else None
@@ -280,18 +295,21 @@ def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, P
          engine_runner(Engine(quantized, tokenizer), prompts, generation),
          likelihood(quantized, tokenizer, prompts, replies)),
     ]
-    for backend, note in (("ctranslate2", "merged, converted to CTranslate2 fp32 (the default on CPU)"),
-                          ("ctranslate2-int8", "merged, CTranslate2 int8 weights (per-row scales)")):
-        paths.append((PathResult(f"CTranslate2 {QUANTIZATION[backend]}", note=note),
+    converted = [("ctranslate2", "merged, converted to CTranslate2 fp32"),
+                 ("ctranslate2-int8", "merged, CTranslate2 int8 weights (per-row scales)")]
+    if llamacpp_ready(engine):
+        converted.append(("llamacpp", "merged, fp16 GGUF on llama.cpp (the default on CPU for the embedded model)"))
+    for backend, note in converted:
+        paths.append((PathResult(f"{LABELS[backend]} {QUANTIZATION[backend]}", note=note),
                       engine_runner(engine, prompts, replace(generation, backend=backend), adapter=adapter),
-                      ctranslate2_likelihood(engine, adapter[1], backend, prompts, replies)))
+                      converted_likelihood(engine, adapter[1], backend, prompts, replies)))
     interleave([(result, runner) for result, runner, _ in paths], n)
     reference_texts = paths[0][0].texts
     rows = []
     for result, _, nll in paths:
         same = sum(a == b for a, b in zip(result.texts, reference_texts))
-        # CTranslate2 does not replay a draft from its seed: only its likelihood can be compared.
-        identical = "n/a" if result.name.startswith("CTranslate2") else f"{same}/{n}"
+        # Other samplers draw other samples from the same seed: only their likelihood can be compared.
+        identical = "n/a" if result.name.startswith(tuple(LABELS.values())) else f"{same}/{n}"
         rows.append({**result.summary(generation.max_new_tokens), "identical_drafts": identical, "nll": nll,
                      "nll_reference": reference_nll})
         logger.info("lever %s: %s", result.name, rows[-1])
@@ -308,7 +326,7 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     from training.config import GenerationSettings
     from training.datasets import make_renderer
     from training.engine import Engine
-    from training.model import load_model, load_tokenizer, resolve_base_model
+    from training.model import gguf_source, load_model, load_tokenizer, resolve_base_model
 
     threads = common.apply_threads(threads)
     facts = common.machine_facts()
@@ -317,13 +335,15 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     pairs = load_corpus()
     conversations_ = conversations(pairs, messages)
     generation = GenerationSettings(max_new_tokens=new_tokens, backend="transformers")
-    fast = replace(generation, backend="ctranslate2")
+    ctranslate2 = replace(generation, backend="ctranslate2")
+    llamacpp = replace(generation, backend="llamacpp")
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(base_path)
     # Conversions go to this run's work folder, so their cost is measured rather than cached.
     engine = Engine(load_model(base_path, settings), tokenizer,
-                    serving=ServingCache(base_path, work / "serving-models", tokenizer=tokenizer, threads=threads))
+                    serving=ServingCache(base_path, work / "serving-models", tokenizer=tokenizer, threads=threads,
+                                         gguf_source=gguf_source(base_path)))
     load_seconds = time.perf_counter() - started
     tokenizer = engine.tokenizer
     render = make_renderer(tokenizer, settings)
@@ -331,31 +351,43 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     prompt_tokens = [len(engine.encode(p)) for p in prompts]
     adapter_dir = make_adapter(base_path, settings, work / "adapter")
     adapter = ("bench-adapter", adapter_dir)
-    conversion_seconds = {}
-    for name, folder in (("base", None), ("adapter", adapter_dir)):
-        started = time.perf_counter()
-        engine.serving.ensure_converted(folder, "ctranslate2")
-        conversion_seconds[name] = time.perf_counter() - started
+    backends = ["llamacpp", "ctranslate2"] if llamacpp_ready(engine) else ["ctranslate2"]
+    conversion_seconds: dict[str, dict[str, float]] = {}
+    for backend in backends:
+        for name, folder in (("base", None), ("adapter", adapter_dir)):
+            started = time.perf_counter()
+            engine.serving.ensure_converted(folder, backend)
+            conversion_seconds.setdefault(backend, {})[name] = time.perf_counter() - started
 
     config = Config(data_dir=work / "serving", owners=[OWNER_TELEGRAM_ID], model=settings,
                     generation=replace(generation, backend=GenerationSettings().backend))
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    serving, database = serving_runner(config, engine, adapter_dir, pairs)
+    # The bot's engine is its own: one active adapter, and a drafting cache that has seen only the
+    # bot's own prompts (sharing the engine paths' cache would hand it each prompt already read).
+    bot_engine = Engine(load_model(base_path, settings), tokenizer,
+                        serving=ServingCache(base_path, work / "serving-models", tokenizer=tokenizer, threads=threads,
+                                             gguf_source=gguf_source(base_path)))
+    serving, database = serving_runner(config, bot_engine, adapter_dir, pairs)
     results = [
         PathResult("baseline: plain generate", note="greedy (model defaults), exactly N tokens"),
         PathResult("engine: base model, transformers", note="sampling as configured; stops at end of turn"),
         PathResult("engine: unmerged adapter, transformers", note="LoRA r16 all-linear, not merged"),
         PathResult("engine: base model, CTranslate2", note="fp32, converted once"),
         PathResult("engine: adapter, CTranslate2", note="LoRA merged, fp32, converted once"),
-        PathResult(f"serving: Twin.draft_reply (active adapter, backend {config.generation.backend})",
-                   note="stores message and draft; sampling as configured; stops at end of turn"),
     ]
     runners = [baseline_runner(engine.model, tokenizer, prompts, new_tokens),
                engine_runner(engine, prompts, generation),
                engine_runner(engine, prompts, generation, adapter=adapter),
-               engine_runner(engine, prompts, fast),
-               engine_runner(engine, prompts, fast, adapter=adapter),
-               serving]
+               engine_runner(engine, prompts, ctranslate2),
+               engine_runner(engine, prompts, ctranslate2, adapter=adapter)]
+    if "llamacpp" in backends:
+        results += [PathResult("engine: base model, llama.cpp", note="fp16 GGUF, converted once"),
+                    PathResult("engine: adapter, llama.cpp", note="LoRA merged, fp16 GGUF, converted once")]
+        runners += [engine_runner(engine, prompts, llamacpp), engine_runner(engine, prompts, llamacpp, adapter=adapter)]
+    results.append(PathResult(f"serving: Twin.draft_reply (active adapter, backend {config.generation.backend}: "
+                              f"{engine.backend_for(config.generation)})",
+                              note="stores message and draft; sampling as configured; stops at end of turn"))
+    runners.append(serving)
     interleave(list(zip(results, runners)), messages)
     database.dispose()
     for result in results:
@@ -424,10 +456,16 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         f"{common.fmt(report['ratio_tokens_per_s'])}. Target p50 ≤ {TARGET_P50_S:.1f} s for a {n}-token reply: "
         f"{common.verdict(report['target_met'])} (serving p50 {common.fmt(report['paths'][-1]['p50_n_s'])} s).",
         "",
-        "Converting for CTranslate2 (once per version: the base under data_dir/models/serving, an adapter inside its folder): base "
-        f"{common.fmt(report['conversion_seconds'].get('base'), 1)} s, adapter merged and converted "
-        f"{common.fmt(report['conversion_seconds'].get('adapter'), 1)} s. A seed replays a draft on transformers "
-        "only: CTranslate2 seeds its sampler once per worker thread.",
+        "The engine rows share one drafting cache that holds one converted model at a time, so their llama.cpp "
+        "and CTranslate2 calls, alternating base and adapter, load the model again each time and read the whole "
+        "prompt. The serving row has an engine of its own, as the bot does: one active adapter, and only the "
+        "system text read from the cache of the message before (each message is another chat).",
+        "",
+        "Converting once per version (the base under data_dir/models/serving, an adapter merged and converted inside "
+        "its folder): " + "; ".join(
+            f"{LABELS[backend]} base {common.fmt(times.get('base'), 1)} s, adapter {common.fmt(times.get('adapter'), 1)} s"
+            for backend, times in report["conversion_seconds"].items()) + ". A seed replays a draft on transformers "
+        "and llama.cpp: CTranslate2 seeds its sampler once per worker thread.",
     ]
     if report["levers"]:
         reference = report["levers"][0]
