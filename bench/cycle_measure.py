@@ -166,7 +166,8 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
         common.markdown_table(["stage", "seconds", "minutes", "steps", "examples", "peak RSS MB (child, so far)"],
                               rows), "",
         "evaluate: candidate, active and base model on the held-out items (likelihood, preference pairs, "
-        "drafts in batches); serving: the promoted adapter converted for CTranslate2 drafting.", "",
+        "drafts in batches); serving: the promoted adapter merged and converted for fast drafting (an fp16 GGUF "
+        "file for llama.cpp, the embedded model's drafting backend on a CPU).", "",
         f"Whole cycle: {result['wall_seconds'] / 60:.1f} min. The calling process (the bot or the CLI) grew by "
         f"{result['parent_growth_mb']:.0f} MB during the cycle: the model lives in the child only.", "",
         f"Targets (full cycle ≤ {TARGET_MINUTES} min, peak memory ≤ {TARGET_PEAK_MB / 1024:.0f} GB on 2 CPU cores): "

@@ -206,7 +206,7 @@ def _ready_for_drafting(metrics: dict[str, Any], evaluation: EvaluationSettings,
                         generation: GenerationSettings, models_dir: Path, adapter_dir: Path) -> dict[str, Any] | None:
     """Convert a candidate the gate will promote for fast drafting (llama.cpp or CTranslate2), here
     and now: otherwise the owner's first draft after the promotion waits for it (on SmolLM2, 2 cores,
-    about 4 s for llama.cpp, 10-13 s for CTranslate2).
+    about 5 s for llama.cpp, 10-13 s for CTranslate2).
 
     The parent applies the same gate to the same metrics. A failure is logged, not raised: the
     drafter then converts on its first draft. None when nothing was done.
