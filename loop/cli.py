@@ -109,7 +109,7 @@ def init(
         with console.status("preparing the embedded model (once, about half a minute)…"):
             folder = resolve_base_model(config.model, config.models_dir)
         console.print(f"model: {folder}")
-        with console.status("converting it for fast drafting (once, about half a minute)…"):
+        with console.status("converting it for fast drafting (once, a few seconds)…"):
             serving = prepare_for_drafting(config.model, config.generation.backend, config.models_dir)
         if serving is not None:
             console.print(f"drafting copy: {serving}")

@@ -193,3 +193,15 @@ def test_a_base_without_a_gguf_source_falls_back_to_transformers(tiny_model_dir:
     output = engine.generate(prompt(engine), settings=settings(), seed=1)
     assert output.backend == "transformers" and output.text
     assert "llama.cpp drafting failed" in caplog.text and "GGUF" in (engine.serving_failure or "")
+
+
+def test_writing_a_gguf_file_does_not_chatter(engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The terminal chat shows INFO logs: gguf's writer would print its progress between a message and its draft.
+    import logging
+
+    from training.llamacpp import write_model_gguf
+
+    with caplog.at_level(logging.INFO):
+        write_model_gguf(engine.serving._fp32_model(None), embedded_gguf_path(), tmp_path / "m.gguf")
+    assert (tmp_path / "m.gguf").stat().st_size > 0
+    assert not [record for record in caplog.records if record.name.startswith("gguf")]

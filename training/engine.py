@@ -7,7 +7,7 @@ keeps memory bounded when versions come and go. One lock serialises generation: 
 from worker threads and the adapter switch is global state.
 
 `generation.backend` picks who decodes: transformers, or on a CPU llama.cpp or CTranslate2
-(`training.serving`: the same weights merged and converted once, about 5.5x and 1.8x as fast).
+(`training.serving`: the same weights merged and converted once, about 5x and 1.7x as fast).
 All sample the same way; if the converted path fails the engine logs why and drafts with
 transformers from then on.
 """

@@ -21,11 +21,16 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import logging
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+# gguf's writer logs its own progress at INFO ("This GGUF file is for Little Endian only"...),
+# which would land in the terminal chat between a message and its draft.
+logging.getLogger("gguf").setLevel(logging.WARNING)
 
 MODEL_FILE = "model.gguf"
 # Matrices are written in fp16 (norms stay fp32, as in llama.cpp's own converter).
