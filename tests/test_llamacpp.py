@@ -52,12 +52,18 @@ def settings(**overrides: object) -> GenerationSettings:
     return tiny_generation_settings(**{"backend": "llamacpp", **overrides})
 
 
-def torch_log_probs(engine: Engine, ids: list[int], adapter: Path | None) -> list[float]:
+def log_probs(model: object, ids: list[int]) -> list[float]:
+    """torch's log-probability of each of ids[1:] given the tokens before it."""
     import torch
 
-    with engine.using(("a", adapter) if adapter else None) as model, torch.inference_mode():
-        logits = model(torch.tensor([ids])).logits[0, :-1].double()
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0, :-1].double()  # type: ignore[operator]
     return torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+
+
+def torch_log_probs(engine: Engine, ids: list[int], adapter: Path | None) -> list[float]:
+    with engine.using(("a", adapter) if adapter else None) as model:
+        return log_probs(model, ids)
 
 
 def test_auto_means_llamacpp_on_a_cpu_for_a_base_from_a_gguf_file(engine: Engine, tiny_model_dir: Path) -> None:
@@ -105,10 +111,7 @@ def test_query_and_key_rows_are_written_in_llama_cpp_order(engine: Engine, tmp_p
         scored = generator.log_likelihoods(ids, 1)
     finally:
         generator.close()
-    with torch.inference_mode():
-        logits = model(torch.tensor([ids])).logits[0, :-1].double()
-    expected = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
-    gap = max(abs(a - b) for a, b in zip(scored, expected))
+    gap = max(abs(a - b) for a, b in zip(scored, log_probs(model, ids)))
     assert (gap < 2e-2) if row_order == "llama.cpp's" else (gap > 0.2), gap
 
 
