@@ -143,15 +143,20 @@ class LlamaGenerator:
     """One llama.cpp context on a GGUF model that samples drafts, one at a time."""
 
     def __init__(self, model_gguf: Path, *, threads: int, context_tokens: int):
+        self.model_gguf = Path(model_gguf)
+        self.threads = threads
+        self._open(context_tokens)
+        _OPEN_GENERATORS.add(self)
+
+    def _open(self, context_tokens: int) -> None:
         from llama_cpp import Llama
 
         self.context_tokens = context_tokens
         # Keys and values cached in fp32 (llama.cpp's default is fp16): on short chat prompts the
         # cache is a few MB next to the weights, and it keeps the logits those of the weights.
-        self.llama = Llama(model_path=str(model_gguf), n_ctx=context_tokens, n_batch=min(512, context_tokens),
-                           n_threads=threads, n_threads_batch=threads, type_k=_GGML_TYPE_F32, type_v=_GGML_TYPE_F32,
-                           verbose=False)
-        _OPEN_GENERATORS.add(self)
+        self.llama = Llama(model_path=str(self.model_gguf), n_ctx=context_tokens, n_batch=min(512, context_tokens),
+                           n_threads=self.threads, n_threads_batch=self.threads, type_k=_GGML_TYPE_F32,
+                           type_v=_GGML_TYPE_F32, verbose=False)
 
     def _feed_prompt(self, prompt_ids: Sequence[int]) -> None:
         """Evaluate the prompt, keeping the cached keys and values of the part it shares with the
@@ -168,9 +173,10 @@ class LlamaGenerator:
         """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned)."""
         import llama_cpp
 
-        if len(prompt_ids) + settings.max_new_tokens > self.context_tokens:
-            raise ValueError(f"a prompt of {len(prompt_ids)} tokens and {settings.max_new_tokens} new ones exceed "
-                             f"the context of {self.context_tokens}")
+        needed = len(prompt_ids) + settings.max_new_tokens
+        if needed > self.context_tokens:  # a rare long prompt: a context that holds it, in steps of 1024
+            self.llama.close()
+            self._open(-(-needed // 1024) * 1024)
         started = time.perf_counter()
         self._feed_prompt(prompt_ids)
         prefill_ms = (time.perf_counter() - started) * 1000

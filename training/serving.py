@@ -41,7 +41,8 @@ BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8
 QUANTIZATION = {"llamacpp": "float16", "ctranslate2": "float32", "ctranslate2-int8": "int8"}
 LABELS = {"llamacpp": "llama.cpp", "ctranslate2": "CTranslate2", "ctranslate2-int8": "CTranslate2"}
 COMPLETE_MARKER = "twin_serving_complete"
-# llama.cpp's context (keys and values for this many tokens, ~24 MB per 1024 on SmolLM2); grown for longer prompts.
+# llama.cpp's context (keys and values for this many tokens, ~47 MB per 1024 on SmolLM2 in fp32); a
+# generator grows its own for a longer prompt.
 LLAMACPP_CONTEXT = 2048
 
 
@@ -239,18 +240,15 @@ class ServingCache:
             return self._loaded[key]
         target = self.ensure_converted(adapter_folder, backend)
         if backend == "llamacpp":
-            generator = self._llama_generator(target, LLAMACPP_CONTEXT)
+            from training.llamacpp import MODEL_FILE, LlamaGenerator
+
+            generator = LlamaGenerator(target / MODEL_FILE, threads=self.threads, context_tokens=LLAMACPP_CONTEXT)
         else:
             generator = self._ctranslate2_generator(target)
         self._loaded[key] = generator
         while len(self._loaded) > self.max_loaded:
             self._close(self._loaded.popitem(last=False)[1])
         return generator
-
-    def _llama_generator(self, target: Path, context_tokens: int) -> Any:
-        from training.llamacpp import MODEL_FILE, LlamaGenerator
-
-        return LlamaGenerator(target / MODEL_FILE, threads=self.threads, context_tokens=context_tokens)
 
     @staticmethod
     def _close(generator: Any) -> None:
@@ -270,12 +268,6 @@ class ServingCache:
         """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned)."""
         generator = self.generator(adapter_folder, backend)
         if backend == "llamacpp":
-            needed = len(prompt_ids) + settings.max_new_tokens
-            if needed > generator.context_tokens:  # a rare long prompt: a context that holds it
-                generator.close()
-                generator = self._llama_generator(self.ensure_converted(adapter_folder, backend),
-                                                  -(-needed // 1024) * 1024)
-                self._loaded[self._key(adapter_folder, backend)] = generator
             output = generator.generate(prompt_ids, settings=settings, seed=seed, stop_ids=stop_ids)
             return ServingOutput(new_ids=output.new_ids, prefill_ms=output.prefill_ms)
         import ctranslate2
