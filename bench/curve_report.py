@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 SECTION = "learning_curve"
 ACCEPT_DISTANCE = 0.25  # the simulated owner sends a draft as it is when it is this close to his reply
+REFERENCE = "fit-all"  # SFT run hard on every training reply: how low held-out NLL can go on this corpus
 
 
 def targets(results: dict[str, dict[str, Any]], final: str) -> list[tuple[str, bool | None, str]]:
@@ -25,14 +26,30 @@ def targets(results: dict[str, dict[str, Any]], final: str) -> list[tuple[str, b
     def known(*values: Any) -> bool:
         return all(v is not None for v in values)
 
+    def error(result: dict[str, Any], key: str) -> float | None:
+        return (result.get("standard_errors") or {}).get(key)
+
+    def within_noise(key: str, ours: Any, theirs: Any) -> bool:
+        """The two adapters' figures differ by less than two standard errors of the difference."""
+        errors = [error(last, key), error(plain, key)]
+        return known(ours, theirs, *errors) and abs(ours - theirs) < 2 * (errors[0] ** 2 + errors[1] ** 2) ** 0.5
+
     a, ceiling = last.get("attribution"), bounds.get("attribution_ceiling")
+    a_error = error(last, "attribution")
     rows.append(("attribution within 5 points of the owner's own held-out lines",
                  a >= ceiling - 0.05 if known(a, ceiling) else None,
-                 f"{common.fmt(a)} vs ceiling {common.fmt(ceiling)} (floor {common.fmt(bounds.get('attribution_floor'))})"))
+                 f"{common.fmt(a)}{f' ± {common.fmt(a_error)}' if a_error is not None else ''} vs ceiling "
+                 f"{common.fmt(ceiling)} (floor {common.fmt(bounds.get('attribution_floor'))})"))
     nll, base_nll = last.get("likelihood"), base.get("likelihood")
+    reference_nll = results.get(REFERENCE, {}).get("likelihood")
+
+    def lower(value: Any) -> str:
+        return f" ({100 * (1 - value / base_nll):.0f}% lower)" if known(value, base_nll) else ""
+
     rows.append(("held-out NLL ≥ 20% below the base model", nll <= 0.8 * base_nll if known(nll, base_nll) else None,
-                 f"{common.fmt(nll, 3)} vs base {common.fmt(base_nll, 3)}"
-                 + (f" ({100 * (1 - nll / base_nll):.0f}% lower)" if known(nll, base_nll) else "")))
+                 f"{common.fmt(nll, 3)} vs base {common.fmt(base_nll, 3)}{lower(nll)}"
+                 + (f"; the fit-all reference reaches {common.fmt(reference_nll, 3)}{lower(reference_nll)}"
+                    if reference_nll is not None else "")))
     pref = last.get("preference_accuracy")
     rows.append(("owner's text more likely than the rejected draft in ≥ 80% of pairs",
                  pref >= 0.8 if pref is not None else None, common.fmt(pref)))
@@ -50,7 +67,9 @@ def targets(results: dict[str, dict[str, Any]], final: str) -> list[tuple[str, b
         theirs = plain.get("style_distance", {}).get("overall") if key == "style" else plain.get(key)
         if known(ours, theirs):
             better.append(wins(ours, theirs))
-            figures.append(f"{key.replace('_', ' ')} {common.fmt(ours)} vs {common.fmt(theirs)}")
+            figures.append(f"{key.replace('_', ' ')} {common.fmt(ours)} vs {common.fmt(theirs)}"
+                           + (" (within sampling noise)" if not wins(ours, theirs) and within_noise(key, ours, theirs)
+                              else ""))
     rows.append(("every figure better than the plain baseline's", all(better) if better else None,
                  "; ".join(figures)))
     flags = last.get("caricature_flags")
@@ -123,8 +142,8 @@ def _overall(result: dict[str, Any]) -> float | None:
 def plot(report: dict[str, Any], out: Path) -> Path:
     plt = common.pyplot()
     results, bounds = report["results"], report["results"]["baselines"]
-    names = [n for n in report["order"] if n != "plain"]
-    plain = results.get("plain", {})
+    names = [n for n in report["order"] if n not in ("plain", REFERENCE)]
+    plain, reference = results.get("plain", {}), results.get(REFERENCE, {})
     panels = [
         ("held-out NLL (lower is better)", lambda r: r.get("likelihood"), []),
         ("preference accuracy", lambda r: r.get("preference_accuracy"), [("target 0.8", 0.8, "#c0392b")]),
@@ -146,6 +165,9 @@ def plot(report: dict[str, Any], out: Path) -> Path:
         plain_value = value(plain) if plain else None
         if plain_value is not None:
             axis.axhline(plain_value, color="#e67e22", linestyle=":", label="plain trl SFT+DPO")
+        reference_value = value(reference) if reference else None
+        if reference_value is not None:
+            axis.axhline(reference_value, color="#8e44ad", linestyle="-.", label=f"{REFERENCE} SFT reference")
         for label, level, color in lines:
             if level is not None:
                 axis.axhline(level, color=color, linestyle="--", linewidth=1, label=label)
@@ -186,7 +208,10 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         f"message {common.fmt(bounds.get('edit_distance_echo'))}; attribution ceiling (the owner's own held-out lines) "
         f"{common.fmt(bounds.get('attribution_ceiling'))}, floor (other people's) "
         f"{common.fmt(bounds.get('attribution_floor'))}. Plain baseline: trl SFT ({report['plain'].get('sft_rows')} rows)"
-        f" then DPO ({report['plain'].get('dpo_rows')} pairs), one epoch each, defaults.", "",
+        f" then DPO ({report['plain'].get('dpo_rows')} pairs), one epoch each, defaults."
+        + (f" `{REFERENCE}`: not a twin but a yardstick, the project's SFT stage for {reference['epochs']} epochs on "
+           f"every training reply at once ({reference['sft_rows']} rows, no gate, no preference stage): how far this "
+           f"corpus lets held-out NLL fall." if (reference := report.get("reference")) else ""), "",
         "### Targets after the last cycle", "",
         common.markdown_table(["target", "met", "figures"], [[t, common.verdict(m), f] for t, m, f in report["targets"]]),
     ]
@@ -194,9 +219,10 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
              if results.get(name, {}).get("caricature_flags")}
     if flags:
         lines += ["", "Caricature flags: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in flags.items())]
-    samples = results.get(report["order"][-2], {}).get("samples") or []
+    final = [name for name in report["order"] if name.startswith("cycle")]
+    samples = results.get(final[-1], {}).get("samples") or [] if final else []
     if samples:
-        lines += ["", f"Sample drafts of `{report['order'][-2]}`:", ""]
+        lines += ["", f"Sample drafts of `{final[-1]}`:", ""]
         lines += [f"- *{s['incoming'][:120]}* → draft: \"{s['draft'][:160]}\" · kept: \"{s['kept'][:160]}\""
                   .replace("\n", " ") for s in samples[:3]]
     lines += ["", f"![learning curve]({chart.name})"]
