@@ -48,7 +48,7 @@ def targets(results: dict[str, dict[str, Any]], final: str) -> list[tuple[str, b
 
     rows.append(("held-out NLL ≥ 20% below the base model", nll <= 0.8 * base_nll if known(nll, base_nll) else None,
                  f"{common.fmt(nll, 3)} vs base {common.fmt(base_nll, 3)}{lower(nll)}"
-                 + (f"; the fit-all reference reaches {common.fmt(reference_nll, 3)}{lower(reference_nll)}"
+                 + (f"; the {REFERENCE} reference reaches {common.fmt(reference_nll, 3)}{lower(reference_nll)}"
                     if reference_nll is not None else "")))
     pref = last.get("preference_accuracy")
     rows.append(("owner's text more likely than the rejected draft in ≥ 80% of pairs",
@@ -219,10 +219,10 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
              if results.get(name, {}).get("caricature_flags")}
     if flags:
         lines += ["", "Caricature flags: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in flags.items())]
-    final = [name for name in report["order"] if name.startswith("cycle")]
-    samples = results.get(final[-1], {}).get("samples") or [] if final else []
+    final = report.get("final")
+    samples = results.get(final, {}).get("samples") or [] if final else []
     if samples:
-        lines += ["", f"Sample drafts of `{final[-1]}`:", ""]
+        lines += ["", f"Sample drafts of `{final}`:", ""]
         lines += [f"- *{s['incoming'][:120]}* → draft: \"{s['draft'][:160]}\" · kept: \"{s['kept'][:160]}\""
                   .replace("\n", " ") for s in samples[:3]]
     lines += ["", f"![learning curve]({chart.name})"]

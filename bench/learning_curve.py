@@ -57,6 +57,11 @@ class Plan:
         chunks = [middle[i * size:(i + 1) * size] for i in range(rounds - 1)] + [middle[(rounds - 1) * size:]]
         return cls(imported=list(pairs[:imported]), rounds=chunks, heldout=list(pairs[len(pairs) - heldout:]))
 
+    @property
+    def training(self) -> list[ReplyPair]:
+        """Every pair the twin learns from: the imported ones, then each round's."""
+        return self.imported + [pair for chunk in self.rounds for pair in chunk]
+
 
 @dataclass
 class RoundLog:
@@ -193,7 +198,7 @@ def fit_all_reference(*, config: Any, plan: Plan, work: Path) -> tuple[Path, dic
 
     settings = config.model
     tokenizer = load_tokenizer(resolve_base_model(settings, config.models_dir))
-    writing = replies_as_writing(plan.imported + [p for chunk in plan.rounds for p in chunk])
+    writing = replies_as_writing(plan.training)
     rows = build_sft_rows([], writing, render=make_renderer(tokenizer, settings), replay_fraction=10.0, seed=SEED,
                           tokenizer=tokenizer, chunk_tokens=config.training.monologue_chunk_tokens)
     datasets = work / "reference-data"
@@ -316,7 +321,7 @@ def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path 
     """Every adapter on the held-out set in one `evaluate` call: one classifier, the same prompts and seeds."""
     from training.evaluate import evaluate
 
-    training_pairs = plan.imported + [p for chunk in plan.rounds for p in chunk]
+    training_pairs = plan.training
     held = heldout_feedback(engine, config.model, config.generation, plan.heldout)
     eval_settings = config.evaluation
     eval_settings.max_eval_items = len(plan.heldout)
@@ -329,10 +334,11 @@ def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path 
 def finish(report: dict[str, Any], results: dict[str, Any], adapters: dict[str, Path | None], *, out: Path,
            work: Path) -> dict[str, Any]:
     """Targets, the JSON in the work folder, the chart and the RESULTS.md section."""
-    final = [name for name in adapters if name.startswith("cycle")]
-    report = {**report, "results": results, "order": list(adapters),
+    cycles = [name for name in adapters if name.startswith("cycle")]
+    final = cycles[-1] if cycles else None
+    report = {**report, "results": results, "order": list(adapters), "final": final,
               "adapters": {name: str(path) if path else None for name, path in adapters.items()},
-              "targets": targets(results, final[-1]) if final else []}
+              "targets": targets(results, final) if final else []}
     (work / "learning_curve.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     chart = plot(report, out)
     common.write_section(out, SECTION, markdown(report, chart))
