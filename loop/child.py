@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loop.config import TOKEN_ENV
+from loop.ladder import FULL_STRENGTH
 from training.config import (
     EvaluationSettings,
     GenerationSettings,
@@ -142,7 +144,6 @@ def _kto_rows(feedback: list[Any], writing: list[Any], training: TrainingSetting
 
 def run_job(job_path: Path) -> dict[str, Any]:
     """Everything the child does; returns the result that is written to result.json."""
-    from loop.collect import feedback_from_json, writing_from_json
     from training.train import NothingToTrain, TrainJob, run_training
 
     job = json.loads(job_path.read_text(encoding="utf-8"))
@@ -177,45 +178,108 @@ def run_job(job_path: Path) -> dict[str, Any]:
     result["train"] = {"adapter_dir": str(trained.adapter_dir), "checksum": trained.checksum,
                        "skipped": trained.skipped, "seconds": round(time.perf_counter() - started, 2)}
 
-    from training.evaluate import evaluate
-
     examples = json.loads((folder / EXAMPLES_FILE).read_text(encoding="utf-8"))
-    adapters: dict[str, Path | None] = {"candidate": trained.adapter_dir}
-    if job["active_adapter"]:
-        adapters["active"] = Path(job["active_adapter"])
-    adapters["base"] = None
+    active_dir = Path(job["active_adapter"]) if job["active_adapter"] else None
     started = time.perf_counter()
-    metrics = evaluate(
-        model_settings=model, generation=generation, models_dir=Path(job["models_dir"]), adapters=adapters,
-        heldout_feedback=[feedback_from_json(item) for item in examples["heldout_feedback"]],
-        heldout_writing=[writing_from_json(item) for item in examples["heldout_writing"]],
-        owner_lines=examples["owner_lines"], other_lines=examples["other_lines"],
-        eval_settings=evaluation, seed=generation.seed,
-    )
-    result["stages"]["evaluate"] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb()}
-    if "active" not in metrics:  # the base model is the active one (version 0)
-        metrics["active"] = metrics.get("base", {})
+    metrics, verdict = _evaluate_and_judge(job, model, generation, evaluation, examples,
+                                           candidate_dir=trained.adapter_dir, active_dir=active_dir)
+    result["stages"]["evaluate"] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb(),
+                                    "strengths_tried": len(verdict.rungs)}
+    if verdict.strength < FULL_STRENGTH:
+        result["train"]["checksum"] = _put_milder_in_place(trained.adapter_dir, verdict.strength)
+    _remove_milder_versions(trained.adapter_dir)
     result["metrics"] = metrics
-    serving = _ready_for_drafting(metrics, evaluation, model, generation, Path(job["models_dir"]), trained.adapter_dir)
-    if serving is not None:
-        result["stages"]["serving"] = serving
+    result["gate"] = verdict.to_json()
+    if verdict.promote:
+        serving = _ready_for_drafting(model, generation, Path(job["models_dir"]), trained.adapter_dir)
+        if serving is not None:
+            result["stages"]["serving"] = serving
     return result
 
 
-def _ready_for_drafting(metrics: dict[str, Any], evaluation: EvaluationSettings, model: ModelSettings,
-                        generation: GenerationSettings, models_dir: Path, adapter_dir: Path) -> dict[str, Any] | None:
-    """Convert a candidate the gate will promote for fast drafting (llama.cpp or CTranslate2), here
-    and now: otherwise the owner's first draft after the promotion waits for it (on SmolLM2, 2 cores,
-    about 5 s for llama.cpp, 10-13 s for CTranslate2).
+def _milder_dir(candidate_dir: Path, strength: float) -> Path:
+    # Named like a staging folder, so a killed child's leftovers go with the others (cycle._clean_leftovers).
+    return candidate_dir.parent / f".{candidate_dir.name}.tmp-strength-{round(strength * 100)}"
 
-    The parent applies the same gate to the same metrics. A failure is logged, not raised: the
-    drafter then converts on its first draft. None when nothing was done.
+
+def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: GenerationSettings,
+                        evaluation: EvaluationSettings, examples: dict[str, Any], *, candidate_dir: Path,
+                        active_dir: Path | None) -> tuple[dict[str, Any], Any]:
+    """Evaluate candidate, active and base on the held-out data, then climb the strength ladder
+    (loop.ladder) on the same loaded model; returns (metrics by name, the verdict)."""
+    from functools import partial
+
+    from loop.collect import feedback_from_json, writing_from_json
+    from loop.ladder import climb
+    from training.engine import Engine
+    from training.evaluate import evaluate
+    from training.strength import reference_fits, write_milder_adapter
+
+    models_dir = Path(job["models_dir"])
+    adapters: dict[str, Path | None] = {"candidate": candidate_dir}
+    if active_dir is not None:
+        adapters["active"] = active_dir
+    adapters["base"] = None
+    engine = Engine.load(model, models_dir, max_adapters=len(adapters) + 1)
+    run = partial(evaluate, model_settings=model, generation=generation, models_dir=models_dir,
+                  heldout_feedback=[feedback_from_json(item) for item in examples["heldout_feedback"]],
+                  heldout_writing=[writing_from_json(item) for item in examples["heldout_writing"]],
+                  owner_lines=examples["owner_lines"], other_lines=examples["other_lines"],
+                  eval_settings=evaluation, seed=generation.seed, engine=engine)
+    metrics = run(adapters=adapters)
+    if "active" not in metrics:  # the base model is the active one (version 0)
+        metrics["active"] = metrics.get("base", {})
+    # Towards the active adapter when the candidate continued from one of the same shape, else towards the base.
+    reference = active_dir if active_dir is not None and reference_fits(candidate_dir, active_dir) else None
+
+    def evaluate_at(strength: float) -> dict[str, Any]:
+        folder = write_milder_adapter(candidate_dir, reference, strength, _milder_dir(candidate_dir, strength))
+        name = f"strength-{round(strength * 100)}"
+        measured = run(adapters={name: folder})
+        engine.unload_adapter(f"eval-{name}")
+        return measured[name]
+
+    verdict = climb(candidate=metrics["candidate"], active=metrics["active"], settings=evaluation,
+                    strengths=evaluation.milder_strengths, evaluate_at=evaluate_at)
+    if verdict.strength < FULL_STRENGTH:
+        metrics["full_strength"] = metrics["candidate"]
+        metrics["candidate"] = verdict.metrics
+    return metrics, verdict
+
+
+def _put_milder_in_place(candidate_dir: Path, strength: float) -> str:
+    """Replace the candidate's folder by its version at `strength`; returns that version's checksum.
+
+    The full-strength folder steps aside under a staging name first, so a kill in between leaves
+    only staging folders, which the next cycle removes, and no adapter row points here yet.
     """
-    from loop.gate import gate
+    from training.artifacts import read_manifest
+
+    milder = _milder_dir(candidate_dir, strength)
+    aside = candidate_dir.parent / f".{candidate_dir.name}.tmp-full-{os.getpid()}"
+    os.rename(candidate_dir, aside)
+    os.rename(milder, candidate_dir)
+    shutil.rmtree(aside, ignore_errors=True)
+    return str(read_manifest(candidate_dir)["checksum"])
+
+
+def _remove_milder_versions(candidate_dir: Path) -> None:
+    for folder in candidate_dir.parent.glob(f".{candidate_dir.name}.tmp-strength-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ready_for_drafting(model: ModelSettings, generation: GenerationSettings, models_dir: Path,
+                        adapter_dir: Path) -> dict[str, Any] | None:
+    """Convert a candidate the gate promotes for fast drafting (llama.cpp or CTranslate2), here
+    and now: otherwise the owner's first draft after the promotion waits for it (on SmolLM2, 2 cores,
+    about 5 s for llama.cpp, 10-13 s for CTranslate2). A milder version evaluated on a converted
+    backend already carries its copy.
+
+    A failure is logged, not raised: the drafter then converts on its first draft. None when
+    nothing was done.
+    """
     from training.serving import prepare_for_drafting
 
-    if not gate(metrics.get("candidate", {}), metrics.get("active", {}), evaluation)[0]:
-        return None
     started = time.perf_counter()
     try:
         folder = prepare_for_drafting(model, generation.backend, models_dir, adapter_folder=adapter_dir)

@@ -190,6 +190,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif text.startswith("list[int]"):
         if not isinstance(value, list):
             raise ConfigError(key, value, "a list of integers")
+    elif text.startswith("list[float]"):
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value):
+            raise ConfigError(key, value, "a list of numbers")
+        value = [float(v) for v in value]
     elif text.startswith("list[str]"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, value, "a list of strings")

@@ -32,12 +32,12 @@ from loop.adapters import RollbackError, rollback  # noqa: F401 - part of this m
 from loop.child import EXAMPLES_FILE, ChildFailed, run_child, settings_to_json
 from loop.collect import Collected, collect, feedback_to_json, writing_to_json
 from loop.config import Config
-from loop.gate import gate, gate_rule_text
+from loop.gate import gate_rule_text
 from loop.report import cycle_report
 from loop.stats import history_chart, list_cycles, owner_stats  # noqa: F401 - part of this module's API
 from storage import repo
 from storage.db import session_scope
-from storage.models import CycleStatus
+from storage.models import AdapterState, CycleStatus
 from training.artifacts import CorruptAdapter, remove_stale_staging
 from training.datasets import split_holdout, split_writing_holdout
 
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "cycle"
 LOCK_STALE_AFTER = timedelta(hours=3)  # a holder on another host silent this long is presumed dead
 CYCLE_LOG = "cycle.log"
+RESUMABLE = "resumable"  # adapter data_counts key: a kept candidate the next cycle continues from
 
 
 class CycleAlreadyRunning(Exception):
@@ -161,6 +162,23 @@ def _clean_leftovers(config: Config, telegram_id: int) -> None:
         logger.info("removed leftovers of interrupted training: %s", ", ".join(p.name for p in removed))
 
 
+def _resumable(session: Any, owner_id: int, active_version: int) -> Any:
+    """The newest kept candidate that the next cycle continues from instead of the active adapter:
+    one the strength ladder marked resumable (it learnt, but no strength of it passed the gate),
+    judged against the adapter that is still active, and whose files are intact."""
+    kept = [adapter for adapter in repo.list_adapters(session=session, owner_id=owner_id)
+            if adapter.state == AdapterState.candidate and adapter.parent_version == active_version
+            and (adapter.data_counts or {}).get(RESUMABLE)]
+    for adapter in sorted(kept, key=lambda a: a.version, reverse=True):
+        try:
+            adapter_store.verify(adapter)
+        except CorruptAdapter as error:
+            logger.warning("kept candidate v%s cannot be continued from: %s", adapter.version, error)
+            continue
+        return adapter
+    return None
+
+
 def _skip_reason(config: Config, collected: Collected, force: bool) -> str | None:
     if not collected.feedback and not collected.writing:
         return "Nothing to learn from yet: import your writing (`twin import`) or answer a few drafts."
@@ -180,6 +198,12 @@ def _locked_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bo
         active = repo.active_adapter(session=session, owner_id=owner_id)
         active_version, active_path = (active.version, active.path) if active else (0, None)
         after_id = int((active.data_counts or {}).get("trained_feedback_upto", 0)) if active else 0
+        resumed = _resumable(session, owner_id, active_version)
+        init_path = active_path
+        if resumed is not None:
+            init_path = resumed.path
+            after_id = int((resumed.data_counts or {}).get("trained_feedback_upto", after_id))
+            logger.info("continuing from v%s, kept by an earlier cycle, instead of v%s", resumed.version, active_version)
         finished = repo.last_finished_cycle(session=session, owner_id=owner_id)
         upto_id = repo.latest_feedback_id(session=session, owner_id=owner_id)
         collected = collect(session=session, owner_id=owner_id, after_id=after_id, upto_id=upto_id,
@@ -217,7 +241,10 @@ def _locked_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bo
                                   f"`twin rollback` to an earlier version first") from None
         job_path, counts, version = _prepare(config, engine, owner_id=owner_id, telegram_id=telegram_id,
                                              cycle_id=cycle_id, folder=folder, collected=collected,
-                                             active_path=active_path, after_id=after_id, progress=progress)
+                                             active_path=active_path, init_path=init_path, after_id=after_id,
+                                             progress=progress)
+        if resumed is not None:
+            counts["continued_from"] = resumed.version
         result = run_child(job_path, log_path=log_path, heartbeat=lambda: _heartbeat(engine, holder),
                            progress=progress, threads=config.model.threads)
     except (CycleFailed, ChildFailed) as failure:
@@ -250,7 +277,8 @@ def _locked_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bo
 
 
 def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, cycle_id: int, folder: Path,
-             collected: Collected, active_path: str | None, after_id: int, progress: bool) -> tuple[Path, dict[str, Any], int]:
+             collected: Collected, active_path: str | None, init_path: str | None, after_id: int,
+             progress: bool) -> tuple[Path, dict[str, Any], int]:
     """Split off the held-out data, write examples.json and job.json; returns (job, counts, version)."""
     settings = config.evaluation
     ids = {id(example): fid for example, fid in zip(collected.feedback, collected.feedback_ids)}
@@ -278,7 +306,7 @@ def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int,
         "model": settings_to_json(config.model), "lora": settings_to_json(config.lora),
         "training": settings_to_json(config.training), "evaluation": settings_to_json(config.evaluation),
         "generation": settings_to_json(config.generation), "models_dir": str(config.models_dir.resolve()),
-        "init_adapter": active_path, "active_adapter": active_path, "output_dir": str(output_dir.resolve()),
+        "init_adapter": init_path, "active_adapter": active_path, "output_dir": str(output_dir.resolve()),
         "metadata": {"cycle_id": cycle_id, "owner": telegram_id, "version": version}, "progress": progress,
     }
     job_path = folder / "job.json"
@@ -297,8 +325,9 @@ def _judge(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, c
            folder: Path) -> CycleOutcome:
     """Gate the candidate, record it (and activate it when it passed), finish the cycle, report."""
     metrics = result["metrics"]
-    promote, reasons = gate(metrics.get("candidate", {}), metrics.get("active", {}), config.evaluation)
-    metrics["gate"] = {"promote": promote, "reasons": reasons, "rule": gate_rule_text(config.evaluation),
+    verdict = result["gate"]  # the child gated every strength it tried (loop.ladder)
+    promote, reasons = bool(verdict["promote"]), list(verdict["reasons"])
+    metrics["gate"] = {**verdict, "rule": gate_rule_text(config.evaluation),
                        "tolerances": settings_to_json(config.evaluation)}
     status = CycleStatus.promoted if promote else CycleStatus.kept
     reason = reasons[0] if reasons else ""
@@ -308,7 +337,8 @@ def _judge(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, c
                          parent_version=active_version, cycle_id=cycle_id, checksum=result["train"]["checksum"],
                          data_counts={**counts["datasets"], "trained_feedback_upto": counts["trained_feedback_upto"],
                                       "train_feedback": counts["train_feedback"],
-                                      "train_writing": counts["train_writing"]},
+                                      "train_writing": counts["train_writing"],
+                                      "strength": verdict["strength"], RESUMABLE: bool(verdict["resumable"])},
                          metrics=metrics.get("candidate", {}))
         if promote:
             adapter_store.activate(session=session, owner_id=owner_id, version=version)

@@ -70,11 +70,28 @@ def _fmt_opt(value: float | None) -> str:
     return "n/a" if value is None else _fmt(value)
 
 
+def likelihood_improved(candidate: dict[str, Any], active: dict[str, Any], settings: EvaluationSettings) -> bool:
+    """Whether the candidate passes the likelihood criterion (also when neither side could be measured)."""
+    new, old = metric_value(candidate, "likelihood"), metric_value(active, "likelihood")
+    if new is None and old is None:
+        return True
+    return new is not None and old is not None and old - new > settings.likelihood_tolerance
+
+
 def gate(candidate: dict[str, Any], active: dict[str, Any], settings: EvaluationSettings) -> tuple[bool, list[str]]:
     """Decide whether `candidate` replaces `active`; returns (promote, one reason per criterion).
 
     Failed criteria come first in the list, so `reasons[0]` explains a refusal.
     """
+    failed, passed = judge_criteria(candidate, active, settings)
+    promote = not failed
+    logger.info("gate: %s (%s)", "promote" if promote else "keep", "; ".join(failed or passed))
+    return promote, failed + passed
+
+
+def judge_criteria(candidate: dict[str, Any], active: dict[str, Any],
+                   settings: EvaluationSettings) -> tuple[list[str], list[str]]:
+    """(failed criteria, passed criteria), one human-readable line each."""
     failed: list[str] = []
     passed: list[str] = []
 
@@ -123,10 +140,7 @@ def gate(candidate: dict[str, Any], active: dict[str, Any], settings: Evaluation
                       f"(a draft feature beyond {settings.caricature_ratio}× the owner's spread)")
     else:
         passed.append("no new caricature flag")
-
-    promote = not failed
-    logger.info("gate: %s (%s)", "promote" if promote else "keep", "; ".join(failed or passed))
-    return promote, failed + passed
+    return failed, passed
 
 
 def gate_rule_text(settings: EvaluationSettings) -> str:

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from loop.gate import caricature_flags, gate_rule_text, metric_value
+from loop.ladder import trade_off_text
 from storage.models import Cycle
 from training.config import EvaluationSettings
 
@@ -42,6 +43,8 @@ def learnt_from_text(counts: dict[str, Any]) -> str:
     lines = [f"Learnt from your verdicts: {train + held} ({kinds}), {train} trained on and {held} held out for the test.",
              f"Your writing: {counts.get('train_writing', 0)} pieces trained on, "
              f"{counts.get('heldout_writing', 0)} replies held out."]
+    if counts.get("continued_from"):
+        lines.append(f"Continued from v{counts['continued_from']}, which an earlier cycle kept.")
     rows = counts.get("datasets") or {}
     if rows:
         lines.append("Training rows: " + ", ".join(f"{name.upper()} {n}" for name, n in rows.items()) + ".")
@@ -80,6 +83,28 @@ def timing_text(durations: dict[str, Any]) -> str:
     return text + "."
 
 
+def _strengths_tried(gate_info: dict[str, Any]) -> str:
+    return ", ".join(f"{rung['strength']:.0%}" for rung in gate_info.get("rungs") or [])
+
+
+def decision_text(cycle: Cycle, gate_info: dict[str, Any]) -> tuple[str, str]:
+    """(the decision, what a milder strength traded or what was kept for the next cycle; may be empty)."""
+    strength = float(gate_info.get("strength", 1.0))
+    metrics = cycle.metrics or {}
+    new, old = cycle.candidate_version, cycle.active_version_before
+    if cycle.status.value == "promoted":
+        if strength >= 1.0:
+            return f"Promoted: v{new} is now your twin (was v{old}).", ""
+        trade = trade_off_text(metrics.get("full_strength") or {}, metrics.get("candidate") or {}, strength)
+        return (f"Promoted at {strength:.0%} strength: v{new} is now your twin (was v{old}); at full strength "
+                f"it overshot: {(gate_info.get('rungs') or [{}])[0].get('reason', '')}.", f"Traded {trade}.")
+    decision = f"Kept v{old}: the new v{new} was not better."
+    if not gate_info.get("resumable"):
+        return decision, ""
+    return (f"Kept v{old}: no strength of the new v{new} passed the gate (tried {_strengths_tried(gate_info)}).",
+            f"Its training is not lost: the next cycle continues from v{new} (at {strength:.0%} strength).")
+
+
 def cycle_report(cycle: Cycle, settings: EvaluationSettings) -> str:
     """The report of a finished cycle as a few lines of text."""
     status = cycle.status.value
@@ -95,11 +120,8 @@ def cycle_report(cycle: Cycle, settings: EvaluationSettings) -> str:
         return text
     gate_info = (cycle.metrics or {}).get("gate") or {}
     reasons = gate_info.get("reasons") or []
-    if status == "promoted":
-        decision = f"Promoted: v{cycle.candidate_version} is now your twin (was v{cycle.active_version_before})."
-    else:
-        decision = f"Kept v{cycle.active_version_before}: the new v{cycle.candidate_version} was not better."
-    lines = [f"{header}: {decision}", learnt_from_text(cycle.counts or {}),
+    decision, trade = decision_text(cycle, gate_info)
+    lines = [f"{header}: {decision}", *([trade] if trade else []), learnt_from_text(cycle.counts or {}),
              metrics_text(cycle.metrics or {}, active_version=cycle.active_version_before,
                           candidate_version=cycle.candidate_version),
              "Why: " + ("; ".join(reasons) if reasons else cycle.reason),

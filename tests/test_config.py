@@ -68,6 +68,8 @@ def test_token_comes_from_the_environment_only(tmp_path: Path, monkeypatch: pyte
         ("[telegram]\nmode = 'webhook'", "telegram.webhook_url", "https URL"),
         ("[evaluation]\nholdout_fraction = 1.5", "evaluation.holdout_fraction", "(0, 1)"),
         ("[evaluation]\nnoise_z = -1", "evaluation.noise_z", "[0, 5]"),
+        ("[evaluation]\nmilder_strengths = [0.5, 1.5]", "evaluation.milder_strengths", "numbers in (0, 1)"),
+        ("[evaluation]\nmilder_strengths = ['half']", "evaluation.milder_strengths", "a list of numbers"),
         ("[generation]\nbackend = 'llama.cpp'", "generation.backend", "ctranslate2"),
         ("[training.dpo]\nmax_length = 256", "training.dpo.max_length", "model.max_prompt_tokens (384)"),
         ("[nonsense]\nx = 1", "nonsense", "one of the keys"),

@@ -103,3 +103,35 @@ def test_a_promoted_candidate_is_converted_for_fast_drafting_before_the_bot_need
     refused = adapter_store.adapter_dir(cycle_config, OWNER, wrecked.candidate_version)
     assert not [p for p in refused.iterdir() if (p / COMPLETE_MARKER).exists()]  # no conversion wasted on it
     assert "serving" not in list_cycles(engine, telegram_id=OWNER)[-1]["durations"]["stages"]
+
+
+def test_a_kept_candidate_that_learnt_is_where_the_next_cycle_continues(cycle_config, engine):
+    from loop.cycle import RESUMABLE, rollback
+    from storage.models import AdapterState
+
+    import_writing(engine)
+    first = run_cycle(cycle_config, engine, telegram_id=OWNER)
+    assert first.status == "promoted", first.report_text
+    rollback(cycle_config, engine, telegram_id=OWNER, version=0)
+    # v1 now stands where the strength ladder leaves a candidate no strength of which passed the gate.
+    with session_scope(engine) as session:
+        owner = repo.find_owner(session=session, telegram_id=OWNER)
+        kept = repo.get_adapter(session=session, owner_id=owner.id, version=1)
+        kept.state, kept.data_counts = AdapterState.candidate, {**kept.data_counts, RESUMABLE: True}
+        kept_path = kept.path
+        session.add(kept)
+
+    second = run_cycle(cycle_config, engine, telegram_id=OWNER, force=True)
+    job = json.loads((cycle_config.owner_dir(OWNER) / "cycles" / str(second.cycle_id) / "job.json").read_text())
+    assert job["init_adapter"] == kept_path and job["active_adapter"] is None  # judged against the base model
+    assert "Continued from v1" in second.report_text
+    assert list_cycles(engine, telegram_id=OWNER)[-1]["counts"]["continued_from"] == 1
+
+
+def test_without_a_kept_candidate_the_cycle_continues_the_active_adapter(cycle_config, engine):
+    import_writing(engine)
+    first = run_cycle(cycle_config, engine, telegram_id=OWNER)
+    second = run_cycle(cycle_config, engine, telegram_id=OWNER, force=True)
+    job = json.loads((cycle_config.owner_dir(OWNER) / "cycles" / str(second.cycle_id) / "job.json").read_text())
+    assert job["init_adapter"] == job["active_adapter"] is not None
+    assert first.candidate_version == 1 and "continued_from" not in list_cycles(engine, telegram_id=OWNER)[-1]["counts"]

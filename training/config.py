@@ -166,8 +166,13 @@ class EvaluationSettings:
     # A sampled metric counts as worse only when it drops by more than its tolerance plus this many
     # standard errors of the difference (1.64: one-sided 95%); 0 judges the raw numbers.
     noise_z: float = 1.64
+    # A refused candidate whose held-out likelihood improved is tried at these fractions of its
+    # strength, strongest first, and the strongest that passes is promoted (loop.ladder); [] = off.
+    milder_strengths: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])
 
     def __post_init__(self) -> None:
+        _check(all(0 < s < 1 for s in self.milder_strengths), "evaluation.milder_strengths",
+               self.milder_strengths, "a list of numbers in (0, 1), e.g. [0.75, 0.5, 0.25]")
         _check(0 < self.holdout_fraction < 1, "evaluation.holdout_fraction", self.holdout_fraction, "a number in (0, 1)")
         _check(self.min_holdout >= 1, "evaluation.min_holdout", self.min_holdout, "1 or more")
         _check(self.max_eval_items >= 1, "evaluation.max_eval_items", self.max_eval_items, "1 or more")

@@ -90,7 +90,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
     from training.engine import Engine
     from training.likelihood import mean_nll, preference_accuracy
     from training.metrics import edit_distance, edit_distance_baselines, mean_edit_distance
-    from training.style import caricature_flags, style_distance, style_profile
+    from training.style import caricature_flags, habit_rates, style_distance, style_profile
 
     engine = engine or Engine.load(model_settings, Path(models_dir), max_adapters=max(1, len(adapters)))
     render = make_renderer(engine.tokenizer, model_settings)
@@ -139,6 +139,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
             "style_distance": style_distance(owner_profile, draft_profile) if drafts else {},
             "caricature_flags": caricature_flags(owner_profile, draft_profile, ratio=eval_settings.caricature_ratio)
             if drafts else [],
+            "habit_rates": habit_rates(owner_profile, draft_profile) if drafts else {},
             "empty_drafts": sum(1 for d in drafts if not d.strip()),
             "samples": [{"incoming": item.conversation.incoming, "draft": draft, "kept": item.kept,
                          "edit_distance": edit_distance(draft, item.kept)}
