@@ -15,6 +15,9 @@ A small sample built from it ships as `bench/data/owner_replies.jsonl` in the fo
 
 An interleaved reply is split into pairs: each quoted block is a message from someone else and
 the owner's lines right after it are the reply; earlier pairs of the same mail are its context.
+
+`Corpus` is what the learning curve runs on: this mail corpus, or (`load_named("chat")`) the
+chats of bench/chitchat.py, which reach the twin as a Telegram export instead of JSON Lines.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email import policy
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class ReplyPair:
     written_at: datetime
     sender: str | None = None
     context: list[dict[str, Any]] = field(default_factory=list)
+    thread: str | None = None  # the conversation it belongs to, where a corpus has them (bench.chitchat)
 
     def to_row(self) -> dict[str, Any]:
         """A row of `twin import`'s JSON Lines format."""
@@ -249,6 +253,66 @@ def load_corpus(path: Path = CORPUS_FILE) -> list[ReplyPair]:
     with Path(path).open(encoding="utf-8") as handle:
         pairs = [ReplyPair.from_row(json.loads(line)) for line in handle if line.strip()]
     return sorted(pairs, key=lambda p: p.written_at)
+
+
+@dataclass
+class Corpus:
+    """A simulated owner for the learning curve: reply pairs oldest first and how its imported part is imported.
+
+    The mail corpus is imported as `twin import`'s JSON Lines (the pairs as they are); a subclass
+    may write another format, as bench.chitchat writes a Telegram export of whole conversations.
+    """
+
+    name: str
+    owner: str
+    pairs: list[ReplyPair]
+    # The report's "Simulated owner: <description> (<source>, N reply pairs; <where>)".
+    description: str = "Tim Peters' replies on the spambayes list, 2002"
+    source: str = "SpamAssassin public corpus"
+    where: str = "bench/data"
+    import_format: str = "jsonl"
+
+    @property
+    def section(self) -> str:
+        """Its RESULTS.md section and chart: the mail corpus keeps the original name."""
+        return "learning_curve" if self.name == "mail" else f"learning_curve_{self.name}"
+
+    def facts(self) -> dict[str, str]:
+        """What the learning curve's report says of the corpus, and which section it writes."""
+        return {"name": self.name, "description": self.description, "source": self.source, "where": self.where,
+                "section": self.section}
+
+    def default_sizes(self, *, quick: bool) -> dict[str, int | None]:
+        """The learning curve's split when none is asked for: held out, imported, rounds, pairs used."""
+        if quick:
+            return {"heldout": 3, "imported": 6, "rounds": 1, "pairs": 12}
+        return {"heldout": 18, "imported": 24, "rounds": 3, "pairs": None}
+
+    def write_import(self, pairs: Sequence[ReplyPair], folder: Path) -> Path:
+        """The file `twin import` reads for these pairs."""
+        return write_corpus(pairs, Path(folder) / "import.jsonl")
+
+    def other_lines(self, pairs: Sequence[ReplyPair]) -> list[str]:
+        """Other people's lines around these pairs: the attribution classifier's negatives."""
+        return [p.message for p in pairs]
+
+
+def mail_corpus() -> Corpus:
+    return Corpus(name="mail", owner=OWNER_NAME, pairs=load_corpus())
+
+
+CORPORA = ("chat", "mail")
+
+
+def load_named(name: str, *, quick: bool = False) -> Corpus:
+    """`mail` (bench/data) or `chat` (the chitchat package; with `quick`, the slice in bench/data)."""
+    if name == "mail":
+        return mail_corpus()
+    if name == "chat":
+        from bench.chitchat import SLICE_FILE, chat_corpus
+
+        return chat_corpus(SLICE_FILE if quick else None)
+    raise ValueError(f"unknown corpus {name!r}: one of {', '.join(CORPORA)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench import common
+from bench.corpus import OWNER_NAME, Corpus
+
+# A report from before corpora were named was run on the mail corpus (section and chart `learning_curve`).
+MAIL = Corpus(name="mail", owner=OWNER_NAME, pairs=[]).facts()
 
 logger = logging.getLogger(__name__)
 
-SECTION = "learning_curve"
 ACCEPT_DISTANCE = 0.25  # the simulated owner sends a draft as it is when it is this close to his reply
 REFERENCE = "fit-all"  # SFT run hard on every training reply: how low held-out NLL can go on this corpus
 
@@ -91,7 +94,7 @@ def rounds_table(rounds: Sequence[dict[str, Any]]) -> str:
                                   "cycle's own NLL (active → candidate)", "attribution (active → candidate)"], rows)
 
 
-def report_from_work(work: Path, out: Path, *, telegram_id: int) -> str:
+def report_from_work(work: Path, out: Path, *, telegram_id: int, corpus: dict[str, str] = MAIL) -> str:
     """The section of a run that stopped before its final evaluation, rebuilt from its database.
 
     Per cycle: what it trained on and its own gate evaluation (candidate against the active adapter on
@@ -121,7 +124,7 @@ def report_from_work(work: Path, out: Path, *, telegram_id: int) -> str:
     body = "\n".join([
         "## Learning curve (stopped before the final evaluation)", "",
         common.machine_markdown(common.machine_facts(), quick=False) + " (when this section was written)", "",
-        "Simulated owner: Tim Peters' replies on the spambayes list (bench/data). Cycle 1 trains on the imported "
+        f"Simulated owner: {corpus['description']} ({corpus['where']}). Cycle 1 trains on the imported "
         "replies; each later cycle follows a round of drafts answered with accept or edit. A cycle still "
         "\"running\" here is the one the run was stopped in.", "",
         f"Rebuilt from the run's database ({work}). Each cycle's own evaluation: candidate against the adapter "
@@ -131,7 +134,7 @@ def report_from_work(work: Path, out: Path, *, telegram_id: int) -> str:
         "Live drafts by the adapter that wrote them (what the simulated owner had to change):", "",
         common.markdown_table(["adapter version", "drafts", "verdicts", "edit distance"], usage_rows),
     ])
-    common.write_section(out, SECTION, body)
+    common.write_section(out, corpus["section"], body)
     return body
 
 
@@ -176,12 +179,12 @@ def plot(report: dict[str, Any], out: Path) -> Path:
         axis.legend(fontsize=7)
     figure.suptitle("Learning curve of the simulated owner (held-out set)"
                     + (" — quick smoke run: meaningless" if report["quick"] else ""))
-    return common.save_chart(figure, out, "learning_curve")
+    return common.save_chart(figure, out, report.get("corpus", MAIL)["section"])
 
 
 def markdown(report: dict[str, Any], chart: Path) -> str:
     results, bounds = report["results"], report["results"]["baselines"]
-    plan = report["plan"]
+    plan, corpus = report["plan"], report.get("corpus", MAIL)
     headers = ["model", "NLL", "preference acc.", "edit distance", "attribution", "style distance",
                "caricature flags", "empty drafts"]
     rows = []
@@ -192,8 +195,8 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
     lines = [
         "## Learning curve", "",
         common.machine_markdown(report["facts"], quick=report["quick"]), "",
-        f"Simulated owner: Tim Peters' replies on the spambayes list, 2002 (SpamAssassin public corpus, "
-        f"{plan['pairs']} reply pairs; bench/data). Imported: the oldest {plan['imported']}; rounds of "
+        f"Simulated owner: {corpus['description']} ({corpus['source']}, "
+        f"{plan['pairs']} reply pairs; {corpus['where']}). Imported: the oldest {plan['imported']}; rounds of "
         f"{', '.join(map(str, plan['rounds']))} incoming messages drafted through `Twin.draft_reply` and accepted "
         f"(edit distance ≤ {ACCEPT_DISTANCE}) or edited into the real reply, each followed by a cycle; held out: the "
         f"newest {plan['heldout']}, each with the base model's draft as the rejected text. Whole run "

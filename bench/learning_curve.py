@@ -1,8 +1,9 @@
 """Learning curve: does the twin visibly learn a real person from imported writing and feedback?
 
 The simulated owner is Tim Peters' mail on the spambayes list (bench/corpus.py), split into
-(message, reply) pairs and ordered by time. The oldest part is imported (`twin import`'s JSON
-Lines reader) and a cycle trains on it; the newest part is a fixed held-out set; the middle is
+(message, reply) pairs and ordered by time, or with `--corpus chat` a student's chats
+(bench/chitchat.py), whose conversations stay whole. The oldest part is imported (`twin import`'s
+JSON Lines reader; a Telegram export for the chats) and a cycle trains on it; the newest part is a fixed held-out set; the middle is
 played in rounds: the twin drafts a reply to each incoming message through the serving path
 (`Twin.draft_reply` with the real drafter and the active adapter), the simulated owner accepts a
 draft that is already close to what he really wrote and otherwise edits it into his real reply
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench import common
-from bench.corpus import ReplyPair, load_corpus
-from bench.curve_report import (ACCEPT_DISTANCE, REFERENCE, SECTION, markdown, plot, print_summary, report_from_work,
+from bench.corpus import CORPORA, Corpus, ReplyPair, load_named
+from bench.curve_report import (ACCEPT_DISTANCE, MAIL, REFERENCE, markdown, plot, print_summary, report_from_work,
                                 rounds_table, targets)
 
 logger = logging.getLogger("bench.learning_curve")
@@ -48,19 +49,46 @@ class Plan:
 
     @classmethod
     def split(cls, pairs: Sequence[ReplyPair], *, heldout: int, imported: int, rounds: int) -> "Plan":
-        pairs = sorted(pairs, key=lambda p: p.written_at)
+        """Oldest `imported`, then `rounds` chunks, then the newest `heldout` pairs.
+
+        Pairs of a conversation (`thread`) stay together, ordered by the conversation's start: the
+        import and the held-out set take whole conversations, each cut moved back to the start of
+        the conversation it falls in (fewer imported, more held out than asked).
+        """
+        pairs = _by_conversation(pairs)
         if heldout + imported + rounds > len(pairs):
             raise ValueError(f"{len(pairs)} pairs cannot make {imported} imported, {rounds} rounds and "
                              f"{heldout} held out")
-        middle = pairs[imported:len(pairs) - heldout]
+        first, last = _conversation_start(pairs, imported), _conversation_start(pairs, len(pairs) - heldout)
+        if (imported and first == 0) or last - first < rounds:
+            raise ValueError(f"whole conversations of {len(pairs)} pairs cannot make {imported} imported, "
+                             f"{rounds} rounds and {heldout} held out")
+        middle = pairs[first:last]
         size = len(middle) // rounds
         chunks = [middle[i * size:(i + 1) * size] for i in range(rounds - 1)] + [middle[(rounds - 1) * size:]]
-        return cls(imported=list(pairs[:imported]), rounds=chunks, heldout=list(pairs[len(pairs) - heldout:]))
+        return cls(imported=list(pairs[:first]), rounds=chunks, heldout=list(pairs[last:]))
 
     @property
     def training(self) -> list[ReplyPair]:
         """Every pair the twin learns from: the imported ones, then each round's."""
         return self.imported + [pair for chunk in self.rounds for pair in chunk]
+
+
+def _by_conversation(pairs: Sequence[ReplyPair]) -> list[ReplyPair]:
+    """Oldest first; the pairs of one conversation together, at the time of its first pair."""
+    starts: dict[str, Any] = {}
+    for pair in pairs:
+        if pair.thread is not None:
+            starts[pair.thread] = min(starts.get(pair.thread, pair.written_at), pair.written_at)
+    return sorted(pairs, key=lambda p: (starts.get(p.thread, p.written_at) if p.thread else p.written_at,
+                                        p.thread or "", p.written_at))
+
+
+def _conversation_start(pairs: Sequence[ReplyPair], index: int) -> int:
+    """`index`, moved back to the first pair of its conversation (pairs without one are their own)."""
+    while 0 < index < len(pairs) and pairs[index].thread is not None and pairs[index - 1].thread == pairs[index].thread:
+        index -= 1
+    return index
 
 
 @dataclass
@@ -74,21 +102,14 @@ class RoundLog:
 
 # The simulated owner ------------------------------------------------------------------------------
 
-def write_import_file(pairs: Sequence[ReplyPair], path: Path) -> Path:
-    with path.open("w", encoding="utf-8") as handle:
-        for pair in pairs:
-            handle.write(json.dumps(pair.to_row(), ensure_ascii=False) + "\n")
-    return path
-
-
 def play_round(twin: Any, database: Any, owner_id: int, pairs: Sequence[ReplyPair], log: RoundLog,
-               offset: int) -> None:
+               offset: int, chat_prefix: str = "mail") -> None:
     """Draft each incoming message, then accept or edit it into the owner's real reply."""
     from training.metrics import edit_distance
 
     distances = []
     for index, pair in enumerate(pairs, start=offset):
-        chat_key = f"mail:{index}"
+        chat_key = f"{chat_prefix}:{index}"
         common.store_thread(database, owner_id=owner_id, chat_key=chat_key, turns=pair.context)
         draft = twin.draft_reply(telegram_id=OWNER_TELEGRAM_ID, chat_key=chat_key, incoming=pair.message,
                                  sender=pair.sender)
@@ -236,8 +257,8 @@ def heldout_feedback(engine: Any, settings: Any, generation: Any, pairs: Sequenc
 
 # The benchmark -------------------------------------------------------------------------------------------
 
-def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, imported: int, rounds: int,
-        pairs_limit: int | None) -> dict[str, Any]:
+def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, heldout: int, imported: int,
+        rounds: int, pairs_limit: int | None) -> dict[str, Any]:
     from loop.drafting import TransformersDrafter
     from loop.importing.base import OwnerIdentity
     from loop.importing.runner import run_import
@@ -249,11 +270,11 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, impor
     threads = common.apply_threads(threads)
     facts = common.machine_facts()
     started = time.perf_counter()
-    pairs = load_corpus()
+    pairs = corpus.pairs
     if pairs_limit:
         pairs = pairs[:pairs_limit]
     plan = Plan.split(pairs, heldout=heldout, imported=imported, rounds=rounds)
-    config = curve_config(quick=quick, work=work, threads=threads)
+    config = curve_config(quick=quick, work=work, threads=threads, owner_name=corpus.owner)
     settings = config.model
     base_path = resolve_base_model(settings, common.models_dir())
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -262,25 +283,26 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, impor
     database = open_database(config.db_url)
     engine = Engine.load(config.model, config.models_dir, max_adapters=rounds + 4)
     twin = Twin(config, database, TransformersDrafter(engine, config.model, config.generation))
-    owner_id = twin.owner_id(OWNER_TELEGRAM_ID, name="Tim")
+    owner_id = twin.owner_id(OWNER_TELEGRAM_ID, name=corpus.owner)
 
     logs: list[RoundLog] = []
     versions: dict[str, int | None] = {}
     import_log = RoundLog("import")
-    report_import = run_import(engine=database, owner_db_id=owner_id, owner=OwnerIdentity(), format="jsonl",
-                               paths=[write_import_file(plan.imported, work / "import.jsonl")], mask=False)
+    # Unmasked, as the held-out pairs are; a Telegram export names its owner in personal_information.
+    report_import = run_import(engine=database, owner_db_id=owner_id, owner=OwnerIdentity(),
+                               format=corpus.import_format, paths=[corpus.write_import(plan.imported, work)], mask=False)
     import_log.verdicts = {"imported": sum(f.added for f in report_import.files)}
     versions["import"] = cycle(config, database, import_log)
     logs.append(import_log)
-    write_progress(out, facts, quick, plan, logs, started)
+    write_progress(out, corpus, facts, quick, plan, logs, started)
     offset = 0
     for number, round_pairs in enumerate(plan.rounds, start=1):
         log = RoundLog(f"cycle {number}")
-        play_round(twin, database, owner_id, round_pairs, log, offset)
+        play_round(twin, database, owner_id, round_pairs, log, offset, chat_prefix=corpus.name)
         offset += len(round_pairs)
         versions[log.name] = cycle(config, database, log)
         logs.append(log)
-        write_progress(out, facts, quick, plan, logs, started)
+        write_progress(out, corpus, facts, quick, plan, logs, started)
         print(f"  {log.name}: {log.verdicts}, live edit distance {common.fmt(log.live_edit_distance)}, "
               f"cycle {log.cycle['status']} in {log.cycle['seconds']:.0f} s", flush=True)
 
@@ -293,20 +315,20 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, heldout: int, impor
     adapters["plain"] = plain_dir
     reference_dir, reference_stats = fit_all_reference(config=config, plan=plan, work=work)
     adapters[REFERENCE] = reference_dir
-    results = evaluate_all(config, engine, plan, adapters)
+    results = evaluate_all(config, engine, plan, adapters, corpus)
     database.dispose()
-    report = {"facts": facts, "quick": quick, "seconds": time.perf_counter() - started,
+    report = {"facts": facts, "quick": quick, "seconds": time.perf_counter() - started, "corpus": corpus.facts(),
               "plan": {"imported": len(plan.imported), "rounds": [len(r) for r in plan.rounds],
                        "heldout": len(plan.heldout), "pairs": len(pairs)},
               "rounds": _round_dicts(logs), "plain": plain_stats, "reference": reference_stats}
     return finish(report, results, adapters, out=out, work=work)
 
 
-def curve_config(*, quick: bool, work: Path, threads: int) -> Any:
+def curve_config(*, quick: bool, work: Path, threads: int, owner_name: str = "Tim") -> Any:
     """The simulated owner's twin config in `work`: the embedded model, or (quick) the tests' tiny one."""
     from loop.config import Config
 
-    settings = common.model_settings(quick=quick, work=work, threads=threads, owner_name="Tim")
+    settings = common.model_settings(quick=quick, work=work, threads=threads, owner_name=owner_name)
     config = Config(data_dir=work / "twin", owners=[OWNER_TELEGRAM_ID], model=settings)
     if quick:
         from tests.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
@@ -317,7 +339,8 @@ def curve_config(*, quick: bool, work: Path, threads: int) -> Any:
     return config
 
 
-def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path | None]) -> dict[str, Any]:
+def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path | None],
+                 corpus: Corpus) -> dict[str, Any]:
     """Every adapter on the held-out set in one `evaluate` call: one classifier, the same prompts and seeds."""
     from training.evaluate import evaluate
 
@@ -327,7 +350,7 @@ def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path 
     eval_settings.max_eval_items = len(plan.heldout)
     return evaluate(model_settings=config.model, generation=config.generation, models_dir=config.models_dir,
                     adapters=adapters, heldout_feedback=held, heldout_writing=[],
-                    owner_lines=[p.reply for p in training_pairs], other_lines=[p.message for p in training_pairs],
+                    owner_lines=[p.reply for p in training_pairs], other_lines=corpus.other_lines(training_pairs),
                     eval_settings=eval_settings, seed=SEED, engine=engine)
 
 
@@ -341,7 +364,7 @@ def finish(report: dict[str, Any], results: dict[str, Any], adapters: dict[str, 
               "targets": targets(results, final) if final else []}
     (work / "learning_curve.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     chart = plot(report, out)
-    common.write_section(out, SECTION, markdown(report, chart))
+    common.write_section(out, report.get("corpus", MAIL)["section"], markdown(report, chart))
     print_summary(report)
     return report
 
@@ -358,9 +381,10 @@ def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
     report = json.loads((work / "learning_curve.json").read_text(encoding="utf-8"))
     common.apply_threads(threads)
     sizes = report["plan"]
-    pairs = load_corpus()[:sizes["pairs"]]
+    corpus = load_named(report.get("corpus", MAIL)["name"], quick=report["quick"])
+    pairs = corpus.pairs[:sizes["pairs"]]
     plan = Plan.split(pairs, heldout=sizes["heldout"], imported=sizes["imported"], rounds=len(sizes["rounds"]))
-    config = curve_config(quick=report["quick"], work=work, threads=threads)
+    config = curve_config(quick=report["quick"], work=work, threads=threads, owner_name=corpus.owner)
     adapters: dict[str, Path | None] = {"base": None}
     if "adapters" in report:
         adapters = {name: Path(path) if path else None for name, path in report["adapters"].items()}
@@ -372,7 +396,7 @@ def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
         database.dispose()
         adapters["plain"] = work / "plain-adapter"
     engine = Engine.load(config.model, config.models_dir, max_adapters=len(adapters) + 1)
-    results = evaluate_all(config, engine, plan, adapters)
+    results = evaluate_all(config, engine, plan, adapters, corpus)
     report["reevaluated"] = common.machine_facts()["date"]
     return finish(report, results, adapters, out=out, work=work)
 
@@ -382,8 +406,8 @@ def _round_dicts(logs: Sequence[RoundLog]) -> list[dict[str, Any]]:
              "cycle": log.cycle} for log in logs]
 
 
-def write_progress(out: Path, facts: dict[str, Any], quick: bool, plan: Plan, logs: Sequence[RoundLog],
-                   started: float) -> None:
+def write_progress(out: Path, corpus: Corpus, facts: dict[str, Any], quick: bool, plan: Plan,
+                   logs: Sequence[RoundLog], started: float) -> None:
     """After each cycle, the rounds so far: a long run stopped early still leaves its figures."""
     body = "\n".join([
         "## Learning curve (in progress)", "", common.machine_markdown(facts, quick=quick), "",
@@ -391,13 +415,19 @@ def write_progress(out: Path, facts: dict[str, Any], quick: bool, plan: Plan, lo
         "the held-out evaluation of every adapter and the plain baseline come at the end. The cycle's own metrics "
         "are on its own held-out slice.", "", rounds_table(_round_dicts(logs)),
     ])
-    common.write_section(out, SECTION, body)
+    common.write_section(out, corpus.section, body)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.argument_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--heldout", type=int, default=None, help="held-out pairs (default 18)")
-    parser.add_argument("--imported", type=int, default=None, help="imported pairs (default 24)")
+    parser.add_argument("--corpus", choices=CORPORA, default="mail",
+                        help="the simulated owner: Tim Peters' mail (bench/data) or a student's chats (bench/chitchat.py, "
+                             "needs the chitchat-dataset package; --quick uses its slice in bench/data); default mail")
+    parser.add_argument("--heldout", type=int, default=None,
+                        help="held-out pairs (default: mail 18; chat the newest 20%% of the conversations)")
+    parser.add_argument("--imported", type=int, default=None,
+                        help="imported pairs (default: mail 24; chat all the others but the rounds'); a chat "
+                             "corpus cuts both at a conversation's start, importing fewer and holding out more")
     parser.add_argument("--rounds", type=int, default=None, help="feedback rounds, each followed by a cycle (default 3)")
     parser.add_argument("--report-from", type=Path, default=None, metavar="WORK",
                         help="only write the section of an earlier run (its --work folder) that stopped early")
@@ -409,13 +439,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.reevaluate:
         reevaluate(args.reevaluate, args.out, args.threads)
         return 0
+    try:
+        corpus = load_named(args.corpus, quick=args.quick)
+    except ValueError as error:  # the chat package missing, or its data unreadable
+        parser.exit(2, f"error: {error}\n")
     if args.report_from:
-        print(report_from_work(args.report_from, args.out, telegram_id=OWNER_TELEGRAM_ID))
+        print(report_from_work(args.report_from, args.out, telegram_id=OWNER_TELEGRAM_ID,
+                               corpus=corpus.facts()))
         return 0
+    sizes = corpus.default_sizes(quick=args.quick)
     with common.work_folder(args.work, "twin-bench-curve-") as work:
-        run(quick=args.quick, out=args.out, work=work, threads=args.threads,
-            heldout=args.heldout or (3 if args.quick else 18), imported=args.imported or (6 if args.quick else 24),
-            rounds=args.rounds or (1 if args.quick else 3), pairs_limit=12 if args.quick else None)
+        run(corpus=corpus, quick=args.quick, out=args.out, work=work, threads=args.threads,
+            heldout=args.heldout or sizes["heldout"], imported=args.imported or sizes["imported"],
+            rounds=args.rounds or sizes["rounds"], pairs_limit=sizes["pairs"])
     return 0
 
 
