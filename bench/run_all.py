@@ -15,7 +15,8 @@ from bench import common
 
 logger = logging.getLogger("bench.run_all")
 
-SCRIPTS = ("bench.draft_latency", "bench.train_throughput", "bench.cycle_measure", "bench.learning_curve")
+SCRIPTS = ("bench.draft_latency", "bench.train_throughput", "bench.cycle_measure", "bench.import_cycle",
+           "bench.learning_curve")
 
 
 def main(argv: list[str] | None = None) -> int:

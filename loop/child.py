@@ -120,7 +120,8 @@ def build_datasets(job: dict[str, Any], model: ModelSettings, training: Training
     render = make_renderer(tokenizer, model)
     rows = {
         "sft": build_sft_rows(feedback, writing, render=render, replay_fraction=training.replay_fraction,
-                              seed=training.seed, tokenizer=tokenizer, chunk_tokens=training.monologue_chunk_tokens),
+                              seed=training.seed, tokenizer=tokenizer, chunk_tokens=training.monologue_chunk_tokens,
+                              first_cycle_writing=training.first_cycle_writing),
         "dpo": build_dpo_rows(feedback, render=render),
         "kto": _kto_rows(feedback, writing, training, render) if feedback else [],
     }

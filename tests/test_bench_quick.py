@@ -138,6 +138,7 @@ def test_a_figure_worse_than_the_plain_baseline_says_when_the_gap_is_within_samp
     ("bench.train_throughput", "train_throughput", "train_throughput.png"),
     ("bench.learning_curve", "learning_curve", "learning_curve.png"),
     ("bench.cycle_measure", "cycle_measure", None),
+    ("bench.import_cycle", "import_cycle", None),
 ])
 def test_quick_mode_writes_its_section_and_chart(tmp_path: Path, module: str, section: str, chart: str | None):
     common.write_section(tmp_path, "other", "left alone")

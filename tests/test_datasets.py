@@ -115,6 +115,9 @@ def test_first_cycle_trains_on_all_writing() -> None:
     assert rows == [{"prompt": "PROMPT[a]", "completion": e("r1")},
                     {"prompt": "PROMPT[b]", "completion": e("r2")},
                     {"prompt": f"PROMPT[{MONOLOGUE_INSTRUCTION}]", "completion": e("my own words.")}]
+    capped = build_sft_rows([], writing, render=render, replay_fraction=0.1, seed=0, tokenizer=None, chunk_tokens=64,
+                            first_cycle_writing=2)
+    assert len(capped) == 2  # a long history is cut to the newest pieces (undated ones count as oldest)
 
 
 def test_replay_mixes_a_seeded_share_of_writing_into_new_feedback() -> None:
@@ -213,3 +216,20 @@ def test_unknown_feedback_kind_is_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         build_sft_rows([fb(bad, "m", "d", text="t")], [], render=render, replay_fraction=0, seed=0,
                        tokenizer=None, chunk_tokens=64)
+
+
+def test_a_first_cycle_trains_on_the_newest_distinct_writing_up_to_its_limit():
+    from datetime import datetime, timedelta, timezone
+
+    from training.datasets import WritingExample, newest_distinct_writing
+    from training.prompt import Conversation
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    texts = ["ok", "see you at 8", "OK", "ok ", "sounds good lol", "ok"]
+    writing = [WritingExample("reply", text, Conversation.of(f"q{i}"), start + timedelta(days=i))
+               for i, text in enumerate(texts)]
+    chosen = newest_distinct_writing(writing, 3)
+    # Newest first: "ok" (day 5), then "sounds good lol"; the other "ok"s repeat it; then "see you at 8".
+    assert [w.text for w in chosen] == ["see you at 8", "sounds good lol", "ok"]
+    assert [w.written_at for w in chosen] == sorted(w.written_at for w in chosen)  # given order kept
+    assert newest_distinct_writing(writing, 0) == writing == newest_distinct_writing(writing, 6)

@@ -129,6 +129,9 @@ class TrainingSettings:
         learning_rate=5e-5, batch_size=2, loss_type=["sigmoid", "sft"]))
     kto: StageSettings = field(default_factory=lambda: StageSettings(enabled=True, learning_rate=5e-5, batch_size=4))
     replay_fraction: float = 0.5  # older writing mixed into SFT, as a share of the new SFT rows
+    # The first cycle after an import (no verdicts yet) trains on at most this many pieces of
+    # writing, the newest distinct ones (training.datasets.newest_distinct_writing); 0 = all.
+    first_cycle_writing: int = 600
     monologue_chunk_tokens: int = 256
     seed: int = 42
     # Examples per forward pass; a stage's batch_size is reached by accumulating such micro-batches.
@@ -146,6 +149,8 @@ class TrainingSettings:
                "0 (auto) or a positive integer")
         _check(self.gradient_checkpointing in ("auto", "on", "off"), "training.gradient_checkpointing",
                self.gradient_checkpointing, "auto, on or off")
+        _check(self.first_cycle_writing >= 0, "training.first_cycle_writing", self.first_cycle_writing,
+               "0 (all) or a positive integer")
         _check(0 <= self.replay_fraction <= 10, "training.replay_fraction", self.replay_fraction, "0..10")
         _check(32 <= self.monologue_chunk_tokens <= 8192, "training.monologue_chunk_tokens",
                self.monologue_chunk_tokens, "32..8192")

@@ -1,0 +1,122 @@
+"""The import cycle on a real person's chat history: is the owner's first adapter promoted, how fast, how big?
+
+The first thing a new owner does (issue 16): import a Telegram export of the older 80% of the
+chitchat owner's conversations (bench/chitchat.py, about 3,700 replies) and run `twin train
+--force`. Here that is `loop.importing.runner.run_import` and `loop.cycle.run_cycle` with the
+shipped defaults of config.toml (the embedded SmolLM2, `training.first_cycle_writing`, the gate
+with its strength ladder), exactly the paths the CLI takes. Reported: wall time and peak memory
+by stage, the decision and the strength promoted, what it traded, and the cycle's own held-out
+metrics (NLL against the base model, attribution against the owner's own lines and the others').
+
+    python -m bench.import_cycle            # the real run (about a quarter of an hour on 2 cores)
+    python -m bench.import_cycle --quick    # the tests' tiny model on the committed slice
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.corpus import load_named
+
+logger = logging.getLogger("bench.import_cycle")
+
+SECTION = "import_cycle"
+TARGET_MINUTES = 15
+TARGET_PEAK_MB = 4096
+OWNER = 4545
+
+
+def measure(*, quick: bool, work: Path, threads: int) -> dict[str, Any]:
+    from bench.learning_curve import curve_config
+    from loop.cycle import list_cycles, run_cycle
+    from loop.importing.base import OwnerIdentity
+    from loop.importing.runner import run_import
+    from storage import repo
+    from storage.db import open_database, session_scope
+
+    threads = common.apply_threads(threads)
+    corpus = load_named("chat", quick=quick)
+    sizes = corpus.default_sizes(quick=quick)
+    pairs = corpus.pairs[:sizes["pairs"]] if sizes.get("pairs") else corpus.pairs
+    heldout = {pair.thread for pair in pairs[len(pairs) - sizes["heldout"]:]}
+    imported = [pair for pair in pairs if pair.thread not in heldout]
+    config = curve_config(quick=quick, work=work, threads=threads, owner_name=corpus.owner)
+    config.owners = [OWNER]
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    if not quick:
+        config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
+    database = open_database(config.db_url)
+    with session_scope(database) as session:
+        owner_id = repo.get_or_create_owner(session=session, telegram_id=OWNER, name=corpus.owner).id
+    started = time.perf_counter()
+    report = run_import(engine=database, owner_db_id=owner_id, owner=OwnerIdentity(), format=corpus.import_format,
+                        paths=[corpus.write_import(imported, work)], mask=True)
+    import_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    outcome = run_cycle(config, database, telegram_id=OWNER, force=True, trigger="bench")
+    cycle_seconds = time.perf_counter() - started
+    row = list_cycles(database, telegram_id=OWNER)[-1]
+    database.dispose()
+    return {"quick": quick, "imported_pairs": len(imported), "added": sum(f.added for f in report.files),
+            "import_seconds": import_seconds, "cycle_seconds": cycle_seconds, "status": outcome.status,
+            "reason": outcome.reason, "report": outcome.report_text, "cycle": row}
+
+
+def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
+    cycle = result["cycle"]
+    stages = (cycle.get("durations") or {}).get("stages") or {}
+    metrics = cycle.get("metrics") or {}
+    gate = metrics.get("gate") or {}
+    peak = max((info.get("peak_rss_mb") or 0 for info in stages.values() if isinstance(info, dict)), default=0)
+    minutes = result["cycle_seconds"] / 60
+    candidate, base = metrics.get("candidate") or {}, metrics.get("base") or {}
+    baselines = metrics.get("baselines") or {}
+    rows = [
+        ["import cycle promoted (not kept)", f"{result['status']} at {float(gate.get('strength', 1)):.0%} strength",
+         common.verdict(result["status"] == "promoted")],
+        [f"wall time ≤ {TARGET_MINUTES} min", f"{minutes:.1f} min", common.verdict(minutes <= TARGET_MINUTES)],
+        [f"peak memory ≤ {TARGET_PEAK_MB / 1024:.0f} GB", f"{peak / 1024:.1f} GB", common.verdict(peak <= TARGET_PEAK_MB)],
+    ]
+    stage_rows = [[name, common.fmt(info.get("seconds"), 1), common.fmt(info.get("peak_rss_mb"), 0)]
+                  for name, info in stages.items() if isinstance(info, dict)]
+    rung_rows = [[f"{rung['strength']:.0%}", "passes" if rung["promote"] else "refused", common.fmt(rung["likelihood"], 3),
+                  common.fmt(rung["attribution"]), "; ".join(rung["caricature_flags"]) or "none", rung["reason"]]
+                 for rung in gate.get("rungs") or []]
+    return "\n".join([
+        "## The import cycle on a real chat history (bench/import_cycle.py)", "",
+        common.machine_markdown(facts, quick=result["quick"]), "",
+        f"{result['imported_pairs']} reply pairs of the chitchat owner's older conversations imported as a "
+        f"Telegram export ({result['added']} samples, {result['import_seconds']:.1f} s), then `twin train --force` "
+        f"with the shipped defaults; training rows {cycle.get('counts', {}).get('datasets', {})}.", "",
+        common.markdown_table(["target", "measured", "met?"], rows), "",
+        f"Held-out NLL {common.fmt(base.get('likelihood'), 3)} (base) → {common.fmt(candidate.get('likelihood'), 3)}; "
+        f"attribution {common.fmt(base.get('attribution'))} (base) → {common.fmt(candidate.get('attribution'))}, "
+        f"the owner's own held-out lines {common.fmt(baselines.get('attribution_ceiling'))}, "
+        f"other people {common.fmt(baselines.get('attribution_floor'))}.", "",
+        "Strengths the gate tried:", "",
+        common.markdown_table(["strength", "gate", "NLL", "attribution", "caricature flags", "first reason"], rung_rows),
+        "", "By stage:", "", common.markdown_table(["stage", "seconds", "peak MB"], stage_rows), "",
+        "The owner's report:", "", "```", result["report"], "```",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.argument_parser(__doc__.split("\n\n")[0])
+    args = parser.parse_args(argv)
+    common.offline_environment()
+    common.setup_logging(args.verbose)
+    facts = common.machine_facts()
+    with common.work_folder(args.work, "twin-bench-import-") as work:
+        result = measure(quick=args.quick, work=work, threads=args.threads)
+    body = markdown(result, facts)
+    common.write_section(args.out, SECTION, body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
