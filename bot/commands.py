@@ -21,7 +21,6 @@ from telegram import Bot, Update
 from telegram.ext import ContextTypes
 
 from bot import keyboards, texts
-from bot.handlers import PENDING
 from bot.services import ServiceError
 from bot.state import BotState, state
 from bot.telegram_io import answer_query, edit_text, send_photo, send_text
@@ -209,18 +208,18 @@ async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
                         text=texts.FORGET_KEPT)
         return
     await asyncio.to_thread(state(context).services.forget, telegram_id=update.effective_user.id)
-    context.chat_data.clear()
     await answer_query(query, "Deleted.")
     await edit_text(context.bot, chat_id=query.message.chat_id, message_id=query.message.message_id,
                     text=texts.FORGET_DONE)
 
 
 async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Drop a pending "send me your version"."""
-    pending = context.chat_data.pop(PENDING, None)
-    if pending is None:
+    """Stop waiting for the owner's version (the question of ✏️/🗑 in this chat)."""
+    closed = await asyncio.to_thread(state(context).services.twin.close_version_prompts,
+                                     telegram_id=update.effective_user.id, chat_id=update.effective_chat.id)
+    if not closed:
         await update.effective_message.reply_text(texts.EDIT_NOTHING)
-    elif pending[0] == "reject":
+    elif closed[-1].action == "reject":
         await update.effective_message.reply_text("Cancelled: the reject stays, without a text.")
     else:
         await update.effective_message.reply_text("Cancelled: that draft still has its buttons.")

@@ -3,9 +3,11 @@
 Each handler parses the update, calls the twin through `Services` in a worker thread and
 renders with `bot.texts` / `bot.keyboards`. Drafting (slow) goes through the draft queue; a
 verdict (a quick database write) is committed before the owner sees it acknowledged. State
-that buttons need lives in the database (callback data carries the draft id); only "the next
-message is my version" after ✏️/🗑 is kept in `chat_data`, and a reply to the draft works
-without it.
+that buttons need lives in the database (callback data carries the draft id), and so does the
+question "send me your version" after ✏️/🗑 (`Twin.ask_for_version`): a reply to it is the
+owner's version also after a restart. Only a reply (to that question or to the draft) is taken
+as a version, never just "the next message": a forwarded or newly typed text is a message to
+answer, whatever was asked before.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from telegram import (
     Bot,
     CallbackQuery,
+    ForceReply,
     Message,
     MessageOriginChannel,
     MessageOriginChat,
@@ -39,10 +42,6 @@ from storage.repo import DraftAlreadyDecided, DraftNotFound, FeedbackTextRequire
 
 logger = logging.getLogger(__name__)
 
-PENDING = "pending"  # chat_data: ("edit" | "reject", draft_id): the next text is the owner's version
-PROMPTS = "prompts"  # chat_data: {prompt message id: ("edit" | "reject", draft_id)}: replies to a prompt
-MAX_PROMPTS = 50
-
 
 def message_origin(message: Message) -> tuple[str | None, str]:
     """(sender name, conversation key): a forwarded message belongs to the chat with its sender."""
@@ -61,12 +60,12 @@ def message_origin(message: Message) -> tuple[str | None, str]:
 # Drafting ------------------------------------------------------------------------------------
 
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A text: the owner's version of a draft (a reply, or the message after ✏️/🗑), else one to answer."""
+    """A text: the owner's version of a draft (a reply to the question or the draft), else one to answer."""
     message = update.effective_message
-    text, _ = texts.strip_bot_mention(message.text or "", context.bot.username)
+    text, prefilled = texts.strip_bot_mention(message.text or "", context.bot.username)
     if not text.strip():
         return
-    if message.forward_origin is None and await _take_as_owner_version(update, context, text):
+    if message.forward_origin is None and await _take_as_owner_version(update, context, text, prefilled):
         return
     await queue_draft(update, context, text)
 
@@ -102,34 +101,58 @@ async def queue_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, text: 
 
 # The owner's versions ------------------------------------------------------------------------
 
-async def _take_as_owner_version(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str) -> bool:
-    """Use `text` as an edit or a reject's detail when it replies to a draft or follows ✏️/🗑."""
-    message, chat_data = update.effective_message, context.chat_data
+async def _take_as_owner_version(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str,
+                                 prefilled: bool) -> bool:
+    """Use `text` as the owner's version when it replies to the bot's question for one or to a draft,
+    or is the ✍️ pre-filled draft (it starts with the bot's @name) while an edit is asked for.
+
+    Anything else is a new message to answer; an open question stays open, so a reply to it
+    later still counts.
+    """
+    message, twin = update.effective_message, state(context).services.twin
+    where = {"telegram_id": update.effective_user.id, "chat_id": message.chat_id}
     target = None
     replied = message.reply_to_message
     if replied is not None and replied.from_user is not None and replied.from_user.id == context.bot.id:
-        target = chat_data.get(PROMPTS, {}).get(replied.message_id)
-        if target is None:
-            # A draft still showing its buttons names itself; after a verdict the database knows it.
-            draft_id = keyboards.draft_id_of(replied.reply_markup)
-            target = ("edit", draft_id) if draft_id is not None else None
-        if target is None:
-            draft = await asyncio.to_thread(state(context).services.twin.draft_for_shown_message,
-                                            telegram_id=update.effective_user.id, chat_id=message.chat_id,
-                                            shown_message_id=replied.message_id)
-            target = ("edit", draft.id) if draft is not None else None
-    if target is None:
-        target = chat_data.get(PENDING)
+        asked = await asyncio.to_thread(twin.version_prompt, **where, prompt_message_id=replied.message_id)
+        if asked is not None:
+            target = (asked.action, asked.draft_id)
+        else:
+            target = await _replied_draft(update, context, replied)
+    elif prefilled:
+        asked = await asyncio.to_thread(twin.open_version_prompt, **where)
+        if asked is not None and asked.action == "edit":
+            target = ("edit", asked.draft_id)
     if target is None:
         return False
-    if chat_data.get(PENDING) is not None and chat_data[PENDING][1] == target[1]:
-        del chat_data[PENDING]
     mode, draft_id = target
+    await asyncio.to_thread(twin.close_version_prompts, **where, draft_id=draft_id)
     if mode == "edit":
         await decide(update, context, draft_id, FeedbackKind.edit, text=text)
     else:
         await _amend_reject(update, context, draft_id, text)
     return True
+
+
+async def _replied_draft(update: Update, context: ContextTypes.DEFAULT_TYPE,
+                         replied: Message) -> tuple[str, int] | None:
+    """A reply to a draft: its edit, or the detail of its bare reject; None if `replied` is no draft."""
+    # A draft still showing its buttons names itself; after a verdict the database knows it.
+    draft_id = keyboards.draft_id_of(replied.reply_markup)
+    services, user_id = state(context).services, update.effective_user.id
+    if draft_id is None:
+        draft = await asyncio.to_thread(services.twin.draft_for_shown_message, telegram_id=user_id,
+                                        chat_id=replied.chat_id, shown_message_id=replied.message_id)
+        if draft is None:
+            return None
+        draft_id = draft.id
+    try:
+        _, feedback = await asyncio.to_thread(services.draft_state, telegram_id=user_id, draft_id=draft_id)
+    except DraftNotFound:
+        return ("edit", draft_id)  # refused politely by the verdict itself
+    if feedback is not None and feedback.kind == FeedbackKind.reject and not (feedback.text or feedback.reason):
+        return ("reject", draft_id)
+    return ("edit", draft_id)
 
 
 async def decide(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: int, kind: FeedbackKind, *,
@@ -194,11 +217,19 @@ async def show_verdict(bot: Bot, draft: Draft, feedback: Feedback, *, fallback: 
                                                   reason=feedback.reason))
 
 
-def _remember_prompt(context: ContextTypes.DEFAULT_TYPE, message_id: int, target: tuple[str, int]) -> None:
-    prompts = context.chat_data.setdefault(PROMPTS, {})
-    prompts[message_id] = target
-    while len(prompts) > MAX_PROMPTS:  # only recent prompts matter; keep chat_data small
-        prompts.pop(next(iter(prompts)))
+async def _ask_for_version(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: int, action: str,
+                           text: str, **kwargs: Any) -> None:
+    """Send the question for the owner's version and store it: a reply to it is the version."""
+    query = update.callback_query
+    prompt = await send_text(context.bot, query.message.chat_id, text, **kwargs)
+    await asyncio.to_thread(state(context).services.twin.ask_for_version, telegram_id=update.effective_user.id,
+                            draft_id=draft_id, action=action, chat_id=prompt.chat_id,
+                            prompt_message_id=prompt.message_id)
+
+
+# The input field opens as a reply to the question, so the next text typed there is a reply to it.
+def _force_reply(placeholder: str) -> ForceReply:
+    return ForceReply(input_field_placeholder=placeholder)
 
 
 # Buttons -----------------------------------------------------------------------------------
@@ -217,9 +248,8 @@ async def on_draft_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     else:
         decision = await decide(update, context, press.draft_id, press.kind, query=query)
         if decision is not None and press.kind == FeedbackKind.reject:
-            context.chat_data[PENDING] = ("reject", press.draft_id)
-            prompt = await send_text(context.bot, query.message.chat_id, texts.REJECT_PROMPT)
-            _remember_prompt(context, prompt.message_id, ("reject", press.draft_id))
+            await _ask_for_version(update, context, press.draft_id, "reject", texts.REJECT_PROMPT,
+                                   reply_markup=_force_reply(texts.REJECT_PLACEHOLDER))
 
 
 async def _undecided_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: int) -> Draft | None:
@@ -238,17 +268,18 @@ async def _undecided_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, d
 
 
 async def _ask_for_edit(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: int) -> None:
-    """✏️: the next message (or a reply to the draft) is the owner's version; the draft comes back
-    as tap-to-copy text with a button that pre-fills the input field."""
+    """✏️: a reply to the question (or to the draft) is the owner's version; the draft comes back
+    as tap-to-copy text with a button that pre-fills the input field. A message has one markup:
+    with those buttons there is no ForceReply, so the pre-filled text (after the bot's @name)
+    counts as the version too; a draft too long for the buttons gets the ForceReply."""
     draft = await _undecided_draft(update, context, draft_id)
     if draft is None:
         return
     query = update.callback_query
     await answer_query(query, "Send me your version")
-    context.chat_data[PENDING] = ("edit", draft_id)
-    prompt = await send_text(context.bot, query.message.chat_id, texts.edit_prompt_html(draft.text),
-                             parse_mode=ParseMode.HTML, reply_markup=keyboards.edit_keyboard(draft.text))
-    _remember_prompt(context, prompt.message_id, ("edit", draft_id))
+    buttons = keyboards.edit_keyboard(draft.text)
+    await _ask_for_version(update, context, draft_id, "edit", texts.edit_prompt_html(draft.text, buttons is not None),
+                           parse_mode=ParseMode.HTML, reply_markup=buttons or _force_reply(texts.EDIT_PLACEHOLDER))
 
 
 async def _another(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: int) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
-from telegram import Bot, CallbackQuery, InlineKeyboardMarkup, Message
+from telegram import Bot, CallbackQuery, ForceReply, InlineKeyboardMarkup, Message
 from telegram.error import BadRequest, NetworkError, TelegramError
 
 from bot.texts import split_message
@@ -62,7 +62,7 @@ async def send_text(
     chat_id: int,
     text: str,
     *,
-    reply_markup: InlineKeyboardMarkup | None = None,
+    reply_markup: InlineKeyboardMarkup | ForceReply | None = None,
     parse_mode: str | None = None,
     **kwargs: Any,
 ) -> Message:

@@ -47,12 +47,15 @@ HELP_TEXT = (
     "written by its sender; our recent exchange with them is the context.\n\n"
     "Under each draft:\n"
     "✅ Accept: the draft is what you'd send.\n"
-    "✏️ Edit: send me your version. On a phone you don't have to retype it: 📋 Copy copies the "
-    "draft, and after ✏️ the ✍️ button puts it in your input field (after my @name, which I "
-    "ignore); change it and send. Replying to a draft with your text works too.\n"
-    "🗑 Reject: not usable. Then, if you like, send what you would have written, or a reason "
-    "starting with \"because\".\n"
+    "✏️ Edit: reply to my question (or to the draft) with your version. On a phone you don't "
+    "have to retype it: 📋 Copy copies the draft, and after ✏️ the ✍️ button puts it in your "
+    "input field (after my @name, which I ignore); change it and send. Replying to a draft with "
+    "your text works at any time.\n"
+    "🗑 Reject: not usable. Then, if you like, reply to my question with what you would have "
+    "written, or a reason starting with \"because\".\n"
     "🔄 Another: a new draft; the old one counts as a mild no.\n\n"
+    "Only a reply is taken as your version: anything else you send or forward meanwhile gets its "
+    "own draft, and my question stays open (reply to it later, or /cancel).\n\n"
     "Commands:\n" + "\n".join(f"/{name}: {about}" for name, about in COMMANDS)
 )
 
@@ -164,14 +167,18 @@ def already_decided(kind: FeedbackKind | str) -> str:
     return f"That draft is already {words[kind]}. Nothing was changed."
 
 
-def edit_prompt_html(draft_text: str) -> str:
+def edit_prompt_html(draft_text: str, prefill_button: bool = False) -> str:
     """Asks for the owner's version; the draft is shown as code, which Telegram copies on a tap."""
-    return ("✏️ Send me your version as your next message (or /cancel).\n"
+    how = "reply to this message, or use ✍️ below" if prefill_button else "reply to this message"
+    return (f"✏️ Send me your version: {how} (or /cancel).\n"
             "Tap the draft to copy it:\n\n<code>" + html.escape(trim(draft_text, 3800)) + "</code>")
 
 
-REJECT_PROMPT = ("🗑 Rejected and saved. If you like, send what you would have written, or a reason "
-                 "starting with \"because\". /cancel to skip.")
+EDIT_PLACEHOLDER = "Your version of the draft"
+REJECT_PROMPT = ("🗑 Rejected and saved. If you like, reply to this message with what you would have "
+                 "written, or a reason starting with \"because\". /cancel to skip. A message that is "
+                 "not a reply gets its own draft.")
+REJECT_PLACEHOLDER = "What you would have written"
 
 
 def split_reject_detail(text: str) -> tuple[str | None, str | None]:

@@ -2,6 +2,8 @@
 
 Commands act on the first configured owner unless `--owner` names another. Domain errors
 become one red sentence and a non-zero exit code; nothing here holds logic of its own.
+Long steps show one status line each; the libraries' log lines and progress bars appear only
+with `twin -v` or `log_level = "DEBUG"` (loop.runtime.setup_logging).
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="Co
 OwnerOption = Annotated[Optional[int], typer.Option("--owner", help="Telegram user id of the owner to act on (default: the first in `owners`).")]
 
 
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Also show the libraries' log lines and progress bars (as log_level = \"DEBUG\" does).")]
+
+
 class _State:
     config_path: Path | None = None
+    verbose: bool = False
 
 
 state = _State()
@@ -47,9 +53,9 @@ def fail(message: str, code: int = 1) -> None:
 
 
 @app.callback()
-def main(config: ConfigOption = None) -> None:
+def main(config: ConfigOption = None, verbose: VerboseOption = False) -> None:
     """twin learns your writing style from what you wrote and from how you correct its drafts."""
-    state.config_path = config
+    state.config_path, state.verbose = config, verbose
 
 
 def get_config() -> Config:
@@ -59,7 +65,7 @@ def get_config() -> Config:
         fail(str(error), 2)
     from loop.runtime import setup_logging
 
-    setup_logging(config)
+    setup_logging(config, verbose=state.verbose)
     return config  # type: ignore[return-value]
 
 
@@ -236,6 +242,13 @@ def _make_twin(config: Config):
     return Twin(config, engine, drafter)
 
 
+def _warm_up_before_the_prompt(twin) -> None:
+    """In the terminal the warm-up runs before the first prompt, not beside it: its lines would
+    land under `they>`, and the first draft would wait for it anyway."""
+    with err_console.status("preparing drafting (a few seconds when the model or an adapter is new)…"):
+        twin.warm_up()
+
+
 @app.command()
 def draft(
     text: Annotated[str, typer.Argument(help="The incoming message to answer.")],
@@ -262,7 +275,9 @@ def chat(owner: OwnerOption = None) -> None:
 
     config = get_config()
     telegram_id = owner_of(config, owner)
-    chat_loop(_make_twin(config), telegram_id=telegram_id, console=console)
+    twin = _make_twin(config)
+    _warm_up_before_the_prompt(twin)
+    chat_loop(twin, telegram_id=telegram_id, console=console)
 
 
 @app.command()
@@ -276,18 +291,19 @@ def run(owner: OwnerOption = None) -> None:
     if config.model.base == "embedded":
         from training.model import resolve_base_model
 
-        with err_console.status("preparing the embedded model (first start only)…"):
+        with err_console.status("preparing the embedded model (first start only, about half a minute)…"):
             resolve_base_model(config.model, config.models_dir)
     twin = _make_twin(config)
-    # Converting the active adapters for fast drafting takes seconds each: do it while the bot starts.
-    threading.Thread(target=twin.warm_up, name="twin-warm-up", daemon=True).start()
     if config.telegram_token:
         if not config.owners:
             fail("Set `owners` in the config to your Telegram user id first: the bot serves configured owners only.", 2)
         from bot.app import run_bot
 
+        # Converting the active adapters for fast drafting takes seconds each: do it while the bot starts.
+        threading.Thread(target=twin.warm_up, name="twin-warm-up", daemon=True).start()
         run_bot(config, twin)
         return
+    _warm_up_before_the_prompt(twin)
     err_console.print("TWIN_TELEGRAM_TOKEN is not set: starting the terminal chat (Ctrl-D to quit).")
     scheduler = start_scheduler(config, twin.engine, notify=lambda _owner, text, chart: console.print(text)) if config.schedule.enabled else None
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -57,13 +58,65 @@ def install_token_redaction() -> None:
             handler.addFilter(_RedactToken())
 
 
-def setup_logging(config: Config, *, log_file: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+# The twin's own loggers; every other logger is a library's.
+OWN_LOGGERS = frozenset({"loop", "bot", "storage", "training", "bench", "tests", "__main__"})
+# Read by huggingface_hub when it is imported; transformers' bars ("Loading weights", and the
+# GGUF conversion through training.model) follow it. Not tqdm's own TQDM_DISABLE: that would also
+# hide the training progress `twin train` shows.
+PROGRESS_BAR_SWITCHES = ("HF_HUB_DISABLE_PROGRESS_BARS",)
+_switched_off: set[str] = set()  # the switches this process set (and may take back with -v)
+
+
+class _QuietLibraries(logging.Filter):
+    """On the terminal, libraries speak only from WARNING up; the twin's own records all pass.
+
+    APScheduler, python-telegram-bot, transformers & co. log their start-up at INFO: dozens of
+    lines before the first prompt. `-v` or `log_level = "DEBUG"` leaves this filter out.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
+def is_verbose(config: Config, verbose: bool = False) -> bool:
+    return verbose or config.log_level.upper() == "DEBUG"
+
+
+def show_library_progress(show: bool) -> None:
+    """Turn the progress bars of huggingface_hub and transformers on or off, for this process and
+    the children it starts (an explicit HF_HUB_DISABLE_PROGRESS_BARS of the user is kept)."""
+    for name in PROGRESS_BAR_SWITCHES:
+        if not show and name not in os.environ:
+            os.environ[name] = "1"
+            _switched_off.add(name)
+        elif show and name in _switched_off:
+            os.environ.pop(name, None)
+            _switched_off.discard(name)
+    # Already imported (in-process callers, tests): the environment is read no more, tell them.
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        (enable_progress_bars if show else disable_progress_bars)()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        (transformers_logging.enable_progress_bar if show else transformers_logging.disable_progress_bar)()
+
+
+def setup_logging(config: Config, *, log_file: Path | None = None, verbose: bool = False) -> None:
+    """Log at `config.log_level`; on the terminal only the twin's own records and libraries'
+    warnings, with no library progress bars, unless `verbose` (`-v`) or log_level is DEBUG."""
+    verbose = is_verbose(config, verbose)
+    console = logging.StreamHandler()
+    if not verbose:
+        console.addFilter(_QuietLibraries())
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     logging.basicConfig(level=config.log_level.upper(), handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    show_library_progress(verbose)
     # httpx logs every Bot API URL, token included, at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl" on every command

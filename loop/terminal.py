@@ -1,6 +1,8 @@
 """The twin in a terminal: each message gets a draft, then accept / edit / reject / another.
 
-Feedback goes through `Twin.record_verdict`, exactly as the bot stores it.
+Feedback goes through `Twin.record_verdict`, exactly as the bot stores it. Everything printed
+goes through rich, which reads `[...]` as markup: the menu, drafts and errors are escaped so
+they show as written.
 """
 
 from __future__ import annotations
@@ -8,13 +10,14 @@ from __future__ import annotations
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from loop.drafting import DraftingError
 from loop.twin import Twin
 from storage.repo import StorageError
 
 CHAT_KEY = "cli:chat"
-HELP = "[a]ccept  [e]dit  [r]eject  a[n]other  [s]kip"
+HELP = escape("[a]ccept  [e]dit  [r]eject  a[n]other  [s]kip")  # the key in brackets
 
 
 def chat_loop(twin: Twin, *, telegram_id: int, console: Console, ask: Callable[[str], str] | None = None) -> int:
@@ -33,10 +36,10 @@ def chat_loop(twin: Twin, *, telegram_id: int, console: Console, ask: Callable[[
         try:
             draft = twin.draft_reply(telegram_id=telegram_id, chat_key=CHAT_KEY, incoming=incoming)
         except DraftingError as error:
-            console.print(f"[red]{error}[/red]")
+            console.print(f"[red]{escape(str(error))}[/red]")
             continue
         while draft is not None:
-            console.print(f"[green]twin>[/green] {draft.text}  [dim](v{draft.adapter_version}, {draft.latency_ms} ms)[/dim]")
+            console.print(f"[green]twin>[/green] {escape(draft.text)}  [dim](v{draft.adapter_version}, {draft.latency_ms} ms)[/dim]")
             try:
                 draft, saved = _verdict(twin, telegram_id, draft.id, ask, console)
             except (EOFError, KeyboardInterrupt):
@@ -70,7 +73,7 @@ def _verdict(twin: Twin, telegram_id: int, draft_id: int, ask: Callable[[str], s
                 console.print(HELP)
                 continue
         except (StorageError, DraftingError) as error:
-            console.print(f"[red]{error}[/red]")
+            console.print(f"[red]{escape(str(error))}[/red]")
             continue
         console.print("[dim]saved[/dim]")
         return None, 1

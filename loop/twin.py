@@ -18,7 +18,7 @@ from loop.config import Config
 from loop.drafting import AdapterRef, Drafter
 from storage import repo
 from storage.db import session_scope
-from storage.models import Draft, Feedback, FeedbackKind, Message
+from storage.models import Draft, Feedback, FeedbackKind, Message, VersionPrompt
 from training.prompt import Conversation
 
 logger = logging.getLogger(__name__)
@@ -259,6 +259,39 @@ class Twin:
                 repo.add_message(session=session, owner_id=owner_db_id, conversation_id=draft.conversation_id,
                                  role="owner", text=feedback.text)
         return feedback
+
+    # Asking for the owner's version -------------------------------------------------------
+    # After ✏️ Edit or 🗑 Reject the bot asks for the owner's text; which draft and which action a
+    # reply to that question completes is kept here, in the database, so it survives a restart.
+    def ask_for_version(self, *, telegram_id: int, draft_id: int, action: str, chat_id: int,
+                        prompt_message_id: int) -> None:
+        if action not in ("edit", "reject"):
+            raise ValueError(f"a version completes an edit or a reject, not {action!r}")
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            repo.add_version_prompt(session=session, owner_id=owner_db_id, draft_id=draft_id, action=action,
+                                    chat_id=chat_id, prompt_message_id=prompt_message_id)
+
+    def version_prompt(self, *, telegram_id: int, chat_id: int, prompt_message_id: int) -> VersionPrompt | None:
+        """The question that message `prompt_message_id` asked, open or not (a reply to it counts)."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            return repo.find_version_prompt(session=session, owner_id=owner_db_id, chat_id=chat_id,
+                                            prompt_message_id=prompt_message_id)
+
+    def open_version_prompt(self, *, telegram_id: int, chat_id: int) -> VersionPrompt | None:
+        """The chat's latest question still waiting for its version, if any."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            return repo.open_version_prompt(session=session, owner_id=owner_db_id, chat_id=chat_id)
+
+    def close_version_prompts(self, *, telegram_id: int, chat_id: int,
+                              draft_id: int | None = None) -> list[VersionPrompt]:
+        """Stop waiting (the version came, or /cancel); returns the questions closed."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            return repo.close_version_prompts(session=session, owner_id=owner_db_id, chat_id=chat_id,
+                                              draft_id=draft_id)
 
     # Status -------------------------------------------------------------------------------
     def status(self, telegram_id: int) -> dict[str, Any]:

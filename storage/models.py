@@ -1,5 +1,6 @@
 """SQLModel tables for the words of design.md: owner, conversation, message, draft, feedback,
-writing sample, adapter, cycle, plus the cross-process lock row of the cycle.
+writing sample, adapter, cycle, plus the bot's questions for the owner's version of a draft and
+the cross-process lock row of the cycle.
 
 Every row belongs to an owner (`owner_id`), so deleting an owner deletes everything of theirs.
 JSON columns hold small structured values (context turns, sampling settings, metrics).
@@ -106,6 +107,25 @@ class Feedback(SQLModel, table=True):
     text: Optional[str] = Field(default=None, sa_column=Column(Text))  # the owner's edit or replacement
     reason: Optional[str] = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class VersionPrompt(SQLModel, table=True):
+    """The bot asked the owner for their version of a draft (after ✏️ Edit or 🗑 Reject).
+
+    A reply to the prompt message is that version, also after a restart; `open` until the version
+    came or the owner cancelled (a ✍️ pre-filled text counts only while an edit is open).
+    """
+
+    __tablename__ = "version_prompt"
+    __table_args__ = (UniqueConstraint("chat_id", "prompt_message_id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    draft_id: int = Field(foreign_key="draft.id", index=True)
+    action: str  # "edit" | "reject": what the version completes
+    chat_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    prompt_message_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    open: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class WritingSampleCreate(SQLModel):

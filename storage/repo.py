@@ -31,6 +31,7 @@ from storage.models import (
     Lock,
     Message,
     Owner,
+    VersionPrompt,
     WritingSample,
     WritingSampleCreate,
     utcnow,
@@ -258,6 +259,47 @@ def amend_reject(*, session: Session, owner_id: int, draft_id: int, text: str | 
     feedback.reason = reason.strip() if reason and reason.strip() else None
     session.flush()
     return feedback
+
+
+# The bot's questions for the owner's version ----------------------------------------------
+
+def add_version_prompt(*, session: Session, owner_id: int, draft_id: int, action: str, chat_id: int,
+                       prompt_message_id: int) -> VersionPrompt:
+    """Remember that `prompt_message_id` asks for the owner's version of a draft; it becomes the
+    chat's one open question (earlier ones there stay answerable by a reply, but are no longer open)."""
+    get_draft(session=session, owner_id=owner_id, draft_id=draft_id)
+    close_version_prompts(session=session, owner_id=owner_id, chat_id=chat_id)
+    prompt = VersionPrompt(owner_id=owner_id, draft_id=draft_id, action=action, chat_id=chat_id,
+                           prompt_message_id=prompt_message_id)
+    session.add(prompt)
+    session.flush()
+    return prompt
+
+
+def find_version_prompt(*, session: Session, owner_id: int, chat_id: int, prompt_message_id: int) -> VersionPrompt | None:
+    return session.exec(select(VersionPrompt).where(
+        VersionPrompt.owner_id == owner_id, VersionPrompt.chat_id == chat_id,
+        VersionPrompt.prompt_message_id == prompt_message_id)).first()
+
+
+def open_version_prompt(*, session: Session, owner_id: int, chat_id: int) -> VersionPrompt | None:
+    return session.exec(select(VersionPrompt).where(
+        VersionPrompt.owner_id == owner_id, VersionPrompt.chat_id == chat_id, col(VersionPrompt.open).is_(True),
+    ).order_by(col(VersionPrompt.id).desc())).first()
+
+
+def close_version_prompts(*, session: Session, owner_id: int, chat_id: int,
+                          draft_id: int | None = None) -> list[VersionPrompt]:
+    """Close the open questions of a chat (only those about `draft_id` if given); returns them."""
+    query = select(VersionPrompt).where(VersionPrompt.owner_id == owner_id, VersionPrompt.chat_id == chat_id,
+                                        col(VersionPrompt.open).is_(True))
+    if draft_id is not None:
+        query = query.where(VersionPrompt.draft_id == draft_id)
+    closed = list(session.exec(query).all())
+    for prompt in closed:
+        prompt.open = False
+    session.flush()
+    return closed
 
 
 def feedback_rows(
@@ -504,6 +546,7 @@ def cycle_summary(cycle: Cycle) -> dict[str, Any]:
 def forget_owner(*, session: Session, owner_id: int) -> None:
     """Delete every row of the owner (files are removed by the caller)."""
     session.exec(delete(Feedback).where(col(Feedback.owner_id) == owner_id))
+    session.exec(delete(VersionPrompt).where(col(VersionPrompt.owner_id) == owner_id))
     # Drafts point at each other (regenerated_from) and at messages; clear the links first.
     for draft in session.exec(select(Draft).where(Draft.owner_id == owner_id, col(Draft.regenerated_from).is_not(None))):
         draft.regenerated_from = None

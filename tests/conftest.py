@@ -29,6 +29,10 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("WANDB_DISABLED", "true")
+    # The CLI turns library progress bars off through the environment (loop.runtime); setting and
+    # deleting the switch here makes monkeypatch restore "unset" after each test.
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "")
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
     monkeypatch.chdir(tmp_path)
 
 

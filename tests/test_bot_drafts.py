@@ -77,7 +77,7 @@ async def test_reject_without_text(harness):
     shown = await harness.draft_for("you free?")
     answer = await harness.press(shown, "Reject")
     assert "rejected" in answer["text"]
-    prompt = await harness.bot_says("If you like, send what you would have written")
+    prompt = await harness.bot_says("If you like, reply to this message with what you would have written")
     [feedback] = harness.feedback()
     assert (feedback.kind, feedback.text, feedback.reason) == (FeedbackKind.reject, None, None)
     harness.api.send_command(harness.owner, "/cancel")
@@ -91,12 +91,13 @@ async def test_reject_with_the_text_the_owner_would_have_sent_or_a_reason(harnes
     await harness.start()
     first = await harness.draft_for("dinner at 8?")
     await harness.press(first, "Reject")
-    await harness.bot_says("If you like")
-    harness.api.send_text(harness.owner, "make it 9 and you're on")
+    prompt = await harness.bot_says("If you like")
+    harness.api.send_text(harness.owner, "make it 9 and you're on", reply_to=prompt)
     await harness.bot_says("Saved, with your version")
     second = await harness.draft_for("did you call mum?")
     await harness.press(second, "Reject")
-    harness.api.send_text(harness.owner, "because I never talk like that")
+    # A reply to the rejected draft itself works as well as one to the question.
+    harness.api.send_text(harness.owner, "because I never talk like that", reply_to=second)
     await harness.bot_says("Saved, with your reason")
     first_fb, second_fb = sorted(harness.feedback(), key=lambda f: f.draft_id)
     assert (first_fb.kind, first_fb.text, first_fb.reason) == (FeedbackKind.reject, "make it 9 and you're on", None)
@@ -243,3 +244,83 @@ async def test_stickers_and_other_media_get_a_hint_and_nothing_is_stored(harness
     harness.api.send_sticker(harness.owner)
     await harness.bot_says("I can only draft replies to text")
     assert harness.messages() == [] and harness.drafter.calls == []
+
+
+def sent_markup(harness, message: dict) -> dict:
+    """The reply_markup the bot sent with `message` (a ForceReply is not part of the Message)."""
+    [call] = [c for c in harness.api.calls_to("sendMessage")
+              if c.ok and c.result["message_id"] == message["message_id"]]
+    return call.params.get("reply_markup") or {}
+
+
+async def test_after_reject_only_a_reply_is_the_owners_version_anything_else_gets_its_draft(harness):
+    await harness.start()
+    shown = await harness.draft_for("dinner at 8?")
+    await harness.press(shown, "Reject")
+    prompt = await harness.bot_says("reply to this message")
+    assert sent_markup(harness, prompt)["force_reply"] is True  # the input field opens as a reply to it
+    # A new text and a forwarded one are messages to answer, not the rejected draft's replacement.
+    unrelated = await harness.draft_for("also, are you free on sunday?")
+    assert unrelated["text"] == harness.fake_draft("also, are you free on sunday?")
+    forwarded = await harness.draft_for("can you call me back?", forward_from=harness.api.user(77, "Ann"))
+    assert forwarded["text"] == harness.fake_draft("can you call me back?")
+    assert [(f.kind, f.text, f.reason) for f in harness.feedback()] == [(FeedbackKind.reject, None, None)]
+    assert len(harness.drafts()) == 3
+    # The question stays open: a reply to it later is still the version.
+    harness.api.send_text(harness.owner, "make it 9 and you're on", reply_to=prompt)
+    await harness.bot_says("Saved, with your version", after=forwarded["message_id"])
+    [feedback] = harness.feedback()
+    assert (feedback.kind, feedback.text, feedback.draft_id) == (FeedbackKind.reject, "make it 9 and you're on",
+                                                                 harness.drafts()[0].id)
+    assert len(harness.drafts()) == 3
+
+
+async def test_after_edit_only_a_reply_or_the_prefilled_text_is_the_owners_version(harness):
+    await harness.start()
+    shown = await harness.draft_for("what time is it?")
+    await harness.press(shown, "Edit")
+    prompt = await harness.bot_says("Send me your version")
+    assert "reply to this message" in prompt["text"]
+    unrelated = await harness.draft_for("and where are you?")
+    assert unrelated["text"] == harness.fake_draft("and where are you?")
+    assert harness.feedback() == []
+    harness.api.send_text(harness.owner, "almost 5, why", reply_to=prompt)
+    await harness.bot_says("Saved your version", after=unrelated["message_id"])
+    [feedback] = harness.feedback()
+    assert (feedback.kind, feedback.text, feedback.draft_id) == (FeedbackKind.edit, "almost 5, why", harness.drafts()[0].id)
+    await harness.verdict_shown(shown, "✏️ Edited: your version is saved")
+    assert len(harness.drafts()) == 2
+
+
+async def test_a_draft_too_long_for_the_prefill_button_asks_for_the_edit_with_a_force_reply(harness):
+    harness.drafter.replies = ["a long draft " * 30]
+    await harness.start()
+    shown = await harness.draft_for("tell me everything")
+    await harness.press(shown, "Edit")
+    prompt = await harness.bot_says("Send me your version")
+    assert "reply_markup" not in prompt and sent_markup(harness, prompt)["force_reply"] is True
+    harness.api.send_text(harness.owner, "short", reply_to=prompt)
+    await harness.bot_says("Saved your version", after=prompt["message_id"])
+    assert [(f.kind, f.text) for f in harness.feedback()] == [(FeedbackKind.edit, "short")]
+
+
+async def test_the_question_for_a_version_survives_a_restart(harness):
+    await harness.start()
+    rejected = await harness.draft_for("dinner at 8?")
+    await harness.press(rejected, "Reject")
+    reject_prompt = await harness.bot_says("reply to this message")
+    edited = await harness.draft_for("lunch?")
+    await harness.press(edited, "Edit")
+    edit_prompt = await harness.bot_says("Send me your version", after=edited["message_id"])
+    await harness.restart()
+    harness.api.send_text(harness.owner, "make it 9", reply_to=reject_prompt)
+    saved = await harness.bot_says("Saved, with your version", after=edit_prompt["message_id"])
+    # The ✍️ button's text (after the bot's @name) still completes the edit asked for before the restart.
+    harness.api.send_text(harness.owner, f"@{harness.api.bot_username} sure, 1pm")
+    await harness.bot_says("Saved your version", after=saved["message_id"])
+    by_draft = {f.draft_id: (f.kind, f.text) for f in harness.feedback()}
+    first, second = sorted(d.id for d in harness.drafts())
+    assert by_draft == {first: (FeedbackKind.reject, "make it 9"), second: (FeedbackKind.edit, "sure, 1pm")}
+    assert len(harness.drafts()) == 2
+    harness.api.send_command(harness.owner, "/cancel")
+    await harness.bot_says("Nothing to cancel")

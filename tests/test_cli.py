@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from loop.cli import app
 from loop.config import load_config
+from loop.runtime import PROGRESS_BAR_SWITCHES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 runner = CliRunner()
 
@@ -102,3 +108,32 @@ def test_status_names_the_next_nightly_run_before_the_scheduler_ever_ran(tmp_pat
     (tmp_path / "config.toml").write_text('owners = [5]\n[schedule]\ntime = "04:30"\ntimezone = "Europe/Berlin"\n')
     data = json.loads(invoke("status", "--json").stdout)
     assert data["next_cycle"] is not None and "T04:30:00" in data["next_cycle"]
+
+
+def run_twin(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`twin ARGS` as a real process (a fresh interpreter, as `make run` starts it), stdin at EOF."""
+    env = {name: value for name, value in os.environ.items() if name not in PROGRESS_BAR_SWITCHES}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "loop.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_first_run_shows_no_library_noise_unless_verbose(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`twin run` without a token (the terminal chat of `make run`): before the prompt the libraries
+    printed a "Loading weights" bar and APScheduler's INFO lines; -v brings them back."""
+    (tmp_path / "config.toml").write_text(
+        f'owners = [5]\n[model]\nbase = "{tiny_model_dir}"\ndevice = "cpu"\n[generation]\nbackend = "transformers"\n')
+    quiet = run_twin("run", cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "they>" in quiet.stdout
+    printed = quiet.stdout + quiet.stderr
+    assert "apscheduler" not in printed and "Loading weights" not in printed and "it/s" not in printed
+    assert "loop.scheduler: nightly cycle scheduled at 03:00" in quiet.stderr  # the twin's own line stays
+    verbose = run_twin("-v", "run", cwd=tmp_path)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "INFO apscheduler.scheduler: Scheduler started" in verbose.stderr
+    assert "Loading weights" in verbose.stderr
+
+
+def test_verbose_is_in_the_help() -> None:
+    assert "--verbose" in invoke("--help").output

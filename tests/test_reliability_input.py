@@ -65,7 +65,7 @@ async def test_odd_texts_are_stored_exactly_and_answered(harness: Harness) -> No
         assert "your version" in (await harness.answered(query))["text"], name
         prompt = await harness.bot_says("Send me your version", after=shown["message_id"])
         assert shown["text"][:200] in prompt["text"], name
-        harness.api.send_text(harness.owner, f"my version of {name}")
+        harness.api.send_text(harness.owner, f"my version of {name}", reply_to=prompt)
         await harness.bot_says("Saved your version", after=prompt["message_id"])
     with Session(harness.engine) as session:
         incoming = [m.text for m in session.exec(select(Message).where(Message.role == "other")

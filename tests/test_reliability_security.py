@@ -157,8 +157,8 @@ async def test_forget_in_telegram_removes_the_owner_and_keeps_others(harness: Ha
     for i in range(3):
         shown = await harness.draft_for(f"{marker} message {i}")
         harness.api.press(shown, feedback_data_of(shown, "r"))
-        await harness.bot_says("send what you would have written", after=shown["message_id"])
-        harness.api.send_text(harness.owner, f"{marker} what I would say {i}")
+        prompt = await harness.bot_says("what you would have written", after=shown["message_id"])
+        harness.api.send_text(harness.owner, f"{marker} what I would say {i}", reply_to=prompt)
         await harness.bot_says("Saved, with your version", after=shown["message_id"])
     await harness.reply_to(harness.api.send_text(other, f"{kept} hello"), with_buttons=True)
     harness.api.send_document(harness.owner, "notes.md", f"# {marker}\n\nmy own {marker} notes, long enough.\n".encode())

@@ -70,3 +70,19 @@ def test_terminal_chat_stores_feedback_exactly_as_the_bot_would(twin: Twin) -> N
     assert stored == 4
     assert status["feedback"] == {"accept": 1, "edit": 1, "reject": 1, "regenerate": 1}
     assert status["drafts"] == 5
+
+
+def test_terminal_chat_prints_the_menu_keys_and_drafts_as_written(twin: Twin, monkeypatch) -> None:
+    """rich reads `[a]ccept` as markup: unescaped, the menu printed "ccept  dit  eject  aother  kip"."""
+    import io
+
+    twin.drafter.replies = ["see [b]you[/b] at [5]"]
+    # The default prompt (console.input) reads stdin: the real path of `twin chat`.
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nx\ns\n"))
+    out = io.StringIO()
+    chat_loop(twin, telegram_id=1001, console=Console(file=out, force_terminal=False, width=200))
+    printed = out.getvalue()
+    assert "[a]ccept  [e]dit  [r]eject  a[n]other  [s]kip >" in printed
+    assert printed.count("[a]ccept") == 3  # the prompt twice, and the menu again after "x"
+    assert "ccept  dit" not in printed
+    assert "twin> see [b]you[/b] at [5]" in printed

@@ -9,6 +9,7 @@ importing this module (e.g. from the bot) costs nothing.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -71,16 +72,24 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     leaves a half-written folder that later calls would trust.
     """
     import torch
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.utils.logging import is_progress_bar_enabled
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     logger.info("converting %s to %s (once; about 20 s)", gguf_file.name, target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32,
-            quantization_config=GgufConfig(dequantize=True))
+        # Its "de-quantizing GGUF tensors" bar is plain tqdm; it follows transformers' switch here.
+        bar = gguf_loading.tqdm
+        gguf_loading.tqdm = functools.partial(bar, disable=not is_progress_bar_enabled())
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32,
+                quantization_config=GgufConfig(dequantize=True))
+        finally:
+            gguf_loading.tqdm = bar
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         (staging / COMPLETE_MARKER).write_text(gguf_file.name + "\n", encoding="utf-8")

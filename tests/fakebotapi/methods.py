@@ -38,7 +38,10 @@ class BotApiMethods:
         markup = params.get("reply_markup")
         if markup:
             check_markup(markup)
-            message["reply_markup"] = markup
+            # Telegram's Message carries only an inline keyboard; a ForceReply or a reply keyboard
+            # acts on the client and is not returned (tests read it from the sendMessage call).
+            if "inline_keyboard" in markup:
+                message["reply_markup"] = markup
         reply = params.get("reply_parameters")
         if reply:
             replied = self._messages.get((chat["id"], reply.get("message_id")))

@@ -146,6 +146,10 @@ def visible_text(text: Any, parse_mode: Any, *, limit: int = MAX_TEXT) -> str:
 def check_markup(markup: Any) -> None:
     if not isinstance(markup, dict):
         raise ApiError(400, "Bad Request: can't parse reply keyboard markup JSON object")
+    if "force_reply" in markup:
+        if markup["force_reply"] is not True or len(markup.get("input_field_placeholder", "")) > 64:
+            raise ApiError(400, "Bad Request: can't parse reply keyboard markup JSON object")
+        return
     for row in markup.get("inline_keyboard", []):
         for button in row:
             if not button.get("text"):
