@@ -91,6 +91,27 @@ def peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
+def lower_priority() -> dict[str, Any]:
+    """Train at the lowest CPU priority, so the bot's drafts keep their speed while a cycle runs.
+
+    Measured before (2 cores): drafts took 8.4 s at the median during a cycle instead of 0.7 s, with
+    the child at nice 0. SCHED_IDLE (Linux) runs the child only on otherwise idle cores; elsewhere
+    nice 19. Returns what was set, for the cycle's record.
+    """
+    applied: dict[str, Any] = {}
+    try:
+        applied["nice"] = os.nice(19 - os.nice(0))
+    except OSError as error:  # pragma: no cover - a sandbox that forbids it
+        logger.debug("could not lower the niceness: %s", error)
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            applied["policy"] = "idle"
+        except OSError as error:  # pragma: no cover
+            logger.debug("SCHED_IDLE refused: %s", error)
+    return applied
+
+
 def _die_with_parent() -> None:
     """Ask the kernel to kill us if the parent dies, so no orphan keeps training (Linux only)."""
     if not sys.platform.startswith("linux"):
@@ -386,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job_path = Path(args[0])
     _die_with_parent()
+    priority = lower_priority()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
@@ -397,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["peak_rss_mb"] = peak_rss_mb()
+    result["priority"] = priority
     write_json_atomic(job_path.parent / RESULT_FILE, result)
     logger.info("child finished in %.1f s, peak memory %.0f MB", result["seconds"], result["peak_rss_mb"])
     return EXIT_NOTHING_TO_TRAIN if "nothing_to_train" in result else 0

@@ -256,7 +256,8 @@ def _locked_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bo
                        active_version=active_version)
         raise
     stages.update(result.get("stages", {}))
-    stages["child"] = {"seconds": result.get("wall_seconds"), "peak_rss_mb": result.get("peak_rss_mb")}
+    stages["child"] = {"seconds": result.get("wall_seconds"), "peak_rss_mb": result.get("peak_rss_mb"),
+                       "priority": result.get("priority")}
     counts["datasets"] = result.get("datasets", {})
     durations = {"stages": stages, "total_seconds": round(time.perf_counter() - started, 2)}
     if "nothing_to_train" in result:

@@ -49,6 +49,8 @@ def test_full_cycle_import_feedback_promote_and_the_next_draft_uses_the_new_vers
     assert cycle["counts"]["feedback_by_kind"]["regenerate"] == kinds["regenerate"]
     assert cycle["status"] == "promoted" and cycle["trigger"] == "schedule"
     assert set(cycle["durations"]["stages"]) >= {"collect", "datasets", "sft", "dpo", "kto", "evaluate"}
+    # The child trains at the lowest priority, so drafting keeps its speed while a cycle runs.
+    assert cycle["durations"]["stages"]["child"]["priority"] == {"nice": 19, "policy": "idle"}
     assert cycle["metrics"]["candidate"]["likelihood"] < cycle["metrics"]["active"]["likelihood"]
     assert Path(cycle["log_path"]).exists()
     # The report names what was learnt from, the metrics old → new, the decision and the rule.
