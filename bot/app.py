@@ -2,8 +2,9 @@
 
 `build_application` only wires (python-telegram-bot's examples are the model): the services go
 in `bot_data`, start-up work in `post_init` (draft queue, work a crash left undone, commands, the
-nightly scheduler when asked), teardown in `post_stop` / `post_shutdown`; long polling goes
-through `bot.polling.HandledFirstUpdater`, which confirms an update only after it was handled.
+nightly scheduler when asked), teardown in `post_stop` / `post_shutdown`; long polling and
+the webhook go through `bot.polling.HandledFirstUpdater`, which confirms an update only after it
+was handled (and handles it again when its handler met a busy database).
 `run_bot` runs it with long polling or a webhook per `config.telegram`; `polling` does the same
 inside a running event loop (tests, embedding). `make_notifier` gives the scheduler thread a way
 to message an owner.
@@ -45,6 +46,7 @@ from bot.state import STATE_KEY, BotState, state, state_of
 from bot.telegram_io import answer_query, is_not_modified, with_retry
 from loop.config import TOKEN_ENV, Config
 from loop.twin import Twin
+from storage.db import DatabaseBusy
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,9 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     error = context.error
     if error is not None and is_not_modified(error):
         return
+    if isinstance(error, DatabaseBusy) and isinstance(update, Update):
+        await _database_busy(update, context, error)
+        return
     # Ids only: the update holds the owner's text, and logs are out of /forget's reach.
     update_id = update.update_id if isinstance(update, Update) else None
     chat_id = update.effective_chat.id if isinstance(update, Update) and update.effective_chat else None
@@ -167,6 +172,25 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         await context.bot.send_message(update.effective_chat.id, texts.ERROR_SENTENCE.format(what=what))
     except Exception:
         logger.exception("could not tell the owner about the error")
+
+
+async def _database_busy(update: Update, context: ContextTypes.DEFAULT_TYPE, error: DatabaseBusy) -> None:
+    """Nothing of the update was stored: it is handled again after a pause (not confirmed until then);
+    the owner is told once per update why the answer is late."""
+    logger.warning("update %s met a busy database (%s); it will be handled again", update.update_id, error)
+    updater = context.application.updater
+    if isinstance(updater, HandledFirstUpdater):
+        updater.handle_again(update)
+    st, chat, user = state(context), update.effective_chat, update.effective_user
+    if chat is None or user is None or not st.services.twin.is_owner(user.id) or update.update_id in st.told_busy:
+        return
+    if len(st.told_busy) > 1000:  # only the updates still being retried matter
+        st.told_busy.clear()
+    st.told_busy.add(update.update_id)
+    try:
+        await context.bot.send_message(chat.id, texts.DATABASE_BUSY)
+    except Exception:
+        logger.exception("could not tell the owner that the database is busy")
 
 
 # Lifecycle -------------------------------------------------------------------------------
@@ -262,6 +286,8 @@ def run_application(application: Application, config: Config, **kwargs: Any) -> 
         application.run_webhook(listen=telegram.webhook_listen, port=telegram.webhook_port,
                                 url_path=urlparse(telegram.webhook_url).path.lstrip("/"),
                                 webhook_url=telegram.webhook_url, allowed_updates=ALLOWED_UPDATES,
+                                # One update at a time, in order, as with polling (bot.polling).
+                                max_connections=1,
                                 secret_token=webhook_secret(application.bot.token), **kwargs)
     else:
         application.run_polling(allowed_updates=ALLOWED_UPDATES, **kwargs)

@@ -3,7 +3,12 @@ work a crash left undone.
 
 An incoming text is stored (committed) before its job is queued, and a draft is stored before
 it is shown, so after a kill nothing is lost: `requeue_unanswered` queues again, per owner and
-oldest first, the recent messages that have no draft and the drafts that were never shown.
+oldest first, the recent messages that have no draft and the drafts that were never sent.
+
+Telegram has no idempotent send, so a draft is noted as "sending" (committed) before it is sent and
+as shown after. A draft found "sending" at start may be in the chat already (killed after Telegram
+took it, before it was noted): it is not sent again, which could show it twice; the owner gets a
+line under their message instead, saying it may be above and to send the message again if not.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from functools import partial
 from typing import Any
 
 from telegram import Bot, ReplyParameters
+from telegram.error import BadRequest, Forbidden
 
-from bot import keyboards
+from bot import keyboards, texts
 from bot.queue import DraftJob, DraftQueue
 from bot.services import Services
 from bot.telegram_io import send_text
 from loop.drafting import DraftingError
+from storage.db import DatabaseBusy
 from storage.models import Draft
 
 logger = logging.getLogger(__name__)
@@ -30,33 +37,64 @@ RECOVERY_WINDOW = timedelta(hours=24)
 
 
 def draft_job(bot: Bot, services: Services, *, telegram_id: int, chat_id: int, message_id: int,
-              reply_to: int | None, update: Any = None, draft: Draft | None = None) -> DraftJob[Draft]:
+              reply_to: int | None, update: Any = None, draft: Draft | None = None,
+              maybe_shown: bool = False) -> DraftJob[Draft]:
     """The queue job that drafts a reply to the stored message `message_id` (or takes `draft`,
-    written before a restart) and shows it in `chat_id` as a reply to Telegram message `reply_to`."""
+    written before a restart) and shows it in `chat_id` as a reply to Telegram message `reply_to`
+    (`maybe_shown`: its send was interrupted; the owner is told instead)."""
     if draft is not None:
         work: Any = lambda: draft  # noqa: E731 - nothing to write, only to show
     else:
         work = partial(services.twin.draft_for_message, telegram_id=telegram_id, message_id=message_id,
                        chat_id=chat_id)
     return DraftJob(chat_id=chat_id, work=work, update=update, owner=telegram_id,
-                    deliver=partial(deliver_draft, bot, services, telegram_id, reply_to=reply_to),
+                    deliver=partial(deliver_maybe_shown if maybe_shown else deliver_draft, bot, services,
+                                    telegram_id, reply_to=reply_to),
                     on_error=partial(drafting_failed, bot, chat_id))
 
 
 async def deliver_draft(bot: Bot, services: Services, telegram_id: int, draft: Draft, *,
                         reply_to: int | None = None) -> None:
-    """Show a stored draft with its buttons, then remember the message so replies to it count as edits."""
-    reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
-    sent = await send_text(bot, draft.chat_id, draft.text, reply_markup=keyboards.draft_keyboard(draft.id, draft.text),
-                           reply_parameters=reply)
-    await asyncio.to_thread(services.twin.mark_shown, telegram_id=telegram_id, draft_id=draft.id,
+    """Show a stored draft with its buttons, then remember the message so replies to it count as edits.
+
+    "sending" is committed first: a kill before the draft is noted as shown then does not send it
+    twice (see the module's docstring). A send Telegram refused is noted as not sent (the next start
+    sends it); after a timeout or a cancel it may have arrived, so it stays "sending".
+    """
+    twin = services.twin
+    await asyncio.to_thread(twin.note_delivery, telegram_id=telegram_id, draft_id=draft.id, delivery="sending")
+    try:
+        sent = await send_text(bot, draft.chat_id, draft.text,
+                               reply_markup=keyboards.draft_keyboard(draft.id, draft.text),
+                               reply_parameters=_reply(reply_to))
+    except (BadRequest, Forbidden):
+        await asyncio.to_thread(twin.note_delivery, telegram_id=telegram_id, draft_id=draft.id, delivery=None)
+        raise
+    await asyncio.to_thread(twin.mark_shown, telegram_id=telegram_id, draft_id=draft.id,
                             chat_id=sent.chat_id, shown_message_id=sent.message_id)
 
 
+async def deliver_maybe_shown(bot: Bot, services: Services, telegram_id: int, draft: Draft, *,
+                              reply_to: int | None = None) -> None:
+    """A draft whose send a restart interrupted: tell the owner instead of showing it a second time."""
+    await send_text(bot, draft.chat_id, texts.DRAFT_MAYBE_SHOWN, reply_parameters=_reply(reply_to))
+    await asyncio.to_thread(services.twin.note_delivery, telegram_id=telegram_id, draft_id=draft.id,
+                            delivery="uncertain")
+
+
+def _reply(reply_to: int | None) -> ReplyParameters | None:
+    return ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
+
+
 async def drafting_failed(bot: Bot, chat_id: int, error: BaseException) -> bool:
-    """The model gave nothing usable: say so; other errors go to the error handler."""
+    """The model gave nothing usable, or the database stayed locked: say so; other errors go to the
+    error handler."""
     if isinstance(error, DraftingError):
         await send_text(bot, chat_id, f"I couldn't write a draft for that ({error}). Please send it again.")
+        return True
+    if isinstance(error, DatabaseBusy):
+        logger.warning("a draft in chat %s met a busy database: %s", chat_id, error)
+        await send_text(bot, chat_id, texts.DRAFT_DATABASE_BUSY)
         return True
     return False
 
@@ -72,8 +110,11 @@ async def requeue_unanswered(bot: Bot, services: Services, queue: DraftQueue, *,
     for item in items:
         # Past the bound: these were taken before the crash (at most a queue's worth per owner).
         queue.submit(draft_job(bot, services, telegram_id=item.telegram_id, chat_id=item.chat_id,
-                               message_id=item.message_id, reply_to=item.reply_to, draft=item.draft), force=True)
+                               message_id=item.message_id, reply_to=item.reply_to, draft=item.draft,
+                               maybe_shown=item.maybe_shown), force=True)
     if items:
-        logger.info("queued %d drafts left undone by the last run (%d already written, not shown)",
-                    len(items), sum(1 for item in items if item.draft is not None))
+        logger.info("queued %d drafts left undone by the last run (%d already written, not shown; %d interrupted "
+                    "while being sent, not sent again)", len(items),
+                    sum(1 for item in items if item.draft is not None and not item.maybe_shown),
+                    sum(1 for item in items if item.maybe_shown))
     return len(items)

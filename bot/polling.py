@@ -1,20 +1,26 @@
-"""Long polling that confirms an update to Telegram only after the bot has handled it.
+"""Updates confirmed to Telegram only after the bot has handled them, with long polling and webhooks.
 
 python-telegram-bot's `Updater` moves the `getUpdates` offset (which confirms updates, so
-Telegram drops them) as soon as it has fetched them into an in-memory queue: a kill -9 loses
-every update fetched but not yet handled. `HandledFirstUpdater` keeps the `Updater` interface
-(`start_polling`, `stop`, `running`), so `Application.run_polling` and everything else of PTB
-work unchanged, but its loop awaits `application.process_update(update)` for each update and
-moves the offset past an update only after that returned. A text is by then stored and its
-draft queued (bot.handlers.queue_draft), a verdict committed and acknowledged.
+Telegram drops them) as soon as it has fetched them into an in-memory queue, and its webhook
+server answers 200 as soon as it has put the update there: a kill -9 loses every update taken
+but not yet handled. `HandledFirstUpdater` keeps the `Updater` interface (`start_polling`,
+`start_webhook`, `stop`, `running`), so `run_polling`, `run_webhook` and everything else of PTB
+work unchanged, but both modes go through `handle`, which awaits
+`application.process_update(update)`: polling moves the offset past an update only after that
+returned, and the webhook answers 200 only then (PTB's webhook handler awaits `put` on the
+updater's queue before it answers; the queue given to it handles the update in `put`). A text is
+by then stored and its draft queued (bot.handlers.queue_draft), a verdict committed and
+acknowledged.
+
+An update whose handler found the database locked past its busy timeout (`DatabaseBusy`: nothing
+was written; the error handler calls `handle_again`) is handled again after a pause, until it
+goes through or the bot stops; it is not confirmed meanwhile, so a kill loses it neither.
 
 Semantics: at least once. An update handled just before a kill comes again after the restart;
 a text is then recognised by its Telegram message id and not drafted twice, and a second press
 of a decided button is answered "already …" and changes nothing. Updates are handled one at a
-time, in order (the bot is built with `concurrent_updates(False)` for the same reason).
-
-Webhook mode is the `Updater`'s own: Telegram redelivers a webhook update until it gets 200,
-and PTB answers 200 once the update is queued; that gap remains (see RELIABILITY.md).
+time, in order (the bot is built with `concurrent_updates(False)` for the same reason, and the
+webhook is registered with `max_connections=1`).
 """
 
 from __future__ import annotations
@@ -33,23 +39,81 @@ from bot.telegram_io import with_retry
 logger = logging.getLogger(__name__)
 
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # pauses after failed getUpdates calls; the last repeats
+BUSY_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 15.0)  # pauses before handling again an update that met a locked
+# database; the last repeats
+
+
+class _HandleOnPut(asyncio.Queue):  # type: ignore[type-arg]
+    """The queue PTB's webhook server puts updates into: `put` returns once the update was handled
+    (the server answers Telegram after that), or raises so that Telegram is not answered 200."""
+
+    def __init__(self, updater: "HandledFirstUpdater"):
+        super().__init__()
+        self._updater = updater
+
+    async def put(self, item: object) -> None:
+        if not await self._updater.handle(item):
+            import tornado.web  # PTB's webhook server; the answer makes Telegram deliver it again
+
+            raise tornado.web.HTTPError(503, reason="stopping; update not handled")
 
 
 class HandledFirstUpdater(Updater):
-    """An `Updater` whose long polling confirms each update only once it was handled."""
+    """An `Updater` that confirms each update (polling: the offset, webhook: the 200) only once it was handled."""
 
     def __init__(self, application: Application):
-        super().__init__(bot=application.bot, update_queue=application.update_queue)
+        super().__init__(bot=application.bot, update_queue=_HandleOnPut(self))
         self._application = application
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._handling = False
+        self._one_at_a_time = asyncio.Lock()  # webhook requests may come in parallel
+        self._again: set[int] = set()  # update ids whose handler asked to be run again
         self._offset = 0  # every update below it was handled
         self._confirmed = 0  # the offset Telegram was last told
 
     @property
     def running(self) -> bool:
         return self._task is not None or super().running
+
+    def handle_again(self, update: object) -> None:
+        """Called by the error handler while `update` is handled: it met a busy database, nothing of
+        it was stored; run it again after a pause instead of counting it as handled."""
+        update_id = getattr(update, "update_id", None)
+        if update_id is not None:
+            self._again.add(update_id)
+
+    async def handle(self, update: object) -> bool:
+        """Handle one update, one at a time; True once handled, False when the bot stopped first
+        (then it is not confirmed and Telegram delivers it again)."""
+        update_id = getattr(update, "update_id", None)
+        async with self._one_at_a_time:
+            attempt = 0
+            while not self._stopping:
+                try:
+                    await self._application.process_update(update)
+                except Exception:  # handler errors went to the error handler; this is PTB itself failing
+                    logger.exception("update %s could not be processed", update_id)
+                    return True
+                if update_id not in self._again:
+                    return True
+                self._again.discard(update_id)
+                pause = BUSY_PAUSES_S[min(attempt, len(BUSY_PAUSES_S) - 1)]
+                attempt += 1
+                logger.warning("update %s met a busy database; handling it again in %.0f s", update_id, pause)
+                await self._sleep_unless_stopping(pause)
+            return False
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self._stopping and loop.time() < deadline:
+            await asyncio.sleep(min(0.1, deadline - loop.time()))
+
+    async def start_webhook(self, *args: Any, **kwargs: Any) -> asyncio.Queue[object]:  # type: ignore[override]
+        """PTB's webhook server; each update it receives is handled before Telegram gets its 200."""
+        self._stopping = False
+        return await super().start_webhook(*args, **kwargs)
 
     async def start_polling(  # type: ignore[override]
         self,
@@ -74,10 +138,10 @@ class HandledFirstUpdater(Updater):
     async def stop(self) -> None:
         """Stop polling: a long poll in progress is dropped (nothing it fetched was confirmed), an
         update being handled is finished; then Telegram is told what was handled."""
+        self._stopping = True  # an update waiting for a busy database is given up (not confirmed)
         if self._task is None:
             await super().stop()
             return
-        self._stopping = True
         if not self._handling:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -116,11 +180,11 @@ class HandledFirstUpdater(Updater):
                     continue
                 self._handling = True
                 try:
-                    await self._application.process_update(update)
-                except Exception:  # handler errors went to the error handler; this is PTB itself failing
-                    logger.exception("update %s could not be processed", update.update_id)
+                    handled = await self.handle(update)
                 finally:
                     self._handling = False
+                if not handled:
+                    return
                 self._offset = update.update_id + 1
                 if self._stopping:
                     return

@@ -29,6 +29,7 @@ class BotState:
     start_scheduler: bool = False
     refused: set[int] = field(default_factory=set)  # strangers told once; nothing else of them is kept
     regenerating: set[int] = field(default_factory=set)  # drafts whose "another" is queued or running
+    told_busy: set[int] = field(default_factory=set)  # update ids the owner was told met a busy database
     training: threading.Event = field(default_factory=threading.Event)  # a /train cycle runs in this process
 
 

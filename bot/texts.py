@@ -81,6 +81,14 @@ WRITING_ANOTHER = "Writing another draft…"
 ALREADY_WRITING = "I'm already writing another one."
 TRAIN_RUNNING = "A training cycle is already running; I'll tell you when it's done."
 ERROR_SENTENCE = "Sorry, something went wrong on my side ({what}). It's logged; please try again."
+DATABASE_BUSY = ("The database is busy (another twin command such as `twin forget` or an import holds it), "
+                 "so this waits; I'll take it as soon as it is free. Nothing is lost.")
+DRAFT_DATABASE_BUSY = ("The database stayed busy while I wrote the draft for this (another twin command "
+                       "holds it). Your message is stored; I'll draft it at my next start, or send it again.")
+# After a restart: the draft for this message was being sent when the bot stopped; resending it
+# could show it twice, so the owner is told instead.
+DRAFT_MAYBE_SHOWN = ("I was showing you my draft for this message when I was restarted, so it may be above "
+                     "(its buttons work) or may not have reached you. If it isn't there, send me the message again.")
 
 
 def utf16_len(text: str) -> int:

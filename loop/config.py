@@ -94,6 +94,7 @@ class Config:
     path: Path | None = None  # the file it came from
     data_dir: Path = Path("data")
     database_url: str = ""  # empty: SQLite file twin.db in data_dir
+    database_busy_timeout_s: float = 30.0  # SQLite: how long a write waits for another process's lock
     owners: list[int] = field(default_factory=list)
     mask_personal_data: bool = True
     owner_names: list[str] = field(default_factory=list)  # the owner's names in chat exports (`twin import`)
@@ -111,6 +112,8 @@ class Config:
         for owner in self.owners:
             if not isinstance(owner, int) or isinstance(owner, bool) or owner <= 0:
                 raise ConfigError("owners", self.owners, "a list of Telegram user ids (positive integers)")
+        if self.database_busy_timeout_s <= 0:
+            raise ConfigError("database_busy_timeout_s", self.database_busy_timeout_s, "a number of seconds above 0")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level", self.log_level, "DEBUG, INFO, WARNING or ERROR")
         for name in ("sft", "dpo", "kto"):

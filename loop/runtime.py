@@ -132,4 +132,4 @@ def ensure_data_dir(config: Config) -> Path:
 
 def open_engine(config: Config) -> Engine:
     ensure_data_dir(config)
-    return open_database(config.db_url)
+    return open_database(config.db_url, busy_timeout_s=config.database_busy_timeout_s)

@@ -238,7 +238,7 @@ def next_run_time(source: Config | BackgroundScheduler) -> datetime | None:
 
     from storage.db import create_db_engine
 
-    engine = create_db_engine(source.db_url)
+    engine = create_db_engine(source.db_url, busy_timeout_s=source.database_busy_timeout_s)
     try:
         stored = SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE).lookup_job(JOB_ID)
     except (SQLAlchemyError, LookupError, ImportError, AttributeError):

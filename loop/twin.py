@@ -40,13 +40,15 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Unanswered:
-    """An incoming Telegram message still owed a draft (`draft` None) or a written draft never shown."""
+    """An incoming Telegram message still owed a draft (`draft` None), a written draft never shown, or
+    (`maybe_shown`) a draft whose send had begun when the process died: it may be in the chat already."""
 
     telegram_id: int
     chat_id: int
     reply_to: int | None  # the Telegram message id to reply to
     message_id: int
     draft: Draft | None = None
+    maybe_shown: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,16 +167,19 @@ class Twin:
 
     def unanswered(self, *, since: datetime) -> list[Unanswered]:
         """What a crash left undone since `since`, oldest first: incoming Telegram messages without a
-        draft, and drafts written but never shown (owners no longer configured are left out)."""
+        draft, drafts written but never sent, and drafts whose send was interrupted (`maybe_shown`;
+        owners no longer configured are left out)."""
         with session_scope(self.engine) as session:
             items = [Unanswered(telegram_id=telegram_id, chat_id=m.chat_id, reply_to=m.telegram_message_id,  # type: ignore[arg-type]
                                 message_id=m.id)  # type: ignore[arg-type]
                      for m, telegram_id in repo.undrafted_messages(session=session, since=since)]
-            for draft, telegram_id in repo.unshown_drafts(session=session, since=since):
-                message = session.get(Message, draft.message_id)
-                items.append(Unanswered(telegram_id=telegram_id, chat_id=draft.chat_id,  # type: ignore[arg-type]
-                                        reply_to=message.telegram_message_id if message else None,
-                                        message_id=draft.message_id, draft=draft))
+            for delivery in (None, "sending"):
+                for draft, telegram_id in repo.unshown_drafts(session=session, since=since, delivery=delivery):
+                    message = session.get(Message, draft.message_id)
+                    items.append(Unanswered(telegram_id=telegram_id, chat_id=draft.chat_id,  # type: ignore[arg-type]
+                                            reply_to=message.telegram_message_id if message else None,
+                                            message_id=draft.message_id, draft=draft,
+                                            maybe_shown=delivery is not None))
         return sorted((i for i in items if self.is_owner(i.telegram_id)), key=lambda i: i.message_id)
 
     def _draft(self, *, owner_db_id: int, conversation_id: int, message_id: int, incoming: str,
@@ -188,6 +193,13 @@ class Twin:
                                   adapter_version=result.adapter_version, sampling=result.sampling,
                                   seed=result.seed, latency_ms=result.latency_ms,
                                   regenerated_from=regenerated_from, chat_id=chat_id)
+
+    def note_delivery(self, *, telegram_id: int, draft_id: int, delivery: str | None) -> None:
+        """Commit where the draft's way to the chat stands ("sending" before it is sent, None when the
+        send failed, "uncertain" once the owner was told a restart interrupted it; see `Draft.delivery`)."""
+        owner_db_id = self.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            repo.set_draft_delivery(session=session, owner_id=owner_db_id, draft_id=draft_id, delivery=delivery)
 
     def mark_shown(self, *, telegram_id: int, draft_id: int, chat_id: int, shown_message_id: int) -> None:
         """Remember which chat message shows the draft, so replies to it count as edits."""

@@ -2,6 +2,11 @@
 
 `open_database(url)` returns an engine with every migration applied; callers then use
 `session_scope(engine)` for one unit of work that commits once, or rolls back on error.
+
+SQLite has one writer at a time: a write waits up to the busy timeout (`database_busy_timeout_s`,
+30 s by default) for another connection's lock, then fails. That failure is raised as
+`DatabaseBusy` (an `OperationalError`, rolled back, nothing written) with a sentence that says so,
+so callers can tell "try again later" from a real error.
 """
 
 from __future__ import annotations
@@ -16,12 +21,31 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-SQLITE_BUSY_TIMEOUT_S = 30
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+class DatabaseBusy(OperationalError):
+    """Another connection held SQLite's lock for longer than the busy timeout; nothing was written."""
+
+    def __init__(self, statement: str | None, params: object, orig: BaseException, *, timeout_s: float):
+        super().__init__(statement, params, orig, hide_parameters=True)  # parameters hold private text
+        self.timeout_s = timeout_s
+
+    def __str__(self) -> str:
+        return (f"the database was locked by another connection for more than {self.timeout_s:g} s "
+                "(a `twin forget`, an import or a cycle of another twin process?); nothing was written, "
+                "try again when it is done (or raise database_busy_timeout_s)")
+
+
+def _is_locked(error: BaseException | None) -> bool:
+    text = str(error).lower()
+    return "database is locked" in text or "database table is locked" in text
 
 
 def sqlite_url(path: Path) -> str:
@@ -40,18 +64,26 @@ def _prepare_sqlite_file(url: str) -> None:
         os.close(fd)
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for `url`; for SQLite, WAL mode and a busy timeout on every connection."""
+def create_db_engine(url: str, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Engine:
+    """An engine for `url`; for SQLite, WAL mode and a busy timeout on every connection (a write
+    that waited longer for another connection's lock raises `DatabaseBusy`)."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         _prepare_sqlite_file(url)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
+
+        @event.listens_for(engine, "handle_error")
+        def _busy(context) -> DatabaseBusy | None:
+            if not _is_locked(context.original_exception):
+                return None
+            return DatabaseBusy(context.statement, context.parameters, context.original_exception,
+                                timeout_s=busy_timeout_s)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - trivial
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
@@ -72,9 +104,9 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     command.upgrade(alembic_config(engine), revision)
 
 
-def open_database(url: str) -> Engine:
+def open_database(url: str, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Engine:
     """An engine on `url` with the schema migrated to the newest revision."""
-    engine = create_db_engine(url)
+    engine = create_db_engine(url, busy_timeout_s=busy_timeout_s)
     migrate(engine)
     return engine
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -94,6 +94,10 @@ class Draft(DraftBase, table=True):
     regenerated_from: Optional[int] = Field(default=None, foreign_key="draft.id")
     chat_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))  # where the draft was shown
     shown_message_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
+    # Telegram has no idempotent send: "sending" is committed before the draft is sent, so a restart
+    # that finds it (and no shown_message_id) knows the draft may already be in the chat and does not
+    # send it again; "uncertain": the owner was told so. None: never sent (or its send failed).
+    delivery: Optional[str] = Field(default=None, sa_column=Column(String(16)))
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -145,12 +145,17 @@ def undrafted_messages(*, session: Session, since: datetime) -> list[tuple[Messa
     return [(message, telegram_id) for message, telegram_id in session.exec(query).all()]
 
 
-def unshown_drafts(*, session: Session, since: datetime) -> list[tuple[Draft, int]]:
+def unshown_drafts(*, session: Session, since: datetime, delivery: str | None = None) -> list[tuple[Draft, int]]:
     """Drafts for a Telegram chat since `since` that were never shown and have no verdict, with
-    their owner's Telegram id, oldest first: written, then the process died before sending."""
+    their owner's Telegram id, oldest first: written, then the process died before sending.
+
+    `delivery`: None for drafts never sent; "sending" for those whose send had begun (they may be
+    in the chat already).
+    """
     has_feedback = select(Feedback.id).where(Feedback.draft_id == Draft.id).exists()
+    delivery_is = col(Draft.delivery).is_(None) if delivery is None else Draft.delivery == delivery
     query = (select(Draft, Owner.telegram_id).join(Owner, col(Owner.id) == Draft.owner_id)
-             .where(col(Draft.chat_id).is_not(None), col(Draft.shown_message_id).is_(None),
+             .where(col(Draft.chat_id).is_not(None), col(Draft.shown_message_id).is_(None), delivery_is,
                     Draft.created_at >= since, ~has_feedback)
              .order_by(col(Draft.id)))
     return [(draft, telegram_id) for draft, telegram_id in session.exec(query).all()]
@@ -191,7 +196,12 @@ def get_draft(*, session: Session, owner_id: int, draft_id: int) -> Draft:
 
 def set_draft_shown(*, session: Session, owner_id: int, draft_id: int, chat_id: int, shown_message_id: int) -> None:
     draft = get_draft(session=session, owner_id=owner_id, draft_id=draft_id)
-    draft.chat_id, draft.shown_message_id = chat_id, shown_message_id
+    draft.chat_id, draft.shown_message_id, draft.delivery = chat_id, shown_message_id, "shown"
+
+
+def set_draft_delivery(*, session: Session, owner_id: int, draft_id: int, delivery: str | None) -> None:
+    """Note where a draft's way to the chat stands (see `Draft.delivery`)."""
+    get_draft(session=session, owner_id=owner_id, draft_id=draft_id).delivery = delivery
 
 
 def find_draft_by_shown_message(*, session: Session, owner_id: int, chat_id: int, shown_message_id: int) -> Draft | None:

@@ -28,8 +28,9 @@ from bot import keyboards
 from loop.config import TOKEN_ENV, Config
 from storage.models import Conversation, Draft, Feedback, Message
 from tests.fakebotapi import FakeBotApi
-from tests.reliability.bot import draft_messages, feedback_data_of, fetched, until
+from tests.reliability.bot import draft_messages, feedback_data_of, fetched, maybe_shown_notices, until
 from tests.reliability.figures import record
+from tests.test_bot_commands import free_port
 from tests.test_bot_harness import OWNER_ID
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +41,10 @@ SAVED = "Saved"
 class BotProcess:
     """`twin run` (FakeDrafter) as a child process, its output in a log file."""
 
-    def __init__(self, config: Config, api: FakeBotApi, log: Path, *, draft_delay: float):
+    def __init__(self, config: Config, api: FakeBotApi, log: Path, *, draft_delay: float,
+                 webhook_port: int | None = None):
         self.config, self.api, self.log, self.draft_delay = config, api, log, draft_delay
+        self.webhook_port = webhook_port
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -50,16 +53,19 @@ class BotProcess:
                 "--database-url", self.config.database_url, "--owner", str(OWNER_ID),
                 "--base-url", self.api.base_url, "--base-file-url", self.api.base_file_url,
                 "--draft-delay", str(self.draft_delay)]
+        if self.webhook_port:
+            args += ["--webhook-port", str(self.webhook_port)]
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(*args, cwd=ROOT, env=env, stdout=log,
                                                                 stderr=log, stdin=asyncio.subprocess.DEVNULL)
-        # Polling starts right after deleteWebhook; updates sent before that simply wait on the server.
+        # Polling starts right after deleteWebhook, the webhook server right after setWebhook; updates
+        # sent before that simply wait on the server (or are posted again until the webhook answers).
         await self.api.wait_for(lambda: self.starts() > self._starts_before or self.exited(), timeout=60,
-                                what="the bot process starting to poll")
+                                what="the bot process starting to poll or to listen")
         assert not self.exited(), self.log.read_text(errors="replace")[-3000:]
 
     def starts(self) -> int:
-        return len(self.api.calls_to("deleteWebhook"))
+        return len(self.api.calls_to("deleteWebhook")) + len(self.api.calls_to("setWebhook"))
 
     def exited(self) -> bool:
         return self.process is not None and self.process.returncode is not None
@@ -192,6 +198,8 @@ async def test_kill_9_while_writing_then_restart_keeps_the_database_and_every_ac
         await api.wait_for(lambda: all(q in api.answers for q in [*old_presses, again]), what="old buttons answered")
         # What the kill interrupted was queued again before anything new: every message has its draft.
         shown_for = Counter(m["reply_to_message"]["message_id"] for m in draft_messages(api, OWNER_ID))
+        # A draft whose send the kill interrupted is not sent again: its message gets a notice instead.
+        noticed = {m["reply_to_message"]["message_id"] for m in maybe_shown_notices(api, OWNER_ID)}
         assert all(SAVED in api.answers[q]["text"] for q in old_presses)
         assert "already" in api.answers[again]["text"]
         presses.update(old_presses)
@@ -209,9 +217,10 @@ async def test_kill_9_while_writing_then_restart_keeps_the_database_and_every_ac
     never_stored = [t for t in sent if t not in incoming and t not in versions]
     stored_twice = sum(1 for t in sent if incoming[t] > 1)
     never_answered = [m["text"] for m in first + second + [sync]
-                      if not shown_for[m["message_id"]] and m["text"] not in versions]
+                      if not shown_for[m["message_id"]] and m["message_id"] not in noticed and m["text"] not in versions]
     shown_twice = sum(1 for count in shown_for.values() if count > 1)
     assert never_stored == [] and stored_twice == 0 and never_answered == [], (never_stored, never_answered)
+    assert shown_twice == 0, shown_for
     log = (tmp_path / "bot.log").read_text(errors="replace")
     assert TOKEN.split(":")[1] not in log
     record("kill -9: messages sent / verdicts acknowledged before the kill", f"{len(sent)} / {len(acknowledged_at_kill)}")
@@ -222,6 +231,7 @@ async def test_kill_9_while_writing_then_restart_keeps_the_database_and_every_ac
     record("kill -9: messages never answered (fetched or queued when killed)", len(never_answered))
     record("kill -9: messages stored twice (handled, not yet confirmed, delivered again)", stored_twice)
     record("kill -9: drafts shown twice (sent, killed before noted as shown)", shown_twice)
+    record("kill -9: drafts interrupted while being sent, noticed instead of sent again", len(noticed))
 
 
 async def test_messages_fetched_but_not_yet_handled_survive_a_kill_9(
@@ -239,15 +249,7 @@ async def test_messages_fetched_but_not_yet_handled_survive_a_kill_9(
     try:
         shown = await _draft(api, owner, "first")
 
-        def hold_the_writer_lock() -> None:
-            connection = sqlite3.connect(path, timeout=30)
-            connection.execute("BEGIN IMMEDIATE")
-            locked.set()
-            release.wait(60)
-            connection.rollback()
-            connection.close()
-
-        holder = threading.Thread(target=hold_the_writer_lock)
+        holder = threading.Thread(target=_hold_the_writer_lock, args=(path, locked, release))
         holder.start()
         assert await asyncio.to_thread(locked.wait, 10)
         # Injected together, so one getUpdates answer carries all six.
@@ -313,3 +315,100 @@ async def test_messages_waiting_in_the_draft_queue_are_answered_after_a_kill_9(
         await bot.stop()
     record("kill -9 with 4 messages waiting in the draft queue: answered after the restart",
            f"{sum(m['message_id'] in answered for m in waiting)} / {len(waiting)}")
+
+
+def _hold_the_writer_lock(path: str, locked: threading.Event, release: threading.Event) -> None:
+    """Another connection holds SQLite's writer lock until `release`: a handler that writes waits."""
+    connection = sqlite3.connect(path, timeout=30)
+    connection.execute("BEGIN IMMEDIATE")
+    locked.set()
+    release.wait(60)
+    connection.rollback()
+    connection.close()
+
+
+async def test_a_webhook_update_taken_but_not_yet_handled_survives_a_kill_9(
+        config: Config, engine: Engine, bot_api: FakeBotApi, tmp_path: Path) -> None:
+    """Telegram drops a webhook update once the bot answered 200. PTB answers once the update is in
+    its memory; the twin answers once it was handled. The handler is held with SQLite's writer lock
+    (another connection holds it), the bot is killed, Telegram posts the update again, and the
+    restarted bot drafts it."""
+    if make_url(config.db_url).get_backend_name() != "sqlite":
+        pytest.skip("the handler is held with SQLite's writer lock")
+    api, owner = bot_api, bot_api.user(OWNER_ID, "Olga")
+    bot = BotProcess(config, api, tmp_path / "bot.log", draft_delay=0.0, webhook_port=free_port())
+    locked, release = threading.Event(), threading.Event()
+    await bot.start()
+    try:
+        await _draft(api, owner, "first, through the webhook")
+        holder = threading.Thread(target=_hold_the_writer_lock,
+                                  args=(make_url(config.db_url).database, locked, release))
+        holder.start()
+        assert await asyncio.to_thread(locked.wait, 10)
+        posted_before = len(api.webhook_sending)
+        taken = api.send_text(owner, "taken by the webhook")
+        await api.wait_for(lambda: len(api.webhook_sending) > posted_before, what="the update posted to the webhook")
+        update_id = api.webhook_sending[-1]
+        # A webhook that answers on receipt does so at once; give it the time to (not a measurement).
+        await asyncio.sleep(1.0)
+        answered_before_kill = [status for status, update in api.webhook_posts if update["update_id"] == update_id]
+        assert answered_before_kill == [], "the webhook answered before the update was handled"
+        await bot.kill()
+        release.set()
+        holder.join()
+        await bot.restart()
+        shown = await api.wait_for(lambda: [m for m in draft_messages(api, OWNER_ID)
+                                            if m["reply_to_message"]["message_id"] == taken["message_id"]],
+                                   timeout=60, what="the draft of the update posted again after the restart")
+        await _draft(api, owner, "after the restart")
+        shown = [m for m in draft_messages(api, OWNER_ID) if m["reply_to_message"]["message_id"] == taken["message_id"]]
+        with Session(engine) as session:
+            stored = [m for m in session.exec(select(Message)).all() if m.text == taken["text"]]
+        assert (len(shown), len(stored)) == (1, 1)
+        posts = [status for status, update in api.webhook_posts if update["update_id"] == update_id]
+        assert posts == [200]  # answered once, after the restart handled it
+        check_consistency(engine, config.db_url)
+    finally:
+        release.set()
+        await bot.stop()
+    attempts = api.webhook_sending.count(update_id)
+    record("webhook, kill -9 while an update was being handled: answered 200 before the kill / "
+           "posts until handled / drafts shown after the restart", f"no / {attempts} / {len(shown)}")
+
+
+async def test_a_draft_sent_but_not_noted_as_shown_is_not_shown_again_after_a_kill_9(
+        config: Config, engine: Engine, bot_api: FakeBotApi, tmp_path: Path) -> None:
+    """The draft reaches the chat but the bot never gets Telegram's answer (killed meanwhile), so it
+    cannot note it as shown. After the restart the chat holds the draft once, the owner gets a line
+    saying it may be above, and its buttons work."""
+    api, owner = bot_api, bot_api.user(OWNER_ID, "Olga")
+    bot = BotProcess(config, api, tmp_path / "bot.log", draft_delay=0.0)
+    await bot.start()
+    try:
+        hold = api.hold_next("sendMessage")  # the draft's send: carried out, its answer held back
+        incoming = api.send_text(owner, "are you coming tonight?")
+        drafts_of = lambda: [m for m in draft_messages(api, OWNER_ID)  # noqa: E731
+                             if m["reply_to_message"]["message_id"] == incoming["message_id"]]
+        shown = (await api.wait_for(drafts_of, timeout=60, what="the draft in the chat"))[0]
+        await bot.kill()
+        hold.set()
+        with Session(engine) as session:
+            row = session.exec(select(Draft)).one()
+        assert (row.shown_message_id, row.delivery) == (None, "sending")
+        await bot.restart()
+        await _draft(api, owner, "after the restart")  # what the restart queued came before this
+        copies = [m for m in api.bot_messages(OWNER_ID) if m.get("text") == shown["text"]]
+        assert len(copies) == 1 and len(drafts_of()) == 1
+        notice = maybe_shown_notices(api, OWNER_ID)
+        assert len(notice) == 1
+        assert notice[0]["reply_to_message"]["message_id"] == incoming["message_id"]
+        press = api.press(shown, feedback_data_of(shown, "a"))
+        await api.wait_for(lambda: press in api.answers, what="the old draft's button answered")
+        assert SAVED in api.answers[press]["text"]
+        with Session(engine) as session:
+            assert session.get(Draft, row.id).delivery == "uncertain"
+        check_consistency(engine, config.db_url)
+    finally:
+        await bot.stop()
+    record("kill -9 after a draft reached the chat, before it was noted as shown: copies in the chat "
+           "after the restart / notices", f"{len(copies)} / {len(notice)}")

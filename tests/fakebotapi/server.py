@@ -52,6 +52,8 @@ class FakeBotApi(BotApiMethods):
         self._next_message_id: dict[int, int] = {}
         self._queries: dict[str, dict[str, Any]] = {}
         self._failures: dict[str, list[Failure]] = {}
+        self._holds: dict[str, list[asyncio.Event]] = {}
+        self.webhook_sending: list[int] = []  # ids of updates whose POST to the webhook has begun
         self._changed: asyncio.Condition | None = None
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -75,6 +77,9 @@ class FakeBotApi(BotApiMethods):
 
     async def stop(self) -> None:
         self._closing = True
+        for holds in self._holds.values():
+            for hold in holds:
+                hold.set()
         await self._notify()
         for task in list(self._background):
             task.cancel()
@@ -234,6 +239,13 @@ class FakeBotApi(BotApiMethods):
                            else NOT_MODIFIED if error_code == 400 else "Internal Server Error")
         self._failures.setdefault(method.lower(), []).append(Failure(error_code, description, retry_after, times))
 
+    def hold_next(self, method: str) -> asyncio.Event:
+        """Carry out the next call of `method` (a sent message is in the chat) but answer it only once
+        the returned event is set: the caller waits, as a bot killed mid-request never got its answer."""
+        hold = asyncio.Event()
+        self._holds.setdefault(method.lower(), []).append(hold)
+        return hold
+
     # Internals: updates ------------------------------------------------------------------
     def _new_message(self, user: dict[str, Any], chat: dict[str, Any] | None) -> dict[str, Any]:
         if chat is None:
@@ -263,6 +275,8 @@ class FakeBotApi(BotApiMethods):
         assert self._client is not None
         headers = {"X-Telegram-Bot-Api-Secret-Token": self.webhook_secret} if self.webhook_secret else {}
         for attempt in range(50):  # the bot's webhook server may still be starting
+            self.webhook_sending.append(update["update_id"])
+            await self._notify()
             try:
                 async with self._client.post(self.webhook_url, json=update, headers=headers) as response:
                     self.webhook_posts.append((response.status, update))
@@ -330,6 +344,9 @@ class FakeBotApi(BotApiMethods):
         call.ok, call.result = True, result
         self.calls.append(call)
         await self._notify()
+        holds = self._holds.get(method.lower())
+        if holds:
+            await holds.pop(0).wait()
         return web.json_response({"ok": True, "result": result})
 
     def _take_failure(self, method: str) -> ApiError | None:

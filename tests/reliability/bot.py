@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import pytest
 
-from bot import keyboards
+from bot import keyboards, texts
 from tests.fakebotapi import FakeBotApi
 from tests.reliability.proxy import FaultyProxy
 from tests.test_bot_harness import Harness, running_harness
@@ -39,10 +39,16 @@ async def proxied(config, engine):
 
 
 def draft_messages(api: FakeBotApi, chat_id: int) -> list[dict[str, Any]]:
-    """Bot messages that show a draft: they reply to an incoming message of the owner."""
+    """Bot messages that show a draft: they reply to an incoming message of the owner (and are not
+    a busy notice, nor the notice for a draft whose send a restart interrupted)."""
     return [m for m in api.bot_messages(chat_id)
             if m.get("reply_to_message", {}).get("from", {}).get("id") not in (None, api.bot_id)
-            and not (m.get("text") or "").startswith("I'm busy")]
+            and not (m.get("text") or "").startswith("I'm busy") and m.get("text") != texts.DRAFT_MAYBE_SHOWN]
+
+
+def maybe_shown_notices(api: FakeBotApi, chat_id: int) -> list[dict[str, Any]]:
+    """The lines sent after a restart instead of a draft whose send was interrupted."""
+    return [m for m in api.bot_messages(chat_id) if m.get("text") == texts.DRAFT_MAYBE_SHOWN]
 
 
 def fetched(api: FakeBotApi, *, messages: Sequence[dict[str, Any]] = (), queries: Sequence[str] = ()) -> bool:
