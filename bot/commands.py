@@ -1,8 +1,9 @@
 """Command handlers: /start /help /import (and the file it takes) /stats /style /train /status
 /rollback /forget /cancel, plus the answer to anything the twin cannot draft from.
 
-Slow work (imports, charts, training) runs in worker threads; a training cycle runs for
-minutes in a daemon thread of its own and reports back through the event loop when done.
+Slow work (imports, charts, training) runs in worker threads, an upload's parsing in a child
+process with a memory limit; a training cycle runs for minutes in a daemon thread of its own and
+reports back through the event loop when done.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def safe_file_name(name: str | None) -> str:
 
 
 async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A file: import it with the CLI's importers (in a thread) and say what was added."""
+    """A file: import it with the CLI's importers (in a thread; parsed in a child process) and say what was added."""
     message, st = update.effective_message, state(context)
     document = message.document
     limit = upload_limit_mb(st)

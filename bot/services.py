@@ -88,8 +88,12 @@ class Services:
 
     # Commands ----------------------------------------------------------------------------
     def import_file(self, *, telegram_id: int, path: Path, name: str | None = None) -> str:
-        """Import one uploaded file with the CLI's importers; returns the summary to show."""
+        """Import one uploaded file with the CLI's importers; returns the summary to show.
+
+        The file is parsed in a child process with a memory limit (loop.importing.child): an
+        upload that eats the memory or hangs costs its import, never the bot."""
         from loop.importing import OwnerIdentity, run_import
+        from loop.importing.child import prepare_in_child
         from storage import repo
         from storage.db import session_scope
 
@@ -100,7 +104,8 @@ class Services:
         identity = OwnerIdentity.from_config(self.config, names=names, telegram_ids=[telegram_id])
         # Errors of a file end up in the report (a failed file stores nothing), not as exceptions.
         report = run_import(engine=self.engine, owner_db_id=owner_db_id, paths=[path], owner=identity,
-                            mask=self.config.mask_personal_data)
+                            mask=self.config.mask_personal_data, limits=self.config.importing,
+                            prepare=prepare_in_child)
         return texts.import_summary(report, path.name)
 
     def run_cycle(self, *, telegram_id: int) -> Any:

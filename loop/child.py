@@ -112,7 +112,7 @@ def lower_priority() -> dict[str, Any]:
     return applied
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask the kernel to kill us if the parent dies, so no orphan keeps training (Linux only)."""
     if not sys.platform.startswith("linux"):
         return
@@ -341,14 +341,20 @@ def _exit_reason(returncode: int, result: dict[str, Any] | None, log_path: Path)
     return f"the training process exited with code {returncode}" + (f"; last lines of the log:\n{tail}" if tail else "")
 
 
+def child_environment() -> dict[str, str]:
+    """The environment of a child process of the twin: this project importable, and no bot token
+    (neither training nor an import needs Telegram access, so it stays out of their logs)."""
+    env = {name: value for name, value in os.environ.items() if name != TOKEN_ENV}
+    project_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def run_child(job_path: Path, *, log_path: Path, heartbeat: Callable[[], None], progress: bool = False,
               threads: int = 0) -> dict[str, Any]:
     """Run `python -m loop.child job.json` and wait, calling `heartbeat` now and then; returns the
     child's result, or raises ChildFailed with the reason (signal, exit code, error, log tail)."""
-    # Training needs no Telegram access: the token stays out of the child and its logs.
-    env = {name: value for name, value in os.environ.items() if name != TOKEN_ENV}
-    project_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+    env = child_environment()
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)
     started = time.perf_counter()
@@ -406,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m loop.child <job.json>", file=sys.stderr)
         return 2
     job_path = Path(args[0])
-    _die_with_parent()
+    die_with_parent()
     priority = lower_priority()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

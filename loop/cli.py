@@ -147,7 +147,8 @@ def import_(
                              emails=[*config.owner_emails, *(email or [])])
     with progress_bar(err_console) as progress:
         report = run_import(engine=engine, owner_db_id=owner_db_id, paths=paths, owner=identity, format=format,
-                            mask=config.mask_personal_data and not no_mask, progress=progress)
+                            mask=config.mask_personal_data and not no_mask, progress=progress,
+                            limits=config.importing)
     console.print(render_report(report))
     if report.failed:
         fail(f"{len(report.failed)} file(s) could not be imported; nothing of them was stored.")

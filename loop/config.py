@@ -53,6 +53,25 @@ class TelegramSettings:
 
 
 @dataclass
+class ImportSettings:
+    """What one imported file may cost: a larger or stranger file is refused with the limit named,
+    and nothing of it is stored (a zip bomb, a 50 MB line, a file that eats the memory)."""
+
+    max_file_mb: int = 200  # a file, or one file inside a zip, larger than this is refused
+    max_line_kb: int = 1024  # longest line of a chat, text, JSON Lines or mail file
+    max_unpacked_mb: int = 200  # the supported files of a zip together, unpacked
+    max_entries: int = 10_000  # files and folders listed in a zip
+    child_memory_mb: int = 2048  # address space of the process that parses a /import upload
+    child_timeout_s: int = 600  # that process is stopped after this long
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_mb", "max_line_kb", "max_unpacked_mb", "max_entries", "child_memory_mb",
+                     "child_timeout_s"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"importing.{name}", getattr(self, name), "1 or more")
+
+
+@dataclass
 class ScheduleSettings:
     enabled: bool = True
     time: str = "03:00"  # HH:MM, local to `timezone`
@@ -101,6 +120,7 @@ class Config:
     owner_emails: list[str] = field(default_factory=list)  # the owner's addresses, to find their sent mails
     log_level: str = "INFO"
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    importing: ImportSettings = field(default_factory=ImportSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -15,7 +15,7 @@ def test_shipped_config_equals_the_defaults_and_the_init_template() -> None:
     shipped = load_config(ROOT / "config.toml")
     template = load_config(ROOT / "loop" / "default_config.toml")
     defaults = Config()
-    for section in ("telegram", "model", "generation", "lora", "training", "evaluation", "schedule"):
+    for section in ("telegram", "importing", "model", "generation", "lora", "training", "evaluation", "schedule"):
         assert getattr(shipped, section) == getattr(defaults, section), section
         assert getattr(template, section) == getattr(shipped, section), section
     assert shipped.owners == [] and shipped.mask_personal_data is True
@@ -66,6 +66,8 @@ def test_token_comes_from_the_environment_only(tmp_path: Path, monkeypatch: pyte
         ("[schedule]\ntimezone = 'Mars/Olympus'", "schedule.timezone", "IANA"),
         ("[telegram]\nmode = 'carrier-pigeon'", "telegram.mode", "polling or webhook"),
         ("[telegram]\nmode = 'webhook'", "telegram.webhook_url", "https URL"),
+        ("[importing]\nmax_unpacked_mb = 0", "importing.max_unpacked_mb", "1 or more"),
+        ("[importing]\nmax_entries = 'many'", "importing.max_entries", "an integer"),
         ("[evaluation]\nholdout_fraction = 1.5", "evaluation.holdout_fraction", "(0, 1)"),
         ("[evaluation]\nnoise_z = -1", "evaluation.noise_z", "[0, 5]"),
         ("[evaluation]\nmilder_strengths = [0.5, 1.5]", "evaluation.milder_strengths", "numbers in (0, 1)"),

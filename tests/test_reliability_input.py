@@ -1,4 +1,5 @@
-"""Bad input through the real bot: odd texts, media, edits, groups, tampered buttons, uploads.
+"""Bad input through the real bot: odd texts, media, edits, groups, tampered buttons, uploads (one of
+them swelling past the memory an import may use).
 
 Every input is sent through the fake Bot API as Telegram would send it; the test then checks
 what the owner saw and what the database holds. A refused input changes nothing.
@@ -6,7 +7,9 @@ what the owner saw and what the database holds. A refused input changes nothing.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +262,23 @@ async def test_an_upload_without_a_declared_size_is_still_held_to_the_limit(harn
         lambda: any(m["message_id"] > message["message_id"] and not (m.get("text") or "").startswith("Importing")
                     for m in harness.api.bot_messages(OWNER_ID)), what="an answer to the upload")
     assert count_rows(harness)["WritingSample"] == 0
+
+
+async def test_an_upload_that_swells_past_the_memory_limit_costs_its_import_not_the_bot(harness: Harness) -> None:
+    harness.config.importing.child_memory_mb = 256
+    await harness.start()
+    # 18 MB of "{}," (18 KB zipped) that json.loads makes into 6 million dicts: about 500 MB.
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("result.json", b'{"messages": [' + b"{}," * 6_000_000 + b"{}]}")
+    text = await import_and_wait(harness, "export.zip", packed.getvalue())
+    assert "could not import export.zip" in text and "Nothing of it was stored" in text, text
+    assert "more than the 256 MB of memory" in text and "importing.child_memory_mb" in text, text
+    await sync_point(harness, "after the swelling upload")  # the bot still answers
+    assert "Imported chat.txt" in await import_and_wait(harness, "chat.txt", WHATSAPP.encode())  # and imports
+    assert count_rows(harness)["WritingSample"] == 1
+    record("bad input: upload swelling past importing.child_memory_mb (256 MB; 18 KB zip, ~500 MB parsed)",
+           "its import refused with the limit named; the bot answered the next message and imported the next file")
 
 
 async def test_strangers_uploads_are_never_downloaded(harness: Harness) -> None:

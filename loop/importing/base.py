@@ -2,7 +2,8 @@
 
 Every parser turns one file into a `ParsedFile`: writing samples (design.md: reply or monologue)
 plus counts of what it left out and why. A file that cannot be read raises `ImportFormatError`
-naming the file and the place it broke, before anything is stored.
+naming the file and the place it broke, before anything is stored; so does a file beyond the
+size and line-length limits (`importing` in config.toml), checked before it is read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from loop.config import ImportSettings
 from storage.models import SampleKind, WritingSampleCreate
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ def _name_key(name: str | None) -> str:
 
 class ImporterError(Exception):
     """Base of the importers' domain errors; `file` is the file concerned."""
+
+    format: str | None = None  # what the file looked like, when known (the report's Format column)
 
     def __init__(self, file: Path, message: str):
         super().__init__(message)
@@ -137,6 +141,44 @@ def make_sample(*, kind: SampleKind, text: str, source: str, prompt: str | None 
     return WritingSampleCreate(kind=kind, text=clean_text(text), prompt=clean_text(prompt) if prompt else None,
                                context=turns, sender=clean_text(sender) if sender else None,
                                written_at=written_at, source=source)
+
+
+def megabytes(size: int) -> str:
+    return f"{size / (1 << 20):.1f}".removesuffix(".0")
+
+
+def check_file_size(path: Path, limits: ImportSettings) -> None:
+    """Refuse a file over `importing.max_file_mb` before reading it: each parser holds a file whole."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return  # the parser's read says what is wrong
+    if size > limits.max_file_mb << 20:
+        raise ImportFormatError(path, None, f"is {megabytes(size)} MB; files over {limits.max_file_mb} MB are "
+                                            "refused (importing.max_file_mb in config.toml)")
+
+
+def check_line_length(path: Path, limits: ImportSettings) -> None:
+    """Refuse a file with a line over `importing.max_line_kb`, reading it in chunks (memory stays small)."""
+    limit = limits.max_line_kb << 10
+    line, run = 1, 0  # the current line's number and its bytes so far
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                if chunk.endswith(b"\r"):
+                    chunk += handle.read(1)  # a CRLF cut in two is still one line end
+                # decode_text reads CRLF and a lone CR as line ends too.
+                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                lengths = [len(piece) for piece in chunk.split(b"\n")]
+                lengths[0] += run
+                if max(lengths) > limit:
+                    too_long = line + next(i for i, length in enumerate(lengths) if length > limit)
+                    raise ImportFormatError(path, f"line {too_long}", f"a line of over {limits.max_line_kb} KB; "
+                                            "longer lines are refused (importing.max_line_kb in config.toml)")
+                line += len(lengths) - 1
+                run = lengths[-1]
+    except OSError:
+        return  # the parser's read says what is wrong
 
 
 def read_bytes(path: Path) -> bytes:

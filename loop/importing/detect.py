@@ -1,5 +1,6 @@
 """Which importer reads a file (by extension, then by content), which files a folder holds, and
-`parse_file`, the one entry point that dispatches to the parsers (zip archives are unpacked first).
+`parse_file`, the one entry point that dispatches to the parsers (zip archives are unpacked first)
+after holding the file to the size and line-length limits (`importing` in config.toml).
 """
 
 from __future__ import annotations
@@ -10,8 +11,16 @@ from datetime import timedelta, tzinfo
 from pathlib import Path
 from typing import Iterable
 
-from loop.importing.archive import first_member_head, is_zip, parse_archive
-from loop.importing.base import KNOWN_FORMATS, ImportFormatError, OwnerIdentity, ParsedFile
+from loop.config import ImportSettings
+from loop.importing.archive import ZIP_MAGIC, first_member_head, is_zip, parse_archive
+from loop.importing.base import (
+    KNOWN_FORMATS,
+    ImportFormatError,
+    OwnerIdentity,
+    ParsedFile,
+    check_file_size,
+    check_line_length,
+)
 from loop.importing.email import parse_email
 from loop.importing.jsonl import parse_jsonl
 from loop.importing.telegram import parse_telegram
@@ -26,6 +35,9 @@ TEXT_SUFFIXES = {".txt", ".text"} | MARKDOWN_SUFFIXES
 EMAIL_SUFFIXES = {".mbox", ".eml", ".mbx"}
 FOLDER_SUFFIXES = {".json"} | JSONL_SUFFIXES | TEXT_SUFFIXES | EMAIL_SUFFIXES
 ARCHIVE_SUFFIXES = {".zip"}
+# Formats whose parsers work line by line, so a line of megabytes is no chat, text or mail; a
+# Telegram export may be JSON written on one line.
+LINE_FORMATS = {"whatsapp", "text", "email", "jsonl"}
 _TELEGRAM_KEYS = re.compile(rb'"(?:messages|chats|personal_information)"\s*:')
 _EML_HEADER = re.compile(rb"^(?:From|Received|Return-Path|Message-ID|MIME-Version|Date|Subject|To|Delivered-To):",
                          re.IGNORECASE)
@@ -77,7 +89,7 @@ def _wanted_in_archive(name: str) -> bool:
     return Path(name).suffix.lower() in FOLDER_SUFFIXES
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path, limits: ImportSettings | None = None) -> str:
     """One of KNOWN_FORMATS, from the extension and the content; raises ImportFormatError if none fits.
 
     For a zip archive it is the format of the first supported file inside.
@@ -86,7 +98,7 @@ def detect_format(path: Path) -> str:
     head = _head(path)
     name = path.name
     if is_zip(path, head):
-        first = first_member_head(path, _wanted_in_archive, SNIFF_BYTES)
+        first = first_member_head(path, _wanted_in_archive, SNIFF_BYTES, limits or ImportSettings())
         if first is None:
             raise ImportFormatError(path, None, "the archive holds no chat export, text, mail or JSON Lines file")
         name, head = first
@@ -135,15 +147,31 @@ def _is_mbox(path: Path) -> bool:
 
 
 def parse_file(path: Path, *, owner: OwnerIdentity, format: str | None = None,
-               max_gap: timedelta = timedelta(hours=12), tz: tzinfo | None = None) -> ParsedFile:
-    """Parse one file into writing samples; `format` forces a parser, `tz` reads naive times (default: local)."""
-    path = Path(path)
+               max_gap: timedelta = timedelta(hours=12), tz: tzinfo | None = None,
+               limits: ImportSettings | None = None) -> ParsedFile:
+    """Parse one file into writing samples; `format` forces a parser, `tz` reads naive times (default: local),
+    `limits` bound the file (default: `ImportSettings()`)."""
+    path, limits = Path(path), limits or ImportSettings()
     if format is not None and format not in KNOWN_FORMATS:
         raise ImportFormatError(path, None, f"unknown format {format!r}; one of {', '.join(KNOWN_FORMATS)}")
     if is_zip(path, _head(path)):
-        return parse_archive(path, wanted=_wanted_in_archive, parse_member=lambda member: parse_file(
-            member, owner=owner, format=format, max_gap=max_gap, tz=tz))
-    chosen = format or detect_format(path)
+        # The archive's own size is not held to max_file_mb: a chat exported with its photos is
+        # large, and only the members worth parsing are unpacked, within the archive limits.
+        return parse_archive(path, wanted=_wanted_in_archive, limits=limits, parse_member=lambda member: _parse_one(
+            member, owner=owner, format=format, max_gap=max_gap, tz=tz, limits=limits))
+    check_file_size(path, limits)
+    return _parse_one(path, owner=owner, format=format, max_gap=max_gap, tz=tz, limits=limits)
+
+
+def _parse_one(path: Path, *, owner: OwnerIdentity, format: str | None, max_gap: timedelta, tz: tzinfo | None,
+               limits: ImportSettings) -> ParsedFile:
+    """A file within max_file_mb that is not an archive (a member is refused if it is one: each
+    level of a zip in a zip would start the unpacked-size budget afresh)."""
+    if _head(path).startswith(ZIP_MAGIC):
+        raise ImportFormatError(path, None, "a zip archive inside an archive; unzip it and import what it holds")
+    chosen = format or detect_format(path, limits)
+    if chosen in LINE_FORMATS:
+        check_line_length(path, limits)
     logger.info("importing %s as %s", path, chosen)
     if chosen == "telegram":
         return parse_telegram(path, owner=owner, max_gap=max_gap, tz=tz)

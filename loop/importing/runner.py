@@ -1,8 +1,10 @@
 """`run_import`: parse each file, mask personal data, store its samples in a transaction of its own.
 
-A file that fails to parse stores nothing and is marked in the report; the other files still
-import (the CLI then exits non-zero). Re-importing adds nothing: storage skips samples whose
-content hash it already holds. `render_report` is the summary table the CLI and the bot show.
+A file that fails to parse, or breaks a limit of `importing` in config.toml, stores nothing and
+is marked in the report; the other files still import (the CLI then exits non-zero).
+Re-importing adds nothing: storage skips samples whose content hash it already holds.
+`prepare_file` is the part before storing (parse and mask); the bot has it done in a child
+process (loop.importing.child). `render_report` is the summary table the CLI and the bot show.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta, tzinfo
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -21,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import Engine
 
-from loop.importing.base import ImporterError, OwnerIdentity
+from loop.config import ImportSettings
+from loop.importing.base import ImporterError, OwnerIdentity, ParsedFile
 from loop.importing.detect import detect_format, iter_input_files, parse_file
 from loop.importing.masking import mask_personal_data
 from storage.db import session_scope
@@ -92,6 +95,24 @@ def mask_sample(sample: WritingSampleCreate) -> WritingSampleCreate:
     })
 
 
+def prepare_file(path: Path, *, owner: OwnerIdentity, format: str | None, max_gap: timedelta, tz: tzinfo | None,
+                 limits: ImportSettings, mask: bool) -> ParsedFile:
+    """Everything of importing one file but storing it: parsed, and masked when `mask`."""
+    try:
+        parsed = parse_file(path, owner=owner, format=format, max_gap=max_gap, tz=tz, limits=limits)
+    except ImporterError as error:
+        error.format = format or _format_or_none(path, limits)
+        raise
+    if mask:
+        parsed.samples = [mask_sample(s) for s in parsed.samples]
+    return parsed
+
+
+class Prepare(Protocol):
+    def __call__(self, path: Path, *, owner: OwnerIdentity, format: str | None, max_gap: timedelta,
+                 tz: tzinfo | None, limits: ImportSettings, mask: bool) -> ParsedFile: ...
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size if path.is_file() else 0
@@ -99,17 +120,21 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _format_or_none(path: Path) -> str | None:
+def _format_or_none(path: Path, limits: ImportSettings) -> str | None:
     try:
-        return detect_format(path)
+        return detect_format(path, limits)
     except ImporterError:
         return None
 
 
 def run_import(*, engine: Engine, owner_db_id: int, paths: Sequence[Path], owner: OwnerIdentity,
                format: str | None = None, mask: bool = True, progress: ProgressCallback | None = None,
-               max_gap: timedelta = timedelta(hours=12), tz: tzinfo | None = None) -> ImportReport:
-    """Import every file under `paths`; each file commits alone, a failed one stores nothing."""
+               max_gap: timedelta = timedelta(hours=12), tz: tzinfo | None = None,
+               limits: ImportSettings | None = None, prepare: Prepare = prepare_file) -> ImportReport:
+    """Import every file under `paths`; each file commits alone, a failed one stores nothing.
+
+    `prepare` parses and masks one file (`prepare_file` here, or in a child process)."""
+    limits = limits or ImportSettings()
     files = iter_input_files(paths)
     sizes = [_size(path) for path in files]
     total, done = sum(sizes), 0
@@ -120,18 +145,16 @@ def run_import(*, engine: Engine, owner_db_id: int, paths: Sequence[Path], owner
         entry = FileReport(path=path, format=format)
         report.files.append(entry)
         try:
-            parsed = parse_file(path, owner=owner, format=format, max_gap=max_gap, tz=tz)
+            parsed = prepare(path, owner=owner, format=format, max_gap=max_gap, tz=tz, limits=limits, mask=mask)
         except ImporterError as error:
-            entry.error = str(error)
-            entry.format = format or _format_or_none(path)
+            entry.error, entry.format = str(error), error.format
             logger.warning("import of %s failed: %s", path, error)
         else:
             entry.format = parsed.format
-            samples = [mask_sample(s) for s in parsed.samples] if mask else parsed.samples
-            entry.parsed, entry.skipped = len(samples), dict(parsed.skipped)
+            entry.parsed, entry.skipped = len(parsed.samples), dict(parsed.skipped)
             with session_scope(engine) as session:
                 entry.added, entry.duplicates = add_writing_samples(session=session, owner_id=owner_db_id,
-                                                                    samples=samples)
+                                                                    samples=parsed.samples)
             logger.info("%s: %d samples, %d added, %d duplicates", path, entry.parsed, entry.added,
                         entry.duplicates)
         done += size
@@ -152,7 +175,7 @@ def render_report(report: ImportReport) -> Table:
     table.add_column("Samples", justify="right", footer=str(report.parsed))
     table.add_column("Added", justify="right", footer=str(report.added), style="green")
     table.add_column("Already there", justify="right", footer=str(report.duplicates))
-    table.add_column("Left out (why)", footer=Text(_skipped_text(report.skipped)))
+    table.add_column("Left out (why)", footer=Text(_skipped_text(report.skipped)), overflow="fold")
     # Text objects, not strings: paths and messages hold brackets that rich would read as markup.
     for file in report.files:
         if file.error:

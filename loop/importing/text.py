@@ -22,6 +22,7 @@ MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+_SPACES = re.compile(r"\s*")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
 _FENCE = re.compile(r"^[ \t]{0,3}(```|~~~)")
 
@@ -31,14 +32,18 @@ def _split_long(paragraph: str, max_chars: int) -> list[str]:
     pieces: list[str] = []
     current = ""
     for sentence in _SENTENCE_END.split(paragraph):
-        while len(sentence) > max_chars:
-            cut = sentence.rfind(" ", 0, max_chars)
-            cut = cut if cut > max_chars // 2 else max_chars
+        # An offset into the sentence, not the rest sliced off after each cut: slicing copies the
+        # rest every time, quadratic in a sentence of megabytes (a 50 MB line took minutes).
+        start = 0
+        while len(sentence) - start > max_chars:
+            cut = sentence.rfind(" ", start, start + max_chars)
+            cut = cut if cut > start + max_chars // 2 else start + max_chars
             if current:
                 pieces.append(current)
                 current = ""
-            pieces.append(sentence[:cut].strip())
-            sentence = sentence[cut:].strip()
+            pieces.append(sentence[start:cut].strip())
+            start = _SPACES.match(sentence, cut).end()
+        sentence = sentence[start:]  # no trailing space: the split and the paragraph's rstrip took it
         if current and len(current) + 1 + len(sentence) > max_chars:
             pieces.append(current)
             current = sentence
