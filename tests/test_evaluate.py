@@ -151,3 +151,18 @@ def test_evaluate_without_pairs_or_lines_reports_none(engine: Engine, tiny_model
                        eval_settings=tiny_evaluation_settings(), seed=0, engine=engine)
     assert results["base"]["preference_accuracy"] is None and results["base"]["attribution"] is None
     assert results["baselines"]["attribution_ceiling"] is None and "attribution_note" in results["baselines"]
+
+
+def test_the_held_out_likelihood_scores_at_most_max_likelihood_items_the_same_for_every_model(
+        engine: Engine, adapter: Path, tiny_model_dir: Path) -> None:
+    feedback, writing = heldout()
+    settings = tiny_model_settings(tiny_model_dir)
+    kwargs = dict(model_settings=settings, generation=tiny_generation_settings(), models_dir=Path("unused"),
+                  adapters={"base": None}, heldout_feedback=feedback, heldout_writing=writing,
+                  owner_lines=OWNER_LINES, other_lines=OTHER_LINES, seed=1, engine=engine)
+    capped = evaluate(**kwargs, eval_settings=tiny_evaluation_settings(max_likelihood_items=2))
+    assert capped["baselines"]["likelihood_items"] == 2 and capped["baselines"]["items"] == 4
+    render = make_renderer(engine.tokenizer, settings)
+    first_two = [(render(item.conversation), item.kept) for item in eval_items(feedback, writing)[:2]]
+    with engine.using(None) as model:  # the base model, whatever adapter an earlier test left active
+        assert capped["base"]["likelihood"] == pytest.approx(mean_nll(model, engine.tokenizer, first_two))

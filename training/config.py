@@ -131,7 +131,7 @@ class TrainingSettings:
     replay_fraction: float = 0.5  # older writing mixed into SFT, as a share of the new SFT rows
     # The first cycle after an import (no verdicts yet) trains on at most this many pieces of
     # writing, the newest distinct ones (training.datasets.newest_distinct_writing); 0 = all.
-    first_cycle_writing: int = 600
+    first_cycle_writing: int = 240
     monologue_chunk_tokens: int = 256
     seed: int = 42
     # Examples per forward pass; a stage's batch_size is reached by accumulating such micro-batches.
@@ -163,6 +163,7 @@ class EvaluationSettings:
     holdout_fraction: float = 0.15
     min_holdout: int = 5
     max_eval_items: int = 60  # drafts sampled per model for the sampled metrics
+    max_likelihood_items: int = 150  # held-out texts scored per model for the held-out likelihood
     likelihood_tolerance: float = 0.005  # candidate NLL must be at least this much below the active one
     edit_distance_tolerance: float = 0.05
     attribution_tolerance: float = 0.05
@@ -181,6 +182,8 @@ class EvaluationSettings:
         _check(0 < self.holdout_fraction < 1, "evaluation.holdout_fraction", self.holdout_fraction, "a number in (0, 1)")
         _check(self.min_holdout >= 1, "evaluation.min_holdout", self.min_holdout, "1 or more")
         _check(self.max_eval_items >= 1, "evaluation.max_eval_items", self.max_eval_items, "1 or more")
+        _check(self.max_likelihood_items >= 1, "evaluation.max_likelihood_items", self.max_likelihood_items,
+               "1 or more")
         for key in ("likelihood_tolerance", "edit_distance_tolerance", "attribution_tolerance", "preference_tolerance"):
             value = getattr(self, key)
             _check(0 <= value < 1, f"evaluation.{key}", value, "a number in [0, 1)")

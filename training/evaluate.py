@@ -96,7 +96,9 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
     render = make_renderer(engine.tokenizer, model_settings)
     items = eval_items(heldout_feedback, heldout_writing)
     prompts = [render(item.conversation) for item in items]
-    nll_pairs = [(prompt, item.kept) for prompt, item in zip(prompts, items)]
+    # Paired across models (the same items for each), so a few hundred items judge a difference well;
+    # all of a long chat history's held-out replies would cost minutes per model (0.66 s an item, 2 cores).
+    nll_pairs = [(prompt, item.kept) for prompt, item in zip(prompts, items)][:eval_settings.max_likelihood_items]
     triples = []
     for feedback in heldout_feedback:
         pair = preference_pair(feedback)
@@ -112,7 +114,8 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         "baselines": {"edit_distance_empty": baselines.get("empty", 1.0),
                       "edit_distance_echo": baselines.get("echo"),
                       **attribution_bounds,
-                      "items": len(items), "sampled_items": len(sampled), "preference_pairs": len(triples)},
+                      "items": len(items), "likelihood_items": len(nll_pairs), "sampled_items": len(sampled),
+                      "preference_pairs": len(triples)},
     }
     for name, path in adapters.items():
         started = time.perf_counter()
