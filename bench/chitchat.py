@@ -270,6 +270,7 @@ class ChatCorpus(Corpus):
     owner_id: str = ""
     conversations: list[Conversation] = field(default_factory=list)
     import_format: str = "telegram"
+    with_reference: bool = False
 
     def default_sizes(self, *, quick: bool) -> dict[str, int | None]:
         """As `build_owner_corpus` splits: the newest 20% of the conversations held out, the rest imported

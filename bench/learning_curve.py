@@ -168,16 +168,19 @@ def replies_as_writing(pairs: Sequence[ReplyPair]) -> list[Any]:
 # The plain baseline --------------------------------------------------------------------------------
 
 def plain_baseline(*, base_path: str, settings: Any, plan: Plan, logs: Sequence[RoundLog], work: Path,
-                   quick: bool) -> tuple[Path, dict[str, Any]]:
+                   quick: bool, first_cycle_writing: int) -> tuple[Path, dict[str, Any]]:
     """trl's SFT then DPO (defaults, one epoch each) on what our cycles saw; returns the adapter folder."""
     from bench.plain import load_base, plain_dpo, plain_sft
     from training.artifacts import write_manifest
-    from training.datasets import FeedbackExample, build_dpo_rows, build_sft_rows, make_renderer
+    from training.datasets import (FeedbackExample, build_dpo_rows, build_sft_rows, make_renderer,
+                                   newest_distinct_writing)
     from training.prompt import Conversation
 
     model, tokenizer = load_base(base_path)
     render = make_renderer(tokenizer, settings)
-    writing = replies_as_writing(plan.imported)
+    # The imported replies our import cycle trains on (a long chat history is cut the same way), so
+    # both recipes learn from the same rows.
+    writing = newest_distinct_writing(replies_as_writing(plan.imported), first_cycle_writing)
     feedback = [FeedbackExample(kind="edit", conversation=Conversation.of(pair.message, pair.context), draft=draft,
                                 text=pair.reply, later_kept=None, created_at=pair.written_at)
                 for log in logs for pair, draft in log.drafts]
@@ -307,14 +310,17 @@ def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, hel
               f"cycle {log.cycle['status']} in {log.cycle['seconds']:.0f} s", flush=True)
 
     plain_dir, plain_stats = plain_baseline(base_path=base_path, settings=settings, plan=plan,
-                                            logs=logs[1:], work=work, quick=quick)
+                                            logs=logs[1:], work=work, quick=quick,
+                                            first_cycle_writing=config.training.first_cycle_writing)
     adapters: dict[str, Path | None] = {"base": None}
     for name, version in versions.items():
         if version is not None:
             adapters[name] = adapter_path(database, version)
     adapters["plain"] = plain_dir
-    reference_dir, reference_stats = fit_all_reference(config=config, plan=plan, work=work)
-    adapters[REFERENCE] = reference_dir
+    reference_stats: dict[str, Any] = {}
+    if corpus.with_reference or quick:
+        reference_dir, reference_stats = fit_all_reference(config=config, plan=plan, work=work)
+        adapters[REFERENCE] = reference_dir
     results = evaluate_all(config, engine, plan, adapters, corpus)
     database.dispose()
     report = {"facts": facts, "quick": quick, "seconds": time.perf_counter() - started, "corpus": corpus.facts(),
