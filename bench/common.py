@@ -30,7 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_NAME = "RESULTS.md"
 RESULTS_TITLE = "# twin benchmarks\n\nRegenerate with `make bench` (all) or `python -m bench.<script>` (one); " \
                 "`--quick` is the smoke test CI runs, on a tiny random model: its figures mean nothing.\n"
-VERSIONED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "scikit-learn")
+VERSIONED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "scikit-learn", "lambdag")
 
 
 def offline_environment() -> None:
@@ -201,6 +201,16 @@ def fmt(value: Any, digits: int = 2) -> str:
             return "–"
         return f"{value:.{digits}f}"
     return str(value)
+
+
+# The two judges of "reads as the owner" that training.evaluate reports: (metric key, name in a table).
+JUDGES = (("attribution", "attribution"), ("lambdag", "LambdaG"))
+
+
+def judge_bounds(baselines: dict[str, Any], key: str) -> str:
+    """A judge's ceiling and floor as the benchmark sections say them."""
+    return (f"ceiling (the owner's own held-out lines) {fmt(baselines.get(f'{key}_ceiling'))}, floor (other "
+            f"people's) {fmt(baselines.get(f'{key}_floor'))}")
 
 
 def verdict(met: bool | None) -> str:

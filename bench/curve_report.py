@@ -42,7 +42,10 @@ def targets(results: dict[str, dict[str, Any]], final: str) -> list[tuple[str, b
     rows.append(("attribution within 5 points of the owner's own held-out lines",
                  a >= ceiling - 0.05 if known(a, ceiling) else None,
                  f"{common.fmt(a)}{f' ± {common.fmt(a_error)}' if a_error is not None else ''} vs ceiling "
-                 f"{common.fmt(ceiling)} (floor {common.fmt(bounds.get('attribution_floor'))})"))
+                 f"{common.fmt(ceiling)} (floor {common.fmt(bounds.get('attribution_floor'))})"
+                 + (f"; LambdaG, not a target: {common.fmt(last.get('lambdag'))} vs ceiling "
+                    f"{common.fmt(bounds.get('lambdag_ceiling'))} (floor {common.fmt(bounds.get('lambdag_floor'))})"
+                    if "lambdag" in last else "")))
     nll, base_nll = last.get("likelihood"), base.get("likelihood")
     reference_nll = results.get(REFERENCE, {}).get("likelihood")
 
@@ -89,9 +92,10 @@ def rounds_table(rounds: Sequence[dict[str, Any]]) -> str:
     rows = [[log["name"], ", ".join(f"{v} {k}" for k, v in log["verdicts"].items()), log["live_edit_distance"],
              log["cycle"].get("status"), log["cycle"].get("seconds"),
              ", ".join(f"{k} {v}" for k, v in (log["cycle"].get("datasets") or {}).items()),
-             gate(log, "likelihood"), gate(log, "attribution")] for log in rounds]
+             gate(log, "likelihood"), gate(log, "attribution"), gate(log, "lambdag")] for log in rounds]
     return common.markdown_table(["round", "verdicts", "live edit distance", "cycle", "cycle seconds", "datasets",
-                                  "cycle's own NLL (active → candidate)", "attribution (active → candidate)"], rows)
+                                  "cycle's own NLL (active → candidate)", "attribution (active → candidate)",
+                                  "LambdaG (active → candidate)"], rows)
 
 
 def report_from_work(work: Path, out: Path, *, telegram_id: int, corpus: dict[str, str] = MAIL) -> str:
@@ -115,8 +119,10 @@ def report_from_work(work: Path, out: Path, *, telegram_id: int, corpus: dict[st
     cycle_rows = [[c.get("id"), c.get("status"), c.get("candidate_version"),
                    ", ".join(f"{k} {v}" for k, v in ((c.get("counts") or {}).get("datasets") or {}).items()),
                    (c.get("durations") or {}).get("total_seconds"), pair(c.get("metrics") or {}, "likelihood"),
-                   pair(c.get("metrics") or {}, "attribution", 2), pair(c.get("metrics") or {}, "edit_distance", 2),
-                   ((c.get("metrics") or {}).get("baselines") or {}).get("attribution_ceiling")]
+                   pair(c.get("metrics") or {}, "attribution", 2), pair(c.get("metrics") or {}, "lambdag", 2),
+                   pair(c.get("metrics") or {}, "edit_distance", 2),
+                   *(((c.get("metrics") or {}).get("baselines") or {}).get(f"{key}_{bound}")
+                     for key, _ in common.JUDGES for bound in ("ceiling", "floor"))]
                   for c in cycles]
     usage_rows = [[row.get("version"), row.get("drafts"),
                    ", ".join(f"{n} {kind}" for kind, n in (row.get("by_kind") or {}).items() if n),
@@ -130,7 +136,9 @@ def report_from_work(work: Path, out: Path, *, telegram_id: int, corpus: dict[st
         f"Rebuilt from the run's database ({work}). Each cycle's own evaluation: candidate against the adapter "
         "active before it, on that cycle's held-out slice (the newest 15% of verdicts and of imported replies).", "",
         common.markdown_table(["cycle", "status", "candidate", "datasets", "seconds", "NLL (active → candidate)",
-                               "attribution", "edit distance", "attribution ceiling"], cycle_rows), "",
+                               "attribution", "LambdaG", "edit distance",
+                               *(f"{name} {bound}" for _, name in common.JUDGES for bound in ("ceiling", "floor"))],
+                              cycle_rows), "",
         "Live drafts by the adapter that wrote them (what the simulated owner had to change):", "",
         common.markdown_table(["adapter version", "drafts", "verdicts", "edit distance"], usage_rows),
     ])
@@ -185,13 +193,14 @@ def plot(report: dict[str, Any], out: Path) -> Path:
 def markdown(report: dict[str, Any], chart: Path) -> str:
     results, bounds = report["results"], report["results"]["baselines"]
     plan, corpus = report["plan"], report.get("corpus", MAIL)
-    headers = ["model", "NLL", "preference acc.", "edit distance", "attribution", "style distance",
+    headers = ["model", "NLL", "preference acc.", "edit distance", "attribution", "LambdaG", "style distance",
                "caricature flags", "empty drafts"]
     rows = []
     for name in report["order"]:
         r = results.get(name, {})
         rows.append([name, r.get("likelihood"), r.get("preference_accuracy"), r.get("edit_distance"),
-                     r.get("attribution"), _overall(r), len(r.get("caricature_flags") or []), r.get("empty_drafts")])
+                     r.get("attribution"), r.get("lambdag"), _overall(r), len(r.get("caricature_flags") or []),
+                     r.get("empty_drafts")])
     lines = [
         "## Learning curve", "",
         common.machine_markdown(report["facts"], quick=report["quick"]), "",
@@ -203,14 +212,15 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         f"{report['seconds'] / 60:.1f} min.", "",
         "### Rounds", "",
         rounds_table(report["rounds"]), "",
-        "### Held-out metrics (one evaluation of every adapter: same classifier, prompts and seeds)", "",
+        "### Held-out metrics (one evaluation of every adapter: same judges, prompts and seeds)", "",
         *([f"Evaluated again on {report['reevaluated']} from the same adapters (`--reevaluate`, no training).", ""]
           if report.get("reevaluated") else []),
         common.markdown_table(headers, rows), "",
         f"Baselines: edit distance of an empty draft {common.fmt(bounds.get('edit_distance_empty'))}, of echoing the "
-        f"message {common.fmt(bounds.get('edit_distance_echo'))}; attribution ceiling (the owner's own held-out lines) "
-        f"{common.fmt(bounds.get('attribution_ceiling'))}, floor (other people's) "
-        f"{common.fmt(bounds.get('attribution_floor'))}. Plain baseline: trl SFT ({report['plain'].get('sft_rows')} rows)"
+        f"message {common.fmt(bounds.get('edit_distance_echo'))}; "
+        + "; ".join(f"{label} {common.judge_bounds(bounds, key)}" for key, label in common.JUDGES)
+        + " (LambdaG: the second judge, drafts in groups of at least 20 words, not gated). "
+        f"Plain baseline: trl SFT ({report['plain'].get('sft_rows')} rows)"
         f" then DPO ({report['plain'].get('dpo_rows')} pairs), one epoch each, defaults."
         + (f" `{REFERENCE}`: not a twin but a yardstick, the project's SFT stage for {reference['epochs']} epochs on "
            f"every training reply at once ({reference['sft_rows']} rows, no gate, no preference stage): how far this "
@@ -238,6 +248,7 @@ def print_summary(report: dict[str, Any]) -> None:
         r = report["results"].get(name, {})
         print(f"  {name:<8} NLL {common.fmt(r.get('likelihood'), 3)} pref {common.fmt(r.get('preference_accuracy'))} "
               f"edit {common.fmt(r.get('edit_distance'))} attribution {common.fmt(r.get('attribution'))} "
+              f"LambdaG {common.fmt(r.get('lambdag'))} "
               f"style {common.fmt(_overall(r))} flags {len(r.get('caricature_flags') or [])}")
     for target, met, figures in report["targets"]:
         print(f"  [{'x' if met else ' '}] {target}: {figures}")

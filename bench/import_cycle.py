@@ -6,7 +6,8 @@ chitchat owner's conversations (bench/chitchat.py, about 3,700 replies) and run 
 shipped defaults of config.toml (the embedded SmolLM2, `training.first_cycle_writing`, the gate
 with its strength ladder), exactly the paths the CLI takes. Reported: wall time and peak memory
 by stage, the decision and the strength promoted, what it traded, and the cycle's own held-out
-metrics (NLL against the base model, attribution against the owner's own lines and the others').
+metrics (NLL against the base model, attribution by the n-gram classifier and by LambdaG against
+the owner's own lines and the others').
 
     python -m bench.import_cycle            # the real run (about a quarter of an hour on 2 cores)
     python -m bench.import_cycle --quick    # the tests' tiny model on the committed slice
@@ -94,9 +95,9 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
         f"with the shipped defaults; training rows {cycle.get('counts', {}).get('datasets', {})}.", "",
         common.markdown_table(["target", "measured", "met?"], rows), "",
         f"Held-out NLL {common.fmt(base.get('likelihood'), 3)} (base) → {common.fmt(candidate.get('likelihood'), 3)}; "
-        f"attribution {common.fmt(base.get('attribution'))} (base) → {common.fmt(candidate.get('attribution'))}, "
-        f"the owner's own held-out lines {common.fmt(baselines.get('attribution_ceiling'))}, "
-        f"other people {common.fmt(baselines.get('attribution_floor'))}.", "",
+        + "; ".join(f"{label} {common.fmt(base.get(key))} (base) → {common.fmt(candidate.get(key))}, "
+                    f"{common.judge_bounds(baselines, key)}" for key, label in common.JUDGES)
+        + " (the gate judges by attribution; LambdaG is the second judge beside it).", "",
         "Strengths the gate tried:", "",
         common.markdown_table(["strength", "gate", "NLL", "attribution", "caricature flags", "first reason"], rung_rows),
         "", "By stage:", "", common.markdown_table(["stage", "seconds", "peak MB"], stage_rows), "",

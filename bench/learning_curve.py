@@ -141,7 +141,8 @@ def cycle(config: Any, database: Any, log: RoundLog) -> int | None:
                  "stages": {k: v.get("seconds") for k, v in stages.items() if isinstance(v, dict)},
                  # The cycle's own evaluation, on its own held-out slice: candidate against the active adapter.
                  "gate_metrics": {side: {k: (metrics.get(side) or {}).get(k) for k in
-                                         ("likelihood", "attribution", "edit_distance", "preference_accuracy")}
+                                         ("likelihood", "attribution", "lambdag", "edit_distance",
+                                          "preference_accuracy")}
                                   for side in ("active", "candidate")}}
     logger.info("%s: cycle %s (%s) in %.0f s", log.name, outcome.status, outcome.reason, log.cycle["seconds"])
     return outcome.candidate_version

@@ -16,7 +16,7 @@ from bench import common
 logger = logging.getLogger("bench.run_all")
 
 SCRIPTS = ("bench.draft_latency", "bench.train_throughput", "bench.cycle_measure", "bench.import_cycle",
-           "bench.learning_curve")
+           "bench.judges", "bench.learning_curve")
 
 
 def main(argv: list[str] | None = None) -> int:

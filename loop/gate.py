@@ -10,6 +10,10 @@ by more than their tolerances plus `noise_z` standard errors of the difference (
 on a handful of sampled drafts or pairs: on five drafts one draft is 20 points of attribution);
 no caricature flag may appear that the active adapter lacks.
 A metric that neither side measured (e.g. no held-out preference pairs) is not judged.
+
+Attribution is the character n-gram classifier's (training.attribution): cheap, and its behaviour
+and noise are known from many measured runs. The second judge, LambdaG (training.lambdag_judge,
+the metrics' "lambdag"), is reported beside it and is not a criterion here.
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ METRIC_LINES = (
     ("likelihood", "held-out NLL/token (lower is better)", "{:.3f}"),
     ("edit_distance", "edit distance (lower is better)", "{:.2f}"),
     ("attribution", "reads as you (attribution)", "{:.0%}"),
+    ("lambdag", "reads as you (LambdaG, a second judge; not gated)", "{:.0%}"),
     ("preference_accuracy", "prefers your text (preference acc.)", "{:.0%}"),
 )
+OPTIONAL_METRICS = ("lambdag",)  # left out of reports of cycles that did not measure them (older ones)
 
 
 def _fmt(value: float | None, pattern: str) -> str:
@@ -56,14 +58,16 @@ def metrics_text(metrics: dict[str, Any], *, active_version: int, candidate_vers
     base, baselines = metrics.get("base") or {}, metrics.get("baselines") or {}
     lines = [f"Metrics, v{active_version} → v{candidate_version} (base model):"]
     for key, label, pattern in METRIC_LINES:
+        if key in OPTIONAL_METRICS and all(key not in side for side in (candidate, active, base)):
+            continue
         line = (f"  {label}: {_fmt(metric_value(active, key), pattern)} → "
                 f"{_fmt(metric_value(candidate, key), pattern)} (base {_fmt(metric_value(base, key), pattern)})")
         if key == "edit_distance" and baselines.get("edit_distance_empty") is not None:
             line += (f"; an empty draft scores {_fmt(baselines.get('edit_distance_empty'), pattern)}, "
                      f"echoing the message {_fmt(baselines.get('edit_distance_echo'), pattern)}")
-        if key == "attribution" and baselines.get("attribution_ceiling") is not None:
-            line += (f"; your own lines {_fmt(baselines.get('attribution_ceiling'), pattern)}, "
-                     f"other people {_fmt(baselines.get('attribution_floor'), pattern)}")
+        if key in ("attribution", "lambdag") and baselines.get(f"{key}_ceiling") is not None:
+            line += (f"; your own lines {_fmt(baselines.get(f'{key}_ceiling'), pattern)}, "
+                     f"other people {_fmt(baselines.get(f'{key}_floor'), pattern)}")
         lines.append(line)
     flags = caricature_flags(candidate)
     lines.append("  caricature: " + ("; ".join(flags.values()) if flags else "none"))

@@ -130,6 +130,28 @@ def test_a_figure_worse_than_the_plain_baseline_says_when_the_gap_is_within_samp
     assert rows["attribution within 5 points of the owner's own held-out lines"][2].startswith("0.61 ± 0.10 vs ceiling")
 
 
+def test_the_tables_show_lambdag_beside_attribution_each_with_its_bounds():
+    from bench.curve_report import rounds_table, targets
+    from bench.import_cycle import markdown
+
+    judged = {"attribution": 0.6, "lambdag": 0.55, "standard_errors": {}}
+    bounds = {"attribution_ceiling": 0.85, "attribution_floor": 0.17, "lambdag_ceiling": 0.93, "lambdag_floor": 0.14}
+    rows = {row[0]: row for row in targets({"baselines": bounds, "base": {}, "cycle 1": judged}, "cycle 1")}
+    attribution = rows["attribution within 5 points of the owner's own held-out lines"]
+    assert attribution[2].endswith("; LambdaG, not a target: 0.55 vs ceiling 0.93 (floor 0.14)")
+    log = {"name": "round 1", "verdicts": {}, "live_edit_distance": 0.5,
+           "cycle": {"gate_metrics": {"active": {"lambdag": 0.4}, "candidate": {"lambdag": 0.55}}}}
+    assert "LambdaG (active → candidate)" in rounds_table([log]) and "0.40 → 0.55" in rounds_table([log])
+    facts = {"date": "today", "cores": 2, "cpu": "cpu", "torch_threads": 2, "memory_gib": 8, "gpu": "none",
+             "load_1min": 0.0, "versions": {}}
+    cycle = {"metrics": {"candidate": judged, "base": {"attribution": 0.2, "lambdag": 0.1}, "baselines": bounds}}
+    body = markdown({"cycle": cycle, "cycle_seconds": 60, "status": "promoted", "quick": True, "imported_pairs": 3,
+                     "added": 3, "import_seconds": 1.0, "report": "r"}, facts)
+    assert ("attribution 0.20 (base) → 0.60, ceiling (the owner's own held-out lines) 0.85, floor (other people's) "
+            "0.17; LambdaG 0.10 (base) → 0.55, ceiling (the owner's own held-out lines) 0.93, floor (other "
+            "people's) 0.14") in body
+
+
 # Minutes each on a shared 2-core machine (model loads, trainers, a cycle's child process): `slow`,
 # so `make test-fast` skips them while CI's `make test` runs every --quick mode.
 @pytest.mark.slow
@@ -139,6 +161,7 @@ def test_a_figure_worse_than_the_plain_baseline_says_when_the_gap_is_within_samp
     ("bench.learning_curve", "learning_curve", "learning_curve.png"),
     ("bench.cycle_measure", "cycle_measure", None),
     ("bench.import_cycle", "import_cycle", None),
+    ("bench.judges", "judges", None),
 ])
 def test_quick_mode_writes_its_section_and_chart(tmp_path: Path, module: str, section: str, chart: str | None):
     common.write_section(tmp_path, "other", "left alone")

@@ -126,21 +126,40 @@ def test_evaluate_reports_every_metric_per_adapter(engine: Engine, adapter: Path
     assert baselines["edit_distance_empty"] == 1.0 and baselines["edit_distance_echo"] > 0
     assert baselines["items"] == 4 and baselines["sampled_items"] == 3 and baselines["preference_pairs"] == 2
     assert baselines["attribution_ceiling"] > baselines["attribution_floor"]  # the classifier separates the two
+    assert baselines["lambdag_ceiling"] > baselines["lambdag_floor"]  # and so does the second judge
+    assert baselines["judges_trained_on"] == {"owner": 8, "other": 8}  # 80% of each side, 20% for the bounds
     for name in ("base", "candidate"):
         metrics = results[name]
         assert metrics["likelihood"] > 0
         assert metrics["preference_accuracy"] in (0.0, 0.5, 1.0)
         assert 0 <= metrics["edit_distance"] <= 3
         assert metrics["attribution"] is None or 0 <= metrics["attribution"] <= 1
+        assert "lambdag" in metrics and (metrics["lambdag"] is None or 0 <= metrics["lambdag"] <= 1)
         assert isinstance(metrics["style_distance"], dict) and isinstance(metrics["caricature_flags"], list)
         assert len(metrics["samples"]) == min(3, SAMPLES_KEPT)
         errors = metrics["standard_errors"]  # what the gate treats as sampling noise
         assert errors["preference_accuracy"] > 0 and errors["edit_distance"] is not None
+        assert (errors["lambdag"] is None) == (metrics["lambdag"] is None)
     assert results["base"]["likelihood"] != results["candidate"]["likelihood"]  # the adapter was applied
     again = evaluate(**kwargs)
     for name in ("base", "candidate"):  # fixed seeds: the same numbers and drafts every time
         assert again[name]["likelihood"] == pytest.approx(results[name]["likelihood"])
         assert again[name]["samples"] == results[name]["samples"]
+        assert again[name]["lambdag"] == results[name]["lambdag"]
+
+
+def test_the_judges_do_not_learn_the_held_out_items_texts(engine: Engine, tiny_model_dir: Path) -> None:
+    # The owner's lines of a cycle hold every imported reply and kept text, the held-out ones too.
+    feedback, writing = heldout()
+    kept = [item.kept for item in eval_items(feedback, writing)]
+    kwargs = dict(model_settings=tiny_model_settings(tiny_model_dir), generation=tiny_generation_settings(),
+                  models_dir=Path("unused"), adapters={}, heldout_feedback=feedback, heldout_writing=writing,
+                  other_lines=OTHER_LINES, eval_settings=tiny_evaluation_settings(max_eval_items=3), seed=1,
+                  engine=engine)
+    without = evaluate(owner_lines=OWNER_LINES, **kwargs)["baselines"]
+    with_kept = evaluate(owner_lines=OWNER_LINES + [f" {text} " for text in kept], **kwargs)["baselines"]
+    assert with_kept["judges_trained_on"] == without["judges_trained_on"] == {"owner": 8, "other": 8}
+    assert with_kept["lambdag_ceiling"] == without["lambdag_ceiling"]
 
 
 def test_evaluate_without_pairs_or_lines_reports_none(engine: Engine, tiny_model_dir: Path) -> None:
@@ -151,6 +170,8 @@ def test_evaluate_without_pairs_or_lines_reports_none(engine: Engine, tiny_model
                        eval_settings=tiny_evaluation_settings(), seed=0, engine=engine)
     assert results["base"]["preference_accuracy"] is None and results["base"]["attribution"] is None
     assert results["baselines"]["attribution_ceiling"] is None and "attribution_note" in results["baselines"]
+    assert results["base"]["lambdag"] is None and results["baselines"]["lambdag_ceiling"] is None
+    assert "at least 5 messages" in results["baselines"]["lambdag_note"]
 
 
 def test_the_held_out_likelihood_scores_at_most_max_likelihood_items_the_same_for_every_model(

@@ -95,3 +95,21 @@ def test_reports_say_what_happened_and_why(engine):
     assert "accept 2" in text and "regenerate 1" in text and "an empty draft scores 1.00" in text
     assert "2 min 10 s" in text and "peak memory 2.0 GB" in text
     assert "killed" in failed_text and "v1 stays active" in failed_text
+
+
+def test_the_report_shows_lambdag_beside_attribution_each_with_its_bounds():
+    from loop.report import metrics_text
+
+    def judged(attribution: float, lambdag: float) -> dict:
+        return {**evaluated(3.0, 1.5, attribution), "lambdag": lambdag}
+
+    metrics = {"candidate": judged(0.6, 0.55), "active": judged(0.5, 0.4), "base": judged(0.2, 0.1),
+               "baselines": {"attribution_ceiling": 0.85, "attribution_floor": 0.17,
+                             "lambdag_ceiling": 0.93, "lambdag_floor": 0.14}}
+    text = metrics_text(metrics, active_version=1, candidate_version=2)
+    assert "reads as you (attribution): 50% → 60% (base 20%); your own lines 85%, other people 17%" in text
+    assert ("reads as you (LambdaG, a second judge; not gated): 40% → 55% (base 10%); your own lines 93%, "
+            "other people 14%") in text
+    # A cycle evaluated before LambdaG was reported has no such line rather than a row of n/a.
+    older = {side: evaluated(3.0, 1.5, 0.5) for side in ("candidate", "active", "base")}
+    assert "LambdaG" not in metrics_text(older, active_version=1, candidate_version=2)

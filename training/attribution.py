@@ -38,6 +38,13 @@ def holdout_split(texts: Sequence[str], *, fraction: float = 0.2, seed: int = 0)
     return shuffled[n_heldout:], shuffled[:n_heldout]
 
 
+def require_both_sides(owner: Sequence[str], other: Sequence[str], judge: str) -> None:
+    """Raise NotEnoughData naming the side with fewer than 5 texts (the judges learn from both)."""
+    for side, texts in (("owner", owner), ("other people", other)):
+        if len(texts) < MIN_TEXTS_PER_SIDE:
+            raise NotEnoughData(f"{judge} needs at least {MIN_TEXTS_PER_SIDE} messages of the {side}, got {len(texts)}")
+
+
 class AttributionClassifier:
     """TF-IDF character n-grams + logistic regression; class 1 is the owner."""
 
@@ -52,10 +59,7 @@ class AttributionClassifier:
         from sklearn.pipeline import make_pipeline
 
         owner, other = _clean(owner_texts), _clean(other_texts)
-        for side, texts in (("owner", owner), ("other people", other)):
-            if len(texts) < MIN_TEXTS_PER_SIDE:
-                raise NotEnoughData(f"attribution needs at least {MIN_TEXTS_PER_SIDE} messages of the {side}, "
-                                    f"got {len(texts)}")
+        require_both_sides(owner, other, "attribution")
         self.pipeline = make_pipeline(
             TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, lowercase=False),
             LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed),
@@ -77,6 +81,10 @@ class AttributionClassifier:
             return []
         owner_column = list(self.pipeline.classes_).index(1)
         return [float(row[owner_column]) for row in self.pipeline.predict_proba([t.strip() for t in texts])]
+
+    def documents(self, texts: Sequence[str]) -> list[str]:
+        """What `score` judges one by one: every non-empty text (LambdaG groups short ones instead)."""
+        return _clean(texts)
 
     def score(self, texts: Sequence[str]) -> float:
         """The share of texts attributed to the owner (probability at least 0.5)."""
@@ -115,9 +123,12 @@ class AttributionClassifier:
         return classifier
 
 
-def attribution_report(classifier: AttributionClassifier, drafts: Sequence[str], owner_heldout: Sequence[str],
+def attribution_report(classifier: Any, drafts: Sequence[str], owner_heldout: Sequence[str],
                        other_heldout: Sequence[str]) -> dict[str, float | int | None]:
-    """The drafts' score beside the ceiling (owner's held-out lines) and floor (others'); None for an empty side."""
+    """The drafts' score beside the ceiling (owner's held-out lines) and floor (others'); None for an empty side.
+
+    `classifier` is an AttributionClassifier or any judge with its `score` (training.lambdag_judge).
+    """
 
     def share(texts: Sequence[str]) -> float | None:
         texts = _clean(texts)

@@ -3,9 +3,11 @@
 For each named adapter (e.g. {"base": None, "active": path, "candidate": path}) on one base model
 loaded once: likelihood of the owner's held-out text, preference accuracy on held-out
 (owner's text, rejected draft) pairs, drafts sampled with fixed seeds on the held-out prompts
-and what they look like (edit distance to the kept text, attribution, style distance,
-caricature flags). The metric definitions live in training.metrics / style / attribution
-(design.md, "Metrics"); this module only feeds them.
+and what they look like (edit distance to the kept text, attribution by the n-gram
+classifier and by LambdaG, style distance, caricature flags). Both judges learn from the owner's
+lines without the held-out items' texts (`judge_lines`) against the other people's lines. The
+metric definitions live in training.metrics / style / attribution / lambdag_judge (design.md,
+"Metrics"); this module only feeds them.
 """
 
 from __future__ import annotations
@@ -48,19 +50,52 @@ def eval_items(heldout_feedback: Sequence[FeedbackExample], heldout_writing: Seq
     return items
 
 
-def _attribution(owner_lines: Sequence[str], other_lines: Sequence[str], seed: int) -> tuple[Any, dict[str, Any]]:
-    """A classifier trained on part of the owner's and others' lines, and its held-out ceiling/floor."""
-    from training.attribution import AttributionClassifier, NotEnoughData, attribution_report, holdout_split
+JUDGES = ("attribution", "lambdag")  # the n-gram classifier the gate uses, and LambdaG reported beside it
+
+
+def judge_lines(owner_lines: Sequence[str], items: Sequence[EvalItem]) -> list[str]:
+    """The owner's lines the judges learn from: all of them but the held-out items' own texts.
+
+    The drafts are compared with those texts (edit distance, the owner's report), so a judge that
+    had learnt them would recognise a draft for being close to its item's answer, not for style.
+    """
+    held = {item.kept.strip() for item in items}
+    return [line for line in owner_lines if line.strip() not in held]
+
+
+def _fit_judge(name: str, owner: Sequence[str], other: Sequence[str], seed: int) -> Any:
+    from training.attribution import AttributionClassifier
+    from training.lambdag_judge import LambdaGJudge
+
+    return (AttributionClassifier() if name == "attribution" else LambdaGJudge()).fit(owner, other, seed=seed)
+
+
+def _judges(owner_lines: Sequence[str], other_lines: Sequence[str], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both judges trained on one split of the owner's and others' lines, and their held-out ceiling/floor.
+
+    A judge that could not be trained (too few lines, LambdaG not installed) is left out and
+    its bounds are None, with a note saying why.
+    """
+    from training.attribution import NotEnoughData, attribution_report, holdout_split
+    from training.lambdag_judge import LambdaGUnavailable
 
     owner_train, owner_held = holdout_split(owner_lines, seed=seed)
     other_train, other_held = holdout_split(other_lines, seed=seed)
-    try:
-        classifier = AttributionClassifier().fit(owner_train, other_train, seed=seed)
-    except NotEnoughData as error:
-        logger.info("attribution skipped: %s", error)
-        return None, {"attribution_ceiling": None, "attribution_floor": None, "attribution_note": str(error)}
-    bounds = attribution_report(classifier, [], owner_held, other_held)
-    return classifier, {"attribution_ceiling": bounds["ceiling"], "attribution_floor": bounds["floor"]}
+    judges: dict[str, Any] = {}
+    bounds: dict[str, Any] = {"judges_trained_on": {"owner": len(owner_train), "other": len(other_train)}}
+    for name in JUDGES:
+        started = time.perf_counter()
+        try:
+            judge = _fit_judge(name, owner_train, other_train, seed)
+        except (NotEnoughData, LambdaGUnavailable) as error:
+            logger.info("%s skipped: %s", name, error)
+            bounds.update({f"{name}_ceiling": None, f"{name}_floor": None, f"{name}_note": str(error)})
+            continue
+        judged = attribution_report(judge, [], owner_held, other_held)
+        judges[name] = judge
+        bounds.update({f"{name}_ceiling": judged["ceiling"], f"{name}_floor": judged["floor"],
+                       f"{name}_seconds": round(time.perf_counter() - started, 2)})
+    return judges, bounds
 
 
 def standard_error(values: list[float]) -> float | None:
@@ -106,14 +141,14 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
             triples.append((render(feedback.conversation), pair[0], pair[1]))
     sampled = list(zip(prompts, items))[:eval_settings.max_eval_items]
 
-    classifier, attribution_bounds = _attribution(owner_lines, other_lines, seed)
+    judges, judge_bounds = _judges(judge_lines(owner_lines, items), other_lines, seed)
     owner_texts = list(owner_lines) or [item.kept for item in items]
     owner_profile = style_profile(owner_texts, other_texts=other_lines or None)
     baselines = edit_distance_baselines((item.conversation.incoming, item.kept) for _, item in sampled)
     results: dict[str, dict[str, Any]] = {
         "baselines": {"edit_distance_empty": baselines.get("empty", 1.0),
                       "edit_distance_echo": baselines.get("echo"),
-                      **attribution_bounds,
+                      **judge_bounds,
                       "items": len(items), "likelihood_items": len(nll_pairs), "sampled_items": len(sampled),
                       "preference_pairs": len(triples)},
     }
@@ -128,16 +163,19 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         draft_profile = style_profile(drafts, phrases=owner_profile.phrases.keys())
         distances = [edit_distance(draft, item.kept) for draft, (_, item) in zip(drafts, sampled)]
         written = [d for d in drafts if d.strip()]
-        attribution = classifier.score(written) if classifier and written else None
+        # The share each judge gives the owner, and on how many documents (drafts; LambdaG groups them).
+        shares = {name: (judges[name].score(written), len(judges[name].documents(written)))
+                  if name in judges and written else (None, 0) for name in JUDGES}
         results[name] = {
             "likelihood": nll,
             "preference_accuracy": accuracy,
             "edit_distance": mean_edit_distance((draft, item.kept) for draft, (_, item) in zip(drafts, sampled)),
-            "attribution": attribution,
+            "attribution": shares["attribution"][0],
+            "lambdag": shares["lambdag"][0],
             # How much each sampled or counted metric would move by chance alone: the gate does
             # not call a candidate worse for a drop within this noise (a handful of held-out items).
             "standard_errors": {"edit_distance": standard_error(distances),
-                                "attribution": proportion_standard_error(attribution, len(written)),
+                                **{name: proportion_standard_error(*shares[name]) for name in JUDGES},
                                 "preference_accuracy": proportion_standard_error(accuracy, len(triples))},
             "style_distance": style_distance(owner_profile, draft_profile) if drafts else {},
             "caricature_flags": caricature_flags(owner_profile, draft_profile, ratio=eval_settings.caricature_ratio)
@@ -149,7 +187,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
                         for draft, (_, item) in list(zip(drafts, sampled))[:SAMPLES_KEPT]],
             "seconds": round(time.perf_counter() - started, 2),
         }
-        logger.info("evaluated %s: likelihood %s, preference %s, edit distance %s, attribution %s", name,
-                    results[name]["likelihood"], accuracy, results[name]["edit_distance"],
-                    results[name]["attribution"])
+        logger.info("evaluated %s: likelihood %s, preference %s, edit distance %s, attribution %s, LambdaG %s",
+                    name, results[name]["likelihood"], accuracy, results[name]["edit_distance"],
+                    results[name]["attribution"], results[name]["lambdag"])
     return results
