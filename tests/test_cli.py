@@ -11,7 +11,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from loop.cli import app
+from bot.cli import app  # loop's commands plus `run`: the console script `twin`
 from loop.config import load_config
 from loop.runtime import PROGRESS_BAR_SWITCHES
 
@@ -114,7 +114,7 @@ def run_twin(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`twin ARGS` as a real process (a fresh interpreter, as `make run` starts it), stdin at EOF."""
     env = {name: value for name, value in os.environ.items() if name not in PROGRESS_BAR_SWITCHES}
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "loop.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from training.prompt import DEFAULT_SYSTEM_PROMPT
-from training.serving import BACKENDS
+
+# The drafting backends `generation.backend` names (training.serving runs them). Kept here, with the
+# settings that are checked against it: settings are the leaf of training and import none of its code.
+BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8")
 
 
 class ConfigError(ValueError):
