@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import event
 
 from loop.drafting import FakeDrafter
 from loop.terminal import chat_loop
@@ -86,3 +87,38 @@ def test_terminal_chat_prints_the_menu_keys_and_drafts_as_written(twin: Twin, mo
     assert printed.count("[a]ccept") == 3  # the prompt twice, and the menu again after "x"
     assert "ccept  dit" not in printed
     assert "twin> see [b]you[/b] at [5]" in printed
+
+
+def _count_commits(engine) -> list[object]:
+    """Every COMMIT the engine sends from now on (SQLAlchemy's "commit" event of each connection)."""
+    commits: list[object] = []
+    event.listen(engine, "commit", commits.append)
+    return commits
+
+
+def test_one_drafted_message_and_one_verdict_take_one_commit_each_step(twin: Twin, engine) -> None:
+    """One unit of work per owner action: the message is one commit, its draft one more (the model
+    writes between them), a verdict one; lookups commit nothing. Each Twin method used to open its
+    own get-or-create session for the owner: 6 commits for a message and its draft, 4 for ✅."""
+    commits = _count_commits(engine)
+    for telegram_message_id in (10, 11):  # the first message of a new owner creates it in the same transaction
+        commits.clear()
+        stored = twin.record_incoming(telegram_id=1001, chat_key="tg:5", incoming="dinner?", chat_id=5,
+                                      telegram_message_id=telegram_message_id)
+        assert len(commits) == 1
+        draft = twin.draft_for_message(telegram_id=1001, message_id=stored.message_id, chat_id=5)
+        assert len(commits) == 2
+    commits.clear()
+    twin.is_recorded(telegram_id=1001, chat_id=5, telegram_message_id=11)
+    twin.get_draft(telegram_id=1001, draft_id=draft.id)
+    twin.draft_state(telegram_id=1001, draft_id=draft.id)
+    assert commits == []
+    verdict = twin.record_verdict(telegram_id=1001, draft_id=draft.id, kind="accept")
+    assert len(commits) == 1
+    assert verdict.draft.id == draft.id and verdict.draft.text == draft.text  # nothing left to read again
+    commits.clear()
+    first = twin.draft_reply(telegram_id=1001, chat_key="tg:5", incoming="and now?")
+    assert len(commits) == 2
+    commits.clear()
+    twin.record_verdict(telegram_id=1001, draft_id=first.id, kind="regenerate")
+    assert len(commits) == 2  # the verdict, then the new draft written after the model's time
