@@ -1,6 +1,6 @@
 """What the twin's use and its cycles say: per-version accept rate and edit distance, cycle history, chart.
 
-Real-use numbers come from drafts and the owner's verdicts (design.md, "accept rate" and
+Real-use numbers come from drafts and the owner's verdicts (docs/architecture.md, "accept rate" and
 "edit distance": the kept text against the draft); evaluation numbers come from the cycle rows.
 Used by the nightly report, `/stats`, `twin cycles` and the history chart.
 """

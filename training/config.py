@@ -161,7 +161,7 @@ class TrainingSettings:
 
 @dataclass
 class EvaluationSettings:
-    """Held-out split and the promotion gate (design.md, Metrics)."""
+    """Held-out split and the promotion gate (docs/architecture.md, "Metrics")."""
 
     holdout_fraction: float = 0.15
     min_holdout: int = 5

@@ -1,4 +1,4 @@
-"""Dataset builders: every row of design.md's "From feedback to training rows" table, splits, files."""
+"""Dataset builders: every row of docs/architecture.md's "From feedback to training rows" table, splits, files."""
 
 from __future__ import annotations
 

@@ -148,7 +148,7 @@ def test_template_debris_is_stripped(raw: str, clean: str) -> None:
 
 def test_drafting_and_training_see_the_same_prompt_tokens(engine: Engine, tiny_model_dir: Path,
                                                           tmp_path: Path) -> None:
-    """design.md: the same renderer at draft and training time, down to the token ids trl trains on."""
+    """docs/architecture.md: the same renderer at draft and training time, down to the token ids trl trains on."""
     import torch
 
     from training.model import load_model
