@@ -34,10 +34,13 @@ $(BENCH_STAMP): $(STAMP)
 run: setup
 	$(BIN)/twin run
 
+# lint-imports first: the layering of pyproject.toml's [tool.importlinter] contracts (docs/architecture.md).
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(BENCH_STAMP)

@@ -297,7 +297,7 @@ def model_settings(*, quick: bool, work: Path, threads: int = 0, **overrides: An
     from training.config import ModelSettings
 
     if quick:
-        from tests.tiny import build_tiny_model_dir, tiny_model_settings
+        from training.tiny import build_tiny_model_dir, tiny_model_settings
 
         tiny = work / "tiny-model"
         if not (tiny / "config.json").exists():

@@ -116,7 +116,7 @@ def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: in
     config.model = common.model_settings(quick=quick, work=work, threads=threads, owner_name="Robin")
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if quick:
-        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
+        from training.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
 
         config.training, config.generation = tiny_training_settings(), tiny_generation_settings()
         config.evaluation = tiny_evaluation_settings()

@@ -338,7 +338,7 @@ def curve_config(*, quick: bool, work: Path, threads: int, owner_name: str = "Ti
     settings = common.model_settings(quick=quick, work=work, threads=threads, owner_name=owner_name)
     config = Config(data_dir=work / "twin", owners=[OWNER_TELEGRAM_ID], model=settings)
     if quick:
-        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
+        from training.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
 
         config.training = tiny_training_settings()
         config.generation = tiny_generation_settings()

@@ -188,7 +188,7 @@ def run_cycle_bench(*, quick: bool, work: Path, threads: int, items: int, settin
         # Share the converted embedded model instead of converting it again in the scratch folder.
         (config.models_dir).symlink_to(common.models_dir().resolve(), target_is_directory=True)
     if quick:
-        from tests.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
+        from training.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
 
         config.training = tiny_training_settings()
         config.generation = tiny_generation_settings()

@@ -45,8 +45,8 @@ from bot.services import CycleRunner, Services
 from bot.state import STATE_KEY, BotState, state, state_of
 from bot.telegram_io import answer_query, is_not_modified, with_retry
 from loop.config import TOKEN_ENV, Config
+from loop.errors import DatabaseBusy
 from loop.twin import Twin
-from storage.db import DatabaseBusy
 
 logger = logging.getLogger(__name__)
 

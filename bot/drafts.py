@@ -26,9 +26,8 @@ from bot import keyboards, texts
 from bot.queue import DraftJob, DraftQueue
 from bot.services import Services
 from bot.telegram_io import send_text
-from loop.drafting import DraftingError
-from storage.db import DatabaseBusy
-from storage.models import Draft
+from loop.errors import DatabaseBusy, DraftingError
+from loop.views import DraftView
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,8 @@ RECOVERY_WINDOW = timedelta(hours=24)
 
 
 def draft_job(bot: Bot, services: Services, *, telegram_id: int, chat_id: int, message_id: int,
-              reply_to: int | None, update: Any = None, draft: Draft | None = None,
-              maybe_shown: bool = False) -> DraftJob[Draft]:
+              reply_to: int | None, update: Any = None, draft: DraftView | None = None,
+              maybe_shown: bool = False) -> DraftJob[DraftView]:
     """The queue job that drafts a reply to the stored message `message_id` (or takes `draft`,
     written before a restart) and shows it in `chat_id` as a reply to Telegram message `reply_to`
     (`maybe_shown`: its send was interrupted; the owner is told instead)."""
@@ -53,7 +52,7 @@ def draft_job(bot: Bot, services: Services, *, telegram_id: int, chat_id: int, m
                     on_error=partial(drafting_failed, bot, chat_id))
 
 
-async def deliver_draft(bot: Bot, services: Services, telegram_id: int, draft: Draft, *,
+async def deliver_draft(bot: Bot, services: Services, telegram_id: int, draft: DraftView, *,
                         reply_to: int | None = None) -> None:
     """Show a stored draft with its buttons, then remember the message so replies to it count as edits.
 
@@ -74,7 +73,7 @@ async def deliver_draft(bot: Bot, services: Services, telegram_id: int, draft: D
                             chat_id=sent.chat_id, shown_message_id=sent.message_id)
 
 
-async def deliver_maybe_shown(bot: Bot, services: Services, telegram_id: int, draft: Draft, *,
+async def deliver_maybe_shown(bot: Bot, services: Services, telegram_id: int, draft: DraftView, *,
                               reply_to: int | None = None) -> None:
     """A draft whose send a restart interrupted: tell the owner instead of showing it a second time."""
     await send_text(bot, draft.chat_id, texts.DRAFT_MAYBE_SHOWN, reply_parameters=_reply(reply_to))

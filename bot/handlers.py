@@ -37,8 +37,8 @@ from bot.queue import DraftJob, QueueFull
 from bot.services import Decision
 from bot.state import state
 from bot.telegram_io import answer_query, edit_text, send_text
-from storage.models import Draft, Feedback, FeedbackKind
-from storage.repo import DraftAlreadyDecided, DraftNotFound, FeedbackTextRequired
+from loop.errors import DraftAlreadyDecided, DraftNotFound, FeedbackTextRequired
+from loop.views import DraftView, FeedbackKind, FeedbackView
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ async def _refuse(update: Update, context: ContextTypes.DEFAULT_TYPE, error: Exc
         await show_verdict(context.bot, draft, error.feedback, fallback=query.message)
 
 
-async def show_verdict(bot: Bot, draft: Draft, feedback: Feedback, *, fallback: Any = None) -> None:
+async def show_verdict(bot: Bot, draft: DraftView, feedback: FeedbackView, *, fallback: Any = None) -> None:
     """Replace the draft's buttons with its verdict ("not modified" when it already shows it is fine)."""
     chat_id, message_id = draft.chat_id, draft.shown_message_id
     if (chat_id is None or message_id is None) and fallback is not None:
@@ -252,7 +252,7 @@ async def on_draft_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
                                    reply_markup=_force_reply(texts.REJECT_PLACEHOLDER))
 
 
-async def _undecided_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: int) -> Draft | None:
+async def _undecided_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: int) -> DraftView | None:
     """The draft if it still takes a verdict; otherwise the press is answered politely and None."""
     query = update.callback_query
     try:

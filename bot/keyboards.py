@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from telegram import CopyTextButton, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import InlineKeyboardButtonLimit
 
-from storage.models import FeedbackKind
+from loop.views import FeedbackKind
 
 ACTIONS: dict[str, FeedbackKind] = {
     "a": FeedbackKind.accept,

@@ -34,12 +34,12 @@ from typing import Any, Sequence
 from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, Updater
 
-from bot.telegram_io import with_retry
+from bot.telegram_io import PAUSES_S, pause_after, with_retry
 
 logger = logging.getLogger(__name__)
 
-BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # pauses after failed getUpdates calls; the last repeats
-BUSY_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 15.0)  # pauses before handling again an update that met a locked
+BACKOFF_S = PAUSES_S[1:]  # 1 s … 30 s: pauses after failed getUpdates calls; the last repeats
+BUSY_PAUSES_S = PAUSES_S[1:-1]  # 1 s … 15 s: pauses before handling again an update that met a locked
 # database; the last repeats
 
 
@@ -98,7 +98,7 @@ class HandledFirstUpdater(Updater):
                 if update_id not in self._again:
                     return True
                 self._again.discard(update_id)
-                pause = BUSY_PAUSES_S[min(attempt, len(BUSY_PAUSES_S) - 1)]
+                pause = pause_after(attempt, BUSY_PAUSES_S)
                 attempt += 1
                 logger.warning("update %s met a busy database; handling it again in %.0f s", update_id, pause)
                 await self._sleep_unless_stopping(pause)
@@ -167,7 +167,7 @@ class HandledFirstUpdater(Updater):
                 await asyncio.sleep(_seconds(error.retry_after))
                 continue
             except Exception as error:  # network errors, timeouts, 5xx, a conflict with another poller
-                pause = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+                pause = pause_after(failures, BACKOFF_S)
                 failures += 1
                 logger.warning("getUpdates failed (%s: %s); polling again in %.0f s", type(error).__name__, error,
                                pause, exc_info=not isinstance(error, TelegramError))

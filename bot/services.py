@@ -17,9 +17,9 @@ from sqlalchemy.engine import Engine
 
 from bot import texts
 from loop.config import Config
-from loop.twin import Twin
-from storage.models import Draft, Feedback, FeedbackKind
-from storage.repo import DraftAlreadyDecided
+from loop.errors import DraftAlreadyDecided
+from loop.twin import Twin, Verdict
+from loop.views import DraftView, FeedbackKind, FeedbackView
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +35,8 @@ class TrainingAlreadyRunning(ServiceError):
     """A cycle holds the lock (in this process or another one)."""
 
 
-@dataclass(frozen=True)
-class Decision:
-    """A verdict as stored, with the draft it is about and, for "another", the new draft."""
-
-    draft: Draft
-    feedback: Feedback
-    new_draft: Draft | None = None
+# A verdict as stored, with the draft it is about and, for "another", the new draft: what the twin returns.
+Decision = Verdict
 
 
 @dataclass
@@ -61,24 +56,20 @@ class Services:
                reason: str | None = None) -> Decision:
         """Store a verdict (committed on return; "regenerate" also writes the new draft)."""
         try:
-            verdict = self.twin.record_verdict(telegram_id=telegram_id, draft_id=draft_id, kind=kind, text=text,
-                                               reason=reason)
+            return self.twin.record_verdict(telegram_id=telegram_id, draft_id=draft_id, kind=kind, text=text,
+                                            reason=reason)
         except DraftAlreadyDecided:
             raise self._decided(telegram_id, draft_id) from None
-        draft = self.twin.get_draft(telegram_id=telegram_id, draft_id=draft_id)
-        return Decision(draft=draft, feedback=verdict.feedback, new_draft=verdict.new_draft)
 
-    def draft_state(self, *, telegram_id: int, draft_id: int) -> tuple[Draft, Feedback | None]:
+    def draft_state(self, *, telegram_id: int, draft_id: int) -> tuple[DraftView, FeedbackView | None]:
         """The draft and its verdict so far (DraftNotFound if it is not this owner's)."""
-        feedback = self.twin.verdict_of(telegram_id=telegram_id, draft_id=draft_id)
-        return self.twin.get_draft(telegram_id=telegram_id, draft_id=draft_id), feedback
+        return self.twin.draft_state(telegram_id=telegram_id, draft_id=draft_id)
 
     def amend_reject(self, *, telegram_id: int, draft_id: int, text: str | None, reason: str | None) -> Decision:
         try:
-            feedback = self.twin.amend_reject(telegram_id=telegram_id, draft_id=draft_id, text=text, reason=reason)
+            return self.twin.amend_reject(telegram_id=telegram_id, draft_id=draft_id, text=text, reason=reason)
         except DraftAlreadyDecided:
             raise self._decided(telegram_id, draft_id) from None
-        return Decision(draft=self.twin.get_draft(telegram_id=telegram_id, draft_id=draft_id), feedback=feedback)
 
     def _decided(self, telegram_id: int, draft_id: int) -> DraftAlreadyDecided:
         # The error raised inside the failed transaction holds an expired row; read the verdict afresh.
@@ -94,12 +85,8 @@ class Services:
         upload that eats the memory or hangs costs its import, never the bot."""
         from loop.importing import OwnerIdentity, run_import
         from loop.importing.child import prepare_in_child
-        from storage import repo
-        from storage.db import session_scope
 
-        with session_scope(self.engine) as session:
-            owner = repo.get_or_create_owner(session=session, telegram_id=telegram_id)
-            owner_db_id, owner_name = owner.id, owner.name
+        owner_db_id, owner_name = self.twin.owner_and_name(telegram_id)
         names = [n for n in (name, owner_name, self.config.model.owner_name) if n]
         identity = OwnerIdentity.from_config(self.config, names=names, telegram_ids=[telegram_id])
         # Errors of a file end up in the report (a failed file stores nothing), not as exceptions.
@@ -130,18 +117,11 @@ class Services:
 
     def stats(self, *, telegram_id: int, chart_path: Path) -> tuple[str, Path | None]:
         """The per-version table and a chart: the cycle history once there is one, else real use per version."""
-        from loop.stats import history_chart, history_rows, owner_stats
-        from training.charts import plot_cycle_history
+        from loop.stats import owner_stats, stats_chart
 
         rows = owner_stats(self.engine, telegram_id=telegram_id)
-        text = texts.stats_text(rows)
-        if history_rows(self.engine, telegram_id=telegram_id):
-            return text, history_chart(self.config, self.engine, telegram_id=telegram_id, path=chart_path)
-        if not rows:
-            return text, None
-        use = [{"version": row["version"], "accept_rate": row["accept_rate"], "edit_distance": row["edit_distance"]}
-               for row in rows]
-        return text, plot_cycle_history(use, chart_path)
+        return texts.stats_text(rows), stats_chart(self.config, self.engine, telegram_id=telegram_id, rows=rows,
+                                                   path=chart_path)
 
     def style(self, *, telegram_id: int, chart_path: Path) -> tuple[str, Path | None]:
         from loop.style import owner_style_chart, owner_style_text
@@ -164,15 +144,9 @@ class Services:
 
     def next_run(self, now: datetime | None = None) -> datetime | None:
         """When the nightly cycle runs next, from the config (the scheduler uses the same trigger)."""
-        if not self.config.schedule.enabled:
-            return None
-        from apscheduler.triggers.cron import CronTrigger
+        from loop.scheduler import upcoming_run
 
-        from loop.scheduler import schedule_timezone
-
-        tz = schedule_timezone(self.config)
-        trigger = CronTrigger(hour=self.config.schedule.hour, minute=self.config.schedule.minute, timezone=tz)
-        return trigger.get_next_fire_time(None, now or datetime.now(tz))
+        return upcoming_run(self.config, now)
 
     def uploads_dir(self) -> Path:
         folder = self.config.data_dir / "uploads"

@@ -21,10 +21,17 @@ from bot.texts import split_message
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# The one table of growing pauses (seconds) the bot waits between tries; each use takes a slice.
+PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 # About a minute in all: a draft waits out a short Bot API outage instead of being dropped.
-RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+RETRY_DELAYS_S = PAUSES_S
 # A button answer only matters while the client shows its spinner (about 15 s).
-ANSWER_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+ANSWER_RETRY_DELAYS_S = PAUSES_S[:3]
+
+
+def pause_after(failures: int, pauses: tuple[float, ...]) -> float:
+    """The pause after `failures` failed tries in a row: the table's entry, its last one repeating."""
+    return pauses[min(failures, len(pauses) - 1)]
 
 
 def is_not_modified(error: BaseException) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from telegram.constants import MessageLimit
 
-from storage.models import FeedbackKind
+from loop.views import FeedbackKind
 
 MAX_MESSAGE = MessageLimit.MAX_TEXT_LENGTH  # 4096 UTF-16 code units after entity parsing
 

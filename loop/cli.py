@@ -1,5 +1,8 @@
 """The `twin` command line: set up, import writing, draft, chat, train, inspect, forget.
 
+`twin run` is registered by `bot.cli` (the console script), the one module that may see both
+loop and bot: loop knows nothing of Telegram. Its terminal half (`run_terminal`) lives here.
+
 Commands act on the first configured owner unless `--owner` names another. Domain errors
 become one red sentence and a non-zero exit code; nothing here holds logic of its own.
 Long steps show one status line each; the libraries' log lines and progress bars appear only
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -281,29 +283,23 @@ def chat(owner: OwnerOption = None) -> None:
     chat_loop(twin, telegram_id=telegram_id, console=console)
 
 
-@app.command()
-def run(owner: OwnerOption = None) -> None:
-    """Run the twin: the Telegram bot if TWIN_TELEGRAM_TOKEN is set (else the terminal chat), with the nightly scheduler."""
-    from loop.terminal import chat_loop
-    from loop.scheduler import start_scheduler
-
-    config = get_config()
+def prepare_run(config: Config, owner: int | None):
+    """The first half of `twin run` (the command itself is bot.cli's: it may start the bot): the
+    owner, the embedded model prepared on first start, and the twin. Returns (telegram id, twin)."""
     telegram_id = owner_of(config, owner)
     if config.model.base == "embedded":
         from training.model import resolve_base_model
 
         with err_console.status("preparing the embedded model (first start only, about half a minute)…"):
             resolve_base_model(config.model, config.models_dir)
-    twin = _make_twin(config)
-    if config.telegram_token:
-        if not config.owners:
-            fail("Set `owners` in the config to your Telegram user id first: the bot serves configured owners only.", 2)
-        from bot.app import run_bot
+    return telegram_id, _make_twin(config)
 
-        # Converting the active adapters for fast drafting takes seconds each: do it while the bot starts.
-        threading.Thread(target=twin.warm_up, name="twin-warm-up", daemon=True).start()
-        run_bot(config, twin)
-        return
+
+def run_terminal(config: Config, twin, telegram_id: int) -> None:
+    """`twin run` without a token: the terminal chat, with the nightly scheduler beside it."""
+    from loop.scheduler import start_scheduler
+    from loop.terminal import chat_loop
+
     _warm_up_before_the_prompt(twin)
     err_console.print("TWIN_TELEGRAM_TOKEN is not set: starting the terminal chat (Ctrl-D to quit).")
     scheduler = start_scheduler(config, twin.engine, notify=lambda _owner, text, chart: console.print(text)) if config.schedule.enabled else None

@@ -12,13 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from loop.errors import DraftingError
 from training.prompt import Conversation
 
+__all__ = ["AdapterRef", "Drafter", "DraftingError", "DraftResult", "FakeDrafter", "TransformersDrafter"]
+
 logger = logging.getLogger(__name__)
-
-
-class DraftingError(Exception):
-    """No usable draft could be produced (every attempt came back empty)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The promotion gate of design.md: is the candidate adapter better than the active one?
+"""The promotion gate (docs/architecture.md, "Metrics"): is the candidate adapter better than the active one?
 
 Pure: it compares two metric dicts (as `training.evaluate` returns them) under the tolerances of
 `EvaluationSettings` and says yes or no with one human-readable line per criterion, so the

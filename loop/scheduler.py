@@ -163,6 +163,15 @@ def nightly_trigger(config: Config) -> CronTrigger:
     return CronTrigger(hour=config.schedule.hour, minute=config.schedule.minute, timezone=schedule_timezone(config))
 
 
+def upcoming_run(config: Config, now: datetime | None = None) -> datetime | None:
+    """The next time the nightly trigger of `config` fires after `now` (None when the schedule is
+    off): the one computation of "next run" from the config, for the scheduler, `twin status` and
+    the bot's /status without a running scheduler."""
+    if not config.schedule.enabled:
+        return None
+    return nightly_trigger(config).get_next_fire_time(None, now or datetime.now(schedule_timezone(config)))
+
+
 def _first_run_time(stored: Any, trigger: CronTrigger, now: datetime) -> datetime | None:
     """Keep a stored run time that is already due (missed while the process was down); otherwise
     the trigger's next time. `add_job(replace_existing=True)` alone would recompute it from now
@@ -247,7 +256,7 @@ def next_run_time(source: Config | BackgroundScheduler) -> datetime | None:
         engine.dispose()
     if stored is not None and stored.next_run_time is not None:
         return stored.next_run_time.astimezone(schedule_timezone(source))
-    if stored is None and source.schedule.enabled:
+    if stored is None:
         # Never started yet (`twin run` stores the job): the time the job would get.
-        return nightly_trigger(source).get_next_fire_time(None, datetime.now(schedule_timezone(source)))
+        return upcoming_run(source)
     return None

@@ -1,6 +1,6 @@
 """What the twin's use and its cycles say: per-version accept rate and edit distance, cycle history, chart.
 
-Real-use numbers come from drafts and the owner's verdicts (design.md, "accept rate" and
+Real-use numbers come from drafts and the owner's verdicts (docs/architecture.md, "accept rate" and
 "edit distance": the kept text against the draft); evaluation numbers come from the cycle rows.
 Used by the nightly report, `/stats`, `twin cycles` and the history chart.
 """
@@ -123,3 +123,18 @@ def history_chart(config: Config, engine: Engine, *, telegram_id: int, path: Pat
     from training.charts import plot_cycle_history
 
     return plot_cycle_history(history_rows(engine, telegram_id=telegram_id), Path(path))
+
+
+def stats_chart(config: Config, engine: Engine, *, telegram_id: int, rows: list[dict[str, Any]],
+                path: Path) -> Path | None:
+    """The chart beside the per-version table (`rows`, from `owner_stats`): the cycle history once
+    there is one, else real use per version; None when there is nothing to draw."""
+    if history_rows(engine, telegram_id=telegram_id):
+        return history_chart(config, engine, telegram_id=telegram_id, path=path)
+    if not rows:
+        return None
+    from training.charts import plot_cycle_history
+
+    use = [{"version": row["version"], "accept_rate": row["accept_rate"], "edit_distance": row["edit_distance"]}
+           for row in rows]
+    return plot_cycle_history(use, Path(path))

@@ -12,9 +12,8 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
-from loop.drafting import DraftingError
+from loop.errors import DraftingError, StorageError
 from loop.twin import Twin
-from storage.repo import StorageError
 
 CHAT_KEY = "cli:chat"
 HELP = escape("[a]ccept  [e]dit  [r]eject  a[n]other  [s]kip")  # the key in brackets

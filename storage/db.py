@@ -1,7 +1,8 @@
 """Engines and sessions: SQLite (WAL, busy timeout, owner-only file) by default, PostgreSQL by URL.
 
 `open_database(url)` returns an engine with every migration applied; callers then use
-`session_scope(engine)` for one unit of work that commits once, or rolls back on error.
+`session_scope(engine)` for one unit of work that commits once, or rolls back on error, and
+`read_scope(engine)` for one that only reads (no commit).
 
 SQLite has one writer at a time: a write waits up to the busy timeout (`database_busy_timeout_s`,
 30 s by default) for another connection's lock, then fails. That failure is raised as
@@ -125,3 +126,14 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def read_scope(engine: Engine) -> Iterator[Session]:
+    """A unit of work that only reads: it ends without a commit (closing the session rolls the
+    connection's transaction back), so a lookup costs the database no commit. Rows read stay loaded
+    after the block. A write made here by mistake is refused, not lost silently."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("read_scope holds unsaved changes: write inside session_scope")

@@ -1,4 +1,4 @@
-"""SQLModel tables for the words of design.md: owner, conversation, message, draft, feedback,
+"""SQLModel tables for the words of docs/architecture.md: owner, conversation, message, draft, feedback,
 writing sample, adapter, cycle, plus the bot's questions for the owner's version of a draft and
 the cross-process lock row of the cycle.
 

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from training.prompt import DEFAULT_SYSTEM_PROMPT
-from training.serving import BACKENDS
+
+# The drafting backends `generation.backend` names (training.serving runs them). Kept here, with the
+# settings that are checked against it: settings are the leaf of training and import none of its code.
+BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8")
 
 
 class ConfigError(ValueError):
@@ -158,7 +161,7 @@ class TrainingSettings:
 
 @dataclass
 class EvaluationSettings:
-    """Held-out split and the promotion gate (design.md, Metrics)."""
+    """Held-out split and the promotion gate (docs/architecture.md, "Metrics")."""
 
     holdout_fraction: float = 0.15
     min_holdout: int = 5

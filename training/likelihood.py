@@ -1,4 +1,4 @@
-"""Likelihood metrics: how probable the owner's own text is under a model (design.md, Metrics).
+"""Likelihood metrics: how probable the owner's own text is under a model (docs/architecture.md, "Metrics").
 
 Texts are scored as completions of their rendered prompt, tokenised exactly as trl tokenises
 training rows (prompt + completion, the completion starting where the two token sequences part),

@@ -1,7 +1,7 @@
 """Edit distance between a draft and the text the owner kept, with its two sanity baselines.
 
 One definition, used by the promotion gate, the nightly report and the benchmarks
-(design.md, "Metrics"):
+(docs/architecture.md, "Metrics"):
 
 * Texts are split into **tokens**: words (letters and digits, with inner apostrophes, so
   "don't" and "dont" are one word each) and runs of other non-space characters

@@ -1,7 +1,7 @@
 """The one prompt renderer: the same text is built at drafting time and at training time.
 
 If drafting and the dataset builders rendered prompts differently, the twin would learn one
-thing and be asked another (design.md, "One prompt renderer"), so both call `render_prompt`.
+thing and be asked another (docs/architecture.md, "One prompt renderer"), so both call `render_prompt`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the model: for a batch whose rows all start with the same prompt (one pair per f
 memory plan gives DPO on a CPU) it runs the prompt once as a batch of one, keeping its keys and
 values, repeats them for every row and runs only the completions on top. Gradients flow back
 through the repeated keys and values into the single prompt pass, so the log-probabilities and
-their gradients are those of the full pass (tests/test_prompt_sharing.py compares the two). Any
+their gradients are those of the full pass (tests/training/test_prompt_sharing.py compares the two). Any
 other batch, and any pass that recomputes activations (checkpointing cannot replay a cache), goes
 to trl's forward unchanged.
 """

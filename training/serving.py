@@ -34,7 +34,6 @@ from typing import Any, Sequence
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8")
 # The weights of each converted backend: llama.cpp fp16 and CTranslate2 fp32 keep drafts identical in
 # quality; CTranslate2 int8 (per-row scales) is ~1.4x faster than its fp32 and costs 0.2-1% of
 # held-out likelihood on SmolLM2.

@@ -7,7 +7,7 @@ database or Telegram: everything it needs is in the `TrainJob`.
 
 Reference models: DPO continues the adapter SFT produced and, given that PeftModel and no
 `ref_model`, trl 1.16 copies it into a frozen "ref" adapter: the reference is the SFT state (see
-tests/test_train.py). KTO after DPO takes the post-DPO state as its reference the same way.
+tests/training/test_train.py). KTO after DPO takes the post-DPO state as its reference the same way.
 
 Rows whose prompt alone fills a stage's `max_length` are dropped here, before any trainer is built:
 trl 1.16 drops them itself (nothing of the completion would be left to learn from), and a stage

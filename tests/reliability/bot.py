@@ -14,7 +14,7 @@ import pytest
 from bot import keyboards, texts
 from tests.fakebotapi import FakeBotApi
 from tests.reliability.proxy import FaultyProxy
-from tests.test_bot_harness import Harness, running_harness
+from tests.bot.test_bot_harness import Harness, running_harness
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def collect(extra_args: list[str]) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "figures.jsonl"
         env = {**os.environ, FIGURES_ENV: str(target)}
-        tests = sorted(str(p.relative_to(root)) for p in (root / "tests").glob("test_reliability_*.py"))
+        tests = sorted(str(p.relative_to(root)) for p in (root / "tests" / "reliability").glob("test_reliability_*.py"))
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests,
                                  *extra_args], cwd=root, env=env)
         if result.returncode != 0:

@@ -1,0 +1,1 @@
+"""Tests of the benchmarks (bench/): their helpers, and their --quick runs (slow)."""

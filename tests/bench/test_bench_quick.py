@@ -1,0 +1,196 @@
+"""The benchmarks' --quick modes run end to end and write their RESULTS.md section and charts.
+
+Figures are never asserted (they come from a tiny random model); what is checked is that each
+script runs alone, writes its own section without touching the others, and makes a real PNG.
+The corpus builder and the RESULTS.md helpers are tested directly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import common
+from bench.corpus import load_corpus, pairs_from_mail, split_pairs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_quick(module: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, "--quick", "--out", str(out), *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path: Path):
+    common.write_section(tmp_path, "one", "first figures")
+    common.write_section(tmp_path, "two", "second figures")
+    common.write_section(tmp_path, "one", "new figures")
+    text = (tmp_path / common.RESULTS_NAME).read_text()
+    assert text.startswith("# twin benchmarks")
+    assert common.read_section(tmp_path, "one") == "new figures" and "first figures" not in text
+    assert common.read_section(tmp_path, "two") == "second figures"
+    assert text.index("bench:one:start") < text.index("bench:two:start")
+
+
+def test_percentile_and_table_helpers():
+    assert common.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert common.percentile([1.0, 2.0], 95) == pytest.approx(1.95)
+    assert common.percentile([], 50) is None
+    table = common.markdown_table(["a", "b"], [[1.234, None], ["x|y", True]])
+    assert "| 1.23 | – |" in table and "x\\|y" in table and "| yes |" in table
+
+
+def test_machine_facts_name_cores_memory_gpu_and_versions():
+    facts = common.machine_facts()
+    assert facts["cores"] >= 1 and facts["memory_gib"] > 0 and facts["gpu"]
+    assert {"torch", "transformers", "trl", "peft"} <= set(facts["versions"])
+    assert "GPU:" in common.machine_markdown(facts, quick=True)
+
+
+def test_the_shipped_corpus_is_one_owner_answering_others_in_time_order():
+    pairs = load_corpus()
+    assert len(pairs) >= 60
+    assert [p.written_at for p in pairs] == sorted(p.written_at for p in pairs)
+    assert all(p.message.strip() and p.reply.strip() for p in pairs)
+    assert all(turn["role"] in ("owner", "other") for p in pairs for turn in p.context)
+
+
+def test_an_interleaved_mail_splits_into_quote_and_reply_pairs():
+    body = ("[Guido]\n> Is the tokenizer done?\n> It looks slow.\n\nNot yet <wink>.  Soon.\n\n"
+            "[Skip]\n> Can I help?\n\nSure, write tests.\n-- \nTim\n")
+    assert [(q.strip(), r.strip(), s) for q, r, s in split_pairs(body)] == [
+        ("Is the tokenizer done?\nIt looks slow.", "Not yet <wink>.  Soon.", "Guido"),
+        ("Can I help?", "Sure, write tests.", "Skip")]
+    raw = ("From: Tim Peters <tim.one@comcast.net>\nDate: Fri, 06 Sep 2002 10:45:27 -0400\n"
+           "Subject: RE: tokens\n\n" + body).encode()
+    pairs = pairs_from_mail(raw, owner_email="tim.one@comcast.net")
+    assert [(p.message, p.reply, p.sender) for p in pairs] == [
+        ("Is the tokenizer done? It looks slow.", "Not yet <wink>.  Soon.", "Guido"),
+        ("Can I help?", "Sure, write tests.", "Skip")]
+    assert pairs[1].context[0]["text"] == "Is the tokenizer done? It looks slow." and pairs[1].context[1]["role"] == "owner"
+    assert pairs_from_mail(raw, owner_email="someone@else.org") == []
+
+
+def test_the_learning_curve_plan_splits_by_time_without_overlap():
+    from bench.learning_curve import Plan
+
+    pairs = load_corpus()
+    plan = Plan.split(list(reversed(pairs)), heldout=18, imported=24, rounds=3)
+    played = [p for chunk in plan.rounds for p in chunk]
+    assert len(plan.imported) == 24 and len(plan.heldout) == 18 and len(plan.rounds) == 3
+    assert len(plan.imported) + len(played) + len(plan.heldout) == len(pairs)
+    assert max(p.written_at for p in plan.imported) <= min(p.written_at for p in played)
+    assert max(p.written_at for p in played) <= min(p.written_at for p in plan.heldout)
+    with pytest.raises(ValueError):
+        Plan.split(pairs[:10], heldout=5, imported=5, rounds=3)
+
+
+def test_a_draft_that_stopped_early_is_scaled_to_the_target_length():
+    from bench.draft_latency import Call
+
+    call = Call(seconds=1.2, prefill_s=0.2, new_tokens=11)  # 0.1 s per decoded token after the first
+    assert call.at_tokens(41) == pytest.approx(0.2 + 0.1 * 40)
+    assert Call(seconds=0.5, prefill_s=0.5, new_tokens=1).at_tokens(40) == 0.5
+
+
+def test_the_nll_target_is_read_against_the_fit_all_reference_but_judged_on_the_last_cycle():
+    from bench.curve_report import REFERENCE, targets
+
+    results = {"baselines": {}, "base": {"likelihood": 4.0}, "cycle 1": {"likelihood": 3.6},
+               REFERENCE: {"likelihood": 3.0}, "plain": {}}
+    nll_row = next(row for row in targets(results, "cycle 1") if row[0].startswith("held-out NLL"))
+    assert nll_row[1] is False  # 10% lower: the reference's 25% does not count for the twin
+    assert "3.600 vs base 4.000 (10% lower)" in nll_row[2] and "fit-all reference reaches 3.000 (25% lower)" in nll_row[2]
+    without = next(row for row in targets({k: v for k, v in results.items() if k != REFERENCE}, "cycle 1")
+                   if row[0].startswith("held-out NLL"))
+    assert "reference" not in without[2]
+
+
+def test_a_figure_worse_than_the_plain_baseline_says_when_the_gap_is_within_sampling_noise():
+    from bench.curve_report import targets
+
+    def adapter(attribution: float, edit: float) -> dict:
+        return {"attribution": attribution, "edit_distance": edit,
+                "standard_errors": {"attribution": 0.1, "edit_distance": 0.02}}
+
+    results = {"baselines": {"attribution_ceiling": 0.67}, "base": {}, "cycle 1": adapter(0.61, 1.6),
+               "plain": adapter(0.78, 1.5)}
+    rows = {row[0]: row for row in targets(results, "cycle 1")}
+    plain_row = rows["every figure better than the plain baseline's"]
+    assert plain_row[1] is False  # noise is said, not forgiven
+    assert "attribution 0.61 vs 0.78 (within sampling noise)" in plain_row[2]
+    assert "edit distance 1.60 vs 1.50;" in plain_row[2]  # 0.1 apart, 3.5 standard errors: a real gap
+    assert rows["attribution within 5 points of the owner's own held-out lines"][2].startswith("0.61 ± 0.10 vs ceiling")
+
+
+def test_the_tables_show_lambdag_beside_attribution_each_with_its_bounds():
+    from bench.curve_report import rounds_table, targets
+    from bench.import_cycle import markdown
+
+    judged = {"attribution": 0.6, "lambdag": 0.55, "standard_errors": {}}
+    bounds = {"attribution_ceiling": 0.85, "attribution_floor": 0.17, "lambdag_ceiling": 0.93, "lambdag_floor": 0.14}
+    rows = {row[0]: row for row in targets({"baselines": bounds, "base": {}, "cycle 1": judged}, "cycle 1")}
+    attribution = rows["attribution within 5 points of the owner's own held-out lines"]
+    assert attribution[2].endswith("; LambdaG, not a target: 0.55 vs ceiling 0.93 (floor 0.14)")
+    log = {"name": "round 1", "verdicts": {}, "live_edit_distance": 0.5,
+           "cycle": {"gate_metrics": {"active": {"lambdag": 0.4}, "candidate": {"lambdag": 0.55}}}}
+    assert "LambdaG (active → candidate)" in rounds_table([log]) and "0.40 → 0.55" in rounds_table([log])
+    facts = {"date": "today", "cores": 2, "cpu": "cpu", "torch_threads": 2, "memory_gib": 8, "gpu": "none",
+             "load_1min": 0.0, "versions": {}}
+    cycle = {"metrics": {"candidate": judged, "base": {"attribution": 0.2, "lambdag": 0.1}, "baselines": bounds}}
+    body = markdown({"cycle": cycle, "cycle_seconds": 60, "status": "promoted", "quick": True, "imported_pairs": 3,
+                     "added": 3, "import_seconds": 1.0, "report": "r"}, facts)
+    assert ("attribution 0.20 (base) → 0.60, ceiling (the owner's own held-out lines) 0.85, floor (other people's) "
+            "0.17; LambdaG 0.10 (base) → 0.55, ceiling (the owner's own held-out lines) 0.93, floor (other "
+            "people's) 0.14") in body
+
+
+# Minutes each on a shared 2-core machine (model loads, trainers, a cycle's child process): `slow`,
+# so `make test-fast` skips them while CI's `make test` runs every --quick mode.
+@pytest.mark.slow
+@pytest.mark.parametrize("module, section, chart", [
+    ("bench.draft_latency", "draft_latency", "draft_latency.png"),
+    ("bench.train_throughput", "train_throughput", "train_throughput.png"),
+    ("bench.learning_curve", "learning_curve", "learning_curve.png"),
+    ("bench.cycle_measure", "cycle_measure", None),
+    ("bench.import_cycle", "import_cycle", None),
+    ("bench.judges", "judges", None),
+])
+def test_quick_mode_writes_its_section_and_chart(tmp_path: Path, module: str, section: str, chart: str | None):
+    common.write_section(tmp_path, "other", "left alone")
+    result = run_quick(module, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    body = common.read_section(tmp_path, section)
+    assert body is not None and "Quick smoke run" in body and "Versions:" in body
+    assert common.read_section(tmp_path, "other") == "left alone"
+    if chart is not None:
+        assert chart in body
+        assert_png(tmp_path / chart)
+
+
+@pytest.mark.slow
+def test_a_finished_learning_curve_is_evaluated_again_to_the_same_figures(tmp_path: Path):
+    # Held-out drafts are seeded (torch, in batches): re-evaluating the same adapters after no
+    # metric change must reproduce the table, so a changed figure means a changed metric.
+    work, out = tmp_path / "work", tmp_path / "out"
+
+    def heldout_table() -> list[str]:
+        section = common.read_section(out, "learning_curve").split("### Held-out")[1].split("###")[0]
+        return [line for line in section.splitlines() if line.startswith("|")]
+
+    first = run_quick("bench.learning_curve", out, "--work", str(work))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    table = heldout_table()
+    again = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--reevaluate", str(work), "--out", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert len(table) > 3 and heldout_table() == table
+    assert any(line.startswith("| fit-all |") for line in table)  # the NLL yardstick is evaluated with the rest
+    assert "Evaluated again on" in common.read_section(out, "learning_curve")

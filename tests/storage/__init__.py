@@ -1,0 +1,1 @@
+"""Tests of the storage room: tables, repository functions, migrations."""

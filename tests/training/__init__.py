@@ -1,0 +1,1 @@
+"""Tests of the training room: models, datasets, trainers, drafting engines, metrics."""
