@@ -85,7 +85,8 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
     stage_rows = [[name, common.fmt(info.get("seconds"), 1), common.fmt(info.get("peak_rss_mb"), 0)]
                   for name, info in stages.items() if isinstance(info, dict)]
     rung_rows = [[f"{rung['strength']:.0%}", "passes" if rung["promote"] else "refused", common.fmt(rung["likelihood"], 3),
-                  common.fmt(rung["attribution"]), "; ".join(rung["caricature_flags"]) or "none", rung["reason"]]
+                  common.fmt(rung["attribution"]), common.fmt(rung.get("lambdag")),
+                  "; ".join(rung["caricature_flags"]) or "none", rung["reason"]]
                  for rung in gate.get("rungs") or []]
     return "\n".join([
         "## The import cycle on a real chat history (bench/import_cycle.py)", "",
@@ -99,7 +100,8 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
                     f"{common.judge_bounds(baselines, key)}" for key, label in common.JUDGES)
         + " (the gate judges by attribution; LambdaG is the second judge beside it).", "",
         "Strengths the gate tried:", "",
-        common.markdown_table(["strength", "gate", "NLL", "attribution", "caricature flags", "first reason"], rung_rows),
+        common.markdown_table(["strength", "gate", "NLL", "attribution", "LambdaG", "caricature flags", "first reason"],
+                              rung_rows),
         "", "By stage:", "", common.markdown_table(["stage", "seconds", "peak MB"], stage_rows), "",
         "The owner's report:", "", "```", result["report"], "```",
     ])

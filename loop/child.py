@@ -151,7 +151,7 @@ def build_datasets(job: dict[str, Any], model: ModelSettings, training: Training
 
 def _kto_rows(feedback: list[Any], writing: list[Any], training: TrainingSettings, render: Any) -> list[dict[str, Any]]:
     """KTO learns the verdicts DPO cannot use (accepts, rejects without a replacement), or all of
-    them when DPO is off; plus imported replies as desirable texts (design.md), but only a
+    them when DPO is off; plus imported replies as desirable texts (docs/architecture.md), but only a
     replay-sized sample: all of a large import in every cycle would drown the verdicts and cost hours."""
     import random
 

@@ -1,4 +1,4 @@
-"""One learning cycle (design.md, "The cycle"): lock, collect, train in a child, evaluate, gate, promote, report.
+"""One learning cycle (docs/architecture.md, "One night"): lock, collect, train in a child, evaluate, gate, promote, report.
 
 `run_cycle` is the only entry point (the scheduler, `twin train` and the bot's /train call it).
 It keeps the calling process light: datasets, training and evaluation all run in a child

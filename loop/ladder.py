@@ -46,6 +46,7 @@ class Rung:
                 "reason": self.reasons[0] if self.reasons else "",
                 "likelihood": metric_value(self.metrics, "likelihood"),
                 "attribution": metric_value(self.metrics, "attribution"),
+                "lambdag": metric_value(self.metrics, "lambdag"),
                 "edit_distance": metric_value(self.metrics, "edit_distance"),
                 "caricature_flags": sorted(caricature_flags(self.metrics))}
 

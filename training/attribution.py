@@ -2,7 +2,7 @@
 
 Character 2–4-grams (within word boundaries, TF-IDF with sublinear counts) and a
 class-balanced logistic regression, trained on the owner's lines against the other people's
-lines of the imported chats (design.md, "Metrics": attribution). The score of a set of texts
+lines of the imported chats (docs/architecture.md, "Metrics": attribution). The score of a set of texts
 is the share attributed to the owner, shown beside the ceiling (the owner's own held-out
 lines) and the floor (the other people's held-out lines).
 """

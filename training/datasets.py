@@ -3,7 +3,7 @@
 Pure functions: no model, no database. The cycle reads rows from storage into the frozen
 `FeedbackExample` / `WritingExample` below, calls the builders and writes the result as JSONL
 so a cycle can be re-run and inspected. The mapping follows the table "From feedback to
-training rows" in design.md.
+training rows" in docs/architecture.md.
 
 Every completion ends with the chat template's end-of-turn token (`<|im_end|>` for SmolLM2,
 which is also its eos). trl 1.16 appends `tokenizer.eos_token` to SFT completions and DPO/KTO

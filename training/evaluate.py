@@ -6,7 +6,7 @@ loaded once: likelihood of the owner's held-out text, preference accuracy on hel
 and what they look like (edit distance to the kept text, attribution by the n-gram
 classifier and by LambdaG, style distance, caricature flags). Both judges learn from the owner's
 lines without the held-out items' texts (`judge_lines`) against the other people's lines. The
-metric definitions live in training.metrics / style / attribution / lambdag_judge (design.md,
+metric definitions live in training.metrics / style / attribution / lambdag_judge (docs/architecture.md,
 "Metrics"); this module only feeds them.
 """
 

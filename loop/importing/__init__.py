@@ -1,5 +1,5 @@
 """Importers: a person's writing in its many shapes (Telegram and WhatsApp exports, text and
-Markdown, e-mail, JSON Lines) turned into writing samples (design.md: reply or monologue).
+Markdown, e-mail, JSON Lines) turned into writing samples (docs/architecture.md: reply or monologue).
 
 `run_import` is what `twin import` and the bot's `/import` call; `parse_file` parses one file
 without storing; `render_report` is the summary table.

@@ -1,6 +1,6 @@
 """Shared pieces of the importers: who the owner is, the errors, a parsed file, and text decoding.
 
-Every parser turns one file into a `ParsedFile`: writing samples (design.md: reply or monologue)
+Every parser turns one file into a `ParsedFile`: writing samples (docs/architecture.md: reply or monologue)
 plus counts of what it left out and why. A file that cannot be read raises `ImportFormatError`
 naming the file and the place it broke, before anything is stored; so does a file beyond the
 size and line-length limits (`importing` in config.toml), checked before it is read.
