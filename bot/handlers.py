@@ -171,6 +171,9 @@ async def decide(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: i
                        fallback=query.message if query is not None else None)
     if query is None:
         await update.effective_message.reply_text(texts.saved_text(kind))
+    from bot.business import after_verdict  # late: bot.business builds on this module
+
+    await after_verdict(context, update.effective_user.id, draft_id)  # a business draft's Send/Edit is posted
     return decision
 
 

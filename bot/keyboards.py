@@ -105,3 +105,36 @@ def forget_keyboard() -> InlineKeyboardMarkup:
         InlineKeyboardButton("Yes, delete everything", callback_data="forget:yes"),
         InlineKeyboardButton("No, keep it", callback_data="forget:no"),
     ]])
+
+
+# Telegram Business drafts ----------------------------------------------------------------------
+# `bz:<draft_id>:<action>`, action s|e|r|n|m: send (as the owner, in the real chat), edit, reject,
+# another, mute this chat. A separate prefix: ✅ here posts in someone's chat, which no private-chat
+# button may ever do.
+BUSINESS_ACTIONS = ("s", "e", "r", "n", "m")
+BUSINESS_PATTERN = re.compile(r"^bz:([1-9][0-9]{0,17}):([sernm])\Z")
+
+
+def business_data(draft_id: int, action: str) -> str:
+    if action not in BUSINESS_ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    data = f"bz:{int(draft_id)}:{action}"
+    if BUSINESS_PATTERN.match(data) is None:
+        raise ValueError(f"draft id {draft_id!r} cannot be put in a button")
+    return data
+
+
+def parse_business_data(data: str | None) -> FeedbackPress | None:
+    """The press behind a business draft's button, or None (the action is one of BUSINESS_ACTIONS)."""
+    match = BUSINESS_PATTERN.match(data or "") if data and len(data.encode("utf-8")) <= MAX_CALLBACK_BYTES else None
+    return FeedbackPress(draft_id=int(match.group(1)), action=match.group(2)) if match else None
+
+
+def business_keyboard(draft_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([
+        [InlineKeyboardButton("✅ Send", callback_data=business_data(draft_id, "s")),
+         InlineKeyboardButton("✏️ Edit", callback_data=business_data(draft_id, "e"))],
+        [InlineKeyboardButton("🗑 Reject", callback_data=business_data(draft_id, "r")),
+         InlineKeyboardButton("🔄 Another", callback_data=business_data(draft_id, "n"))],
+        [InlineKeyboardButton("🔇 Mute this chat", callback_data=business_data(draft_id, "m"))],
+    ])

@@ -184,8 +184,10 @@ class Twin:
 
     def _draft(self, *, owner_db_id: int, conversation_id: int, message_id: int, incoming: str,
                context: list[dict[str, Any]], seed: int, chat_id: int | None,
-               regenerated_from: int | None = None) -> Draft:
-        conversation = Conversation.of(incoming[:MAX_INCOMING_CHARS], context)
+               regenerated_from: int | None = None, contact: str | None = None) -> Draft:
+        # `contact`: the person written to, when known (loop.business); the dataset builders put the
+        # same name in the prompt (loop.collect).
+        conversation = Conversation.of(incoming[:MAX_INCOMING_CHARS], context, contact=contact)
         result = self.drafter.draft(conversation, adapter=self.active_adapter_ref(owner_db_id), seed=seed)
         with session_scope(self.engine) as session:
             return repo.add_draft(session=session, owner_id=owner_db_id, conversation_id=conversation_id,
