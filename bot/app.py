@@ -233,6 +233,7 @@ async def _post_init(application: Application) -> None:
 
 
 async def _post_stop(application: Application) -> None:
+    business.stop(application)
     await state_of(application).queue.stop(drain_timeout=DRAIN_TIMEOUT_S)
 
 

@@ -202,6 +202,13 @@ async def show_draft(bot: Bot, application: Application, telegram_id: int, view:
         raise
     await asyncio.to_thread(twin.mark_shown, telegram_id=telegram_id, draft_id=view.draft_id, chat_id=sent.chat_id,
                             shown_message_id=sent.message_id)
+    # Updates are handled while the draft is sent: a newer message of the contact, or the owner's own
+    # reply, may have settled it before it was noted as shown, when there was no message to update yet.
+    settled = await asyncio.to_thread(runtime_of(application).business.settled_as, telegram_id=telegram_id,
+                                      draft_id=view.draft_id)
+    if settled is not None:
+        await _set_status(bot, Shown(view.draft_id, sent.chat_id, sent.message_id, view.text),
+                          texts.business_status_line(settled, view.contact))
 
 
 async def on_deleted(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -275,13 +282,7 @@ async def _another(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id:
 
     job = DraftJob(chat_id=query.message.chat_id, update=update, deliver=deliver, on_error=failed, owner=user_id,
                    work=partial(rt.business.another, telegram_id=user_id, draft_id=draft_id))
-    try:
-        st.queue.submit(job)
-    except QueueFull:
-        await answer_query(query, texts.busy_another(st.queue.maxsize), show_alert=True)
-        return
-    st.regenerating.add(draft_id)
-    await answer_query(query, texts.WRITING_ANOTHER)
+    await handlers.submit_another(st, query, draft_id, job)
 
 
 async def after_verdict(context: ContextTypes.DEFAULT_TYPE, telegram_id: int, draft_id: int) -> None:
@@ -371,6 +372,15 @@ async def unmute(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await update.effective_message.reply_text("I don't know that chat; /chats lists them.")
         return
     await update.effective_message.reply_text(f"🔊 Drafting again for {done[0].contact}.")
+
+
+def stop(application: Application) -> None:
+    """On shutdown: quiet-time timers still waiting are dropped (their messages are stored; the
+    next start drafts them)."""
+    rt = runtime_of(application)
+    for timer in rt.timers.values():
+        timer.cancel()
+    rt.timers.clear()
 
 
 # After a restart ---------------------------------------------------------------------------------

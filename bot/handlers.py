@@ -313,6 +313,11 @@ async def _another(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id:
     job = DraftJob(chat_id=query.message.chat_id, update=update, deliver=deliver, on_error=failed, owner=user_id,
                    work=partial(st.services.decide, telegram_id=user_id, draft_id=draft_id,
                                 kind=FeedbackKind.regenerate))
+    await submit_another(st, query, draft_id, job)
+
+
+async def submit_another(st: Any, query: CallbackQuery, draft_id: int, job: DraftJob[Any]) -> None:
+    """Queue the job of a 🔄 press (private or business draft) and answer the press."""
     try:
         st.queue.submit(job)
     except QueueFull:

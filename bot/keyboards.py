@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from telegram import CopyTextButton, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import InlineKeyboardButtonLimit
@@ -44,19 +45,27 @@ class FeedbackPress:
 
 def feedback_data(draft_id: int, action: str) -> str:
     """The callback data of one draft button."""
-    if action not in ACTIONS:
+    return _button_data("fb", FEEDBACK_PATTERN, ACTIONS, draft_id, action)
+
+
+def _button_data(prefix: str, pattern: re.Pattern[str], actions: Any, draft_id: int, action: str) -> str:
+    if action not in actions:
         raise ValueError(f"unknown action {action!r}")
-    data = f"fb:{int(draft_id)}:{action}"
-    if FEEDBACK_PATTERN.match(data) is None:
+    data = f"{prefix}:{int(draft_id)}:{action}"
+    if pattern.match(data) is None:
         raise ValueError(f"draft id {draft_id!r} cannot be put in a button")
     return data
 
 
 def parse_feedback_data(data: str | None) -> FeedbackPress | None:
     """The press behind callback data, or None when it is not a well-formed draft button."""
+    return _parse_press(FEEDBACK_PATTERN, data)
+
+
+def _parse_press(pattern: re.Pattern[str], data: str | None) -> FeedbackPress | None:
     if not data or len(data.encode("utf-8")) > MAX_CALLBACK_BYTES:
         return None
-    match = FEEDBACK_PATTERN.match(data)
+    match = pattern.match(data)
     if match is None:
         return None
     return FeedbackPress(draft_id=int(match.group(1)), action=match.group(2))
@@ -116,18 +125,12 @@ BUSINESS_PATTERN = re.compile(r"^bz:([1-9][0-9]{0,17}):([sernm])\Z")
 
 
 def business_data(draft_id: int, action: str) -> str:
-    if action not in BUSINESS_ACTIONS:
-        raise ValueError(f"unknown action {action!r}")
-    data = f"bz:{int(draft_id)}:{action}"
-    if BUSINESS_PATTERN.match(data) is None:
-        raise ValueError(f"draft id {draft_id!r} cannot be put in a button")
-    return data
+    return _button_data("bz", BUSINESS_PATTERN, BUSINESS_ACTIONS, draft_id, action)
 
 
 def parse_business_data(data: str | None) -> FeedbackPress | None:
     """The press behind a business draft's button, or None (the action is one of BUSINESS_ACTIONS)."""
-    match = BUSINESS_PATTERN.match(data or "") if data and len(data.encode("utf-8")) <= MAX_CALLBACK_BYTES else None
-    return FeedbackPress(draft_id=int(match.group(1)), action=match.group(2)) if match else None
+    return _parse_press(BUSINESS_PATTERN, data)
 
 
 def business_keyboard(draft_id: int) -> InlineKeyboardMarkup:

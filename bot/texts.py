@@ -51,6 +51,10 @@ START_TEXT = (
 )
 
 HELP_TEXT = (
+    "Connected through Telegram Business (Settings → Telegram Business → Chatbots), I draft replies "
+    "to the people who write to you and show them here: ✅ Send posts the draft in that chat as you, "
+    "✏️ Edit posts your version, 🔇 mutes the chat. Your own replies there teach me too. /chats, "
+    "/pause, /resume, /unmute control it.\n\n"
     "Send or forward any text: I draft the reply you would write. A forwarded message counts as "
     "written by its sender; our recent exchange with them is the context.\n\n"
     "Under each draft:\n"

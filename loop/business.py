@@ -309,6 +309,17 @@ class Business:
         with session_scope(self.engine) as session:
             return repo.find_business_draft(session=session, owner_id=owner_db_id, draft_id=draft_id) is not None
 
+    def settled_as(self, *, telegram_id: int, draft_id: int) -> str | None:
+        """What became of a draft while it was being shown (None: still pending): "outdated", "muted",
+        or the verdict of the owner's own reply ("accept", "edit")."""
+        owner_db_id = self.twin.owner_id(telegram_id)
+        with session_scope(self.engine) as session:
+            row = self._business_draft(session, owner_db_id, draft_id)[0]
+            if row.state in ("outdated", "muted"):
+                return row.state
+            feedback = repo.feedback_for_draft(session=session, draft_id=draft_id)
+            return feedback.kind.value if row.state == "answered" and feedback is not None else None
+
     def draft_state(self, *, telegram_id: int, draft_id: int) -> str:
         """"pending", "outdated", "muted" or "answered"."""
         owner_db_id = self.twin.owner_id(telegram_id)
