@@ -33,11 +33,13 @@ from telegram.ext import (
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    BusinessConnectionHandler,
+    BusinessMessagesDeletedHandler,
     TypeHandler,
     filters,
 )
 
-from bot import commands, handlers, keyboards, texts
+from bot import business, commands, handlers, keyboards, texts
 from bot.drafts import requeue_unanswered
 from bot.polling import HandledFirstUpdater
 from bot.queue import DraftQueue
@@ -53,7 +55,9 @@ logger = logging.getLogger(__name__)
 RATE_LIMIT_RETRIES = 5  # 429 "retry after" answers waited out before a send gives up
 DRAIN_TIMEOUT_S = 120.0  # on shutdown, queued drafts get this long to be written and sent
 NOTIFY_TIMEOUT_S = 120.0
-ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+# Business updates come only when asked for (Telegram keeps the last list given).
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.BUSINESS_CONNECTION, Update.BUSINESS_MESSAGE,
+                   Update.EDITED_BUSINESS_MESSAGE, Update.DELETED_BUSINESS_MESSAGES]
 
 
 class BotConfigError(Exception):
@@ -107,6 +111,14 @@ def build_application(
 def add_handlers(application: Application) -> None:
     """Gatekeeper first (group -1), then commands, buttons and messages, then the error handler."""
     application.add_handler(TypeHandler(Update, gatekeeper), group=-1)
+    # The owner's real chats (bot.business); their own gate is the stored connection.
+    application.add_handler(BusinessConnectionHandler(business.on_connection))
+    application.add_handler(MessageHandler(filters.UpdateType.BUSINESS_MESSAGES, business.on_business_message))
+    application.add_handler(BusinessMessagesDeletedHandler(business.on_deleted))
+    application.add_handler(CallbackQueryHandler(business.on_button, pattern=keyboards.BUSINESS_PATTERN))
+    for name, callback in [("chats", business.chats), ("pause", business.pause), ("resume", business.resume),
+                           ("unmute", business.unmute)]:
+        application.add_handler(CommandHandler(name, callback))
     for name, callback in [("start", commands.start), ("help", commands.help_), ("import", commands.import_),
                            ("train", commands.train), ("status", commands.status), ("rollback", commands.rollback),
                            ("forget", commands.forget), ("cancel", commands.cancel)]:
@@ -130,6 +142,8 @@ async def gatekeeper(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
 
     Nothing of a stranger is stored and no model time is spent: their update stops here.
     """
+    if business.is_business_update(update):
+        return  # the sender is the owner's contact; bot.business admits only an owner's connection
     st, user, chat = state(context), update.effective_user, update.effective_chat
     if user is None:
         raise ApplicationHandlerStop
@@ -165,6 +179,8 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
                  type(error).__name__ if error is not None else "unknown error", exc_info=error)
     if not isinstance(update, Update) or update.effective_chat is None or update.effective_user is None:
         return
+    if business.is_business_update(update):
+        return  # its chat is the owner's contact's: never write there unasked
     if not state(context).services.twin.is_owner(update.effective_user.id):
         return
     what = type(error).__name__ if error is not None else "unknown error"
@@ -182,6 +198,8 @@ async def _database_busy(update: Update, context: ContextTypes.DEFAULT_TYPE, err
     if isinstance(updater, HandledFirstUpdater):
         updater.handle_again(update)
     st, chat, user = state(context), update.effective_chat, update.effective_user
+    if business.is_business_update(update):
+        return  # the owner is not waiting on it, and its chat is the contact's
     if chat is None or user is None or not st.services.twin.is_owner(user.id) or update.update_id in st.told_busy:
         return
     if len(st.told_busy) > 1000:  # only the updates still being retried matter
@@ -201,6 +219,7 @@ async def _post_init(application: Application) -> None:
     st.queue.start()
     # Before polling starts: what the last run left undone comes before anything new.
     await requeue_unanswered(application.bot, st.services, st.queue)
+    await business.recover(application)
     try:
         await with_retry(lambda: application.bot.set_my_commands([BotCommand(n, d) for n, d in texts.COMMANDS]),
                          what="setMyCommands")
@@ -214,6 +233,7 @@ async def _post_init(application: Application) -> None:
 
 
 async def _post_stop(application: Application) -> None:
+    business.stop(application)
     await state_of(application).queue.stop(drain_timeout=DRAIN_TIMEOUT_S)
 
 

@@ -171,6 +171,9 @@ async def decide(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id: i
                        fallback=query.message if query is not None else None)
     if query is None:
         await update.effective_message.reply_text(texts.saved_text(kind))
+    from bot.business import after_verdict  # late: bot.business builds on this module
+
+    await after_verdict(context, update.effective_user.id, draft_id)  # a business draft's Send/Edit is posted
     return decision
 
 
@@ -310,6 +313,11 @@ async def _another(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id:
     job = DraftJob(chat_id=query.message.chat_id, update=update, deliver=deliver, on_error=failed, owner=user_id,
                    work=partial(st.services.decide, telegram_id=user_id, draft_id=draft_id,
                                 kind=FeedbackKind.regenerate))
+    await submit_another(st, query, draft_id, job)
+
+
+async def submit_another(st: Any, query: CallbackQuery, draft_id: int, job: DraftJob[Any]) -> None:
+    """Queue the job of a 🔄 press (private or business draft) and answer the press."""
     try:
         st.queue.submit(job)
     except QueueFull:

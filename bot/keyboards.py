@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from telegram import CopyTextButton, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import InlineKeyboardButtonLimit
@@ -44,19 +45,27 @@ class FeedbackPress:
 
 def feedback_data(draft_id: int, action: str) -> str:
     """The callback data of one draft button."""
-    if action not in ACTIONS:
+    return _button_data("fb", FEEDBACK_PATTERN, ACTIONS, draft_id, action)
+
+
+def _button_data(prefix: str, pattern: re.Pattern[str], actions: Any, draft_id: int, action: str) -> str:
+    if action not in actions:
         raise ValueError(f"unknown action {action!r}")
-    data = f"fb:{int(draft_id)}:{action}"
-    if FEEDBACK_PATTERN.match(data) is None:
+    data = f"{prefix}:{int(draft_id)}:{action}"
+    if pattern.match(data) is None:
         raise ValueError(f"draft id {draft_id!r} cannot be put in a button")
     return data
 
 
 def parse_feedback_data(data: str | None) -> FeedbackPress | None:
     """The press behind callback data, or None when it is not a well-formed draft button."""
+    return _parse_press(FEEDBACK_PATTERN, data)
+
+
+def _parse_press(pattern: re.Pattern[str], data: str | None) -> FeedbackPress | None:
     if not data or len(data.encode("utf-8")) > MAX_CALLBACK_BYTES:
         return None
-    match = FEEDBACK_PATTERN.match(data)
+    match = pattern.match(data)
     if match is None:
         return None
     return FeedbackPress(draft_id=int(match.group(1)), action=match.group(2))
@@ -105,3 +114,30 @@ def forget_keyboard() -> InlineKeyboardMarkup:
         InlineKeyboardButton("Yes, delete everything", callback_data="forget:yes"),
         InlineKeyboardButton("No, keep it", callback_data="forget:no"),
     ]])
+
+
+# Telegram Business drafts ----------------------------------------------------------------------
+# `bz:<draft_id>:<action>`, action s|e|r|n|m: send (as the owner, in the real chat), edit, reject,
+# another, mute this chat. A separate prefix: ✅ here posts in someone's chat, which no private-chat
+# button may ever do.
+BUSINESS_ACTIONS = ("s", "e", "r", "n", "m")
+BUSINESS_PATTERN = re.compile(r"^bz:([1-9][0-9]{0,17}):([sernm])\Z")
+
+
+def business_data(draft_id: int, action: str) -> str:
+    return _button_data("bz", BUSINESS_PATTERN, BUSINESS_ACTIONS, draft_id, action)
+
+
+def parse_business_data(data: str | None) -> FeedbackPress | None:
+    """The press behind a business draft's button, or None (the action is one of BUSINESS_ACTIONS)."""
+    return _parse_press(BUSINESS_PATTERN, data)
+
+
+def business_keyboard(draft_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([
+        [InlineKeyboardButton("✅ Send", callback_data=business_data(draft_id, "s")),
+         InlineKeyboardButton("✏️ Edit", callback_data=business_data(draft_id, "e"))],
+        [InlineKeyboardButton("🗑 Reject", callback_data=business_data(draft_id, "r")),
+         InlineKeyboardButton("🔄 Another", callback_data=business_data(draft_id, "n"))],
+        [InlineKeyboardButton("🔇 Mute this chat", callback_data=business_data(draft_id, "m"))],
+    ])

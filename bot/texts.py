@@ -27,14 +27,22 @@ COMMANDS: list[tuple[str, str]] = [
     ("train", "Start a training cycle now"),
     ("status", "Active version, last cycle, next run"),
     ("rollback", "Go back to the previous version"),
+    ("chats", "Your connected Business chats and their state"),
+    ("pause", "Stop drafting for all connected chats"),
+    ("resume", "Draft for connected chats again"),
+    ("unmute", "Draft again for a muted chat"),
     ("forget", "Delete everything the twin knows about you"),
     ("cancel", "Cancel what you started"),
 ]
 
 START_TEXT = (
     "Hi! I'm your twin: a small language model that learns to write the way you do.\n\n"
+    "Two ways to use me:\n"
+    "• In your real chats (best): connect me in Settings → Telegram Business → Chatbots (Chat Automation "
+    "in newer apps). When someone writes to you, my draft arrives here; ✅ Send posts it in that chat as "
+    "you, and nothing is sent without your tap. What you type there yourself teaches me too.\n"
+    "• Without a connection: forward me a message you got (or type one) and I'll draft your reply here.\n\n"
     "How to teach me:\n"
-    "• Forward me a message you got (or type one) and I'll draft your reply.\n"
     "• ✅ Accept if you'd send it as it is, ✏️ Edit to correct it, 🗑 Reject if it's no use, "
     "🔄 Another for a new draft.\n"
     "• /import a chat export or your texts, so I learn from what you already wrote.\n\n"
@@ -43,6 +51,10 @@ START_TEXT = (
 )
 
 HELP_TEXT = (
+    "Connected through Telegram Business (Settings → Telegram Business → Chatbots), I draft replies "
+    "to the people who write to you and show them here: ✅ Send posts the draft in that chat as you, "
+    "✏️ Edit posts your version, 🔇 mutes the chat. Your own replies there teach me too. /chats, "
+    "/pause, /resume, /unmute control it.\n\n"
     "Send or forward any text: I draft the reply you would write. A forwarded message counts as "
     "written by its sender; our recent exchange with them is the context.\n\n"
     "Under each draft:\n"
@@ -280,3 +292,78 @@ def import_summary(report: Any, name: str) -> str:
 
 def bullet_list(items: Iterable[str]) -> str:
     return "\n".join(f"• {item}" for item in items)
+
+
+# Telegram Business ---------------------------------------------------------------------------------
+
+BUSINESS_CONNECTED = (
+    "🔗 Connected to your Telegram Business account. When someone writes to you in a private chat, I'll "
+    "send you my draft here, with ✅ Send (I post it in that chat as you), ✏️ Edit, 🗑 Reject, 🔄 Another "
+    "and 🔇 Mute this chat. Nothing reaches anyone without your tap. What you type in your chats yourself "
+    "teaches me too. /pause stops all drafting, /chats lists the chats."
+)
+BUSINESS_NO_REPLY_RIGHT = ("⚠️ The connection doesn't let me reply: turn on \"Reply to messages\" for me in "
+                           "Settings → Telegram Business → Chatbots, or ✅ Send will fail.")
+BUSINESS_DISCONNECTED = ("🔌 The Business connection is off, so I stopped drafting for your chats. What I learnt "
+                         "from them stays until /forget.")
+BUSINESS_NO_CONNECTION = ("No Telegram Business connection yet. Connect me in Settings → Telegram Business → "
+                          "Chatbots (Chat Automation), or keep forwarding messages to me here.")
+BUSINESS_OUTDATED = "That draft is outdated: a newer one follows. Nothing was sent."
+BUSINESS_MAYBE_POSTED = ("I was posting one of your replies in a connected chat when I was restarted, so it may "
+                         "or may not be there. I won't post it again: please check that chat.")
+BUSINESS_MUTED_DRAFT = "That chat is muted; nothing was sent. /unmute to draft for it again."
+
+
+def business_draft_text(contact: str, incoming: str, draft: str) -> str:
+    """A business draft in the owner's chat: who wrote what, then the draft."""
+    return f"💬 {contact}:\n{trim(incoming, 1500)}\n\n✍️ Draft:\n{trim(draft, MAX_MESSAGE - 1600)}"
+
+
+def business_status_line(what: str, contact: str) -> str:
+    lines = {"sent": f"✅ Sent to {contact} as you", "outdated": f"⌛ Outdated: {contact} wrote again",
+             "muted": f"🔇 Chat with {contact} muted", "reject": "🗑 Rejected: nothing was sent",
+             "regenerate": "🔄 You asked for another draft", "accept": f"✅ You sent it to {contact} yourself",
+             "edit": f"✏️ You wrote {contact} your own reply: saved as your version",
+             "sending": f"📤 Sending to {contact}…"}
+    return lines[what]
+
+
+def with_status(shown_text: str, line: str) -> str:
+    """A draft message with a status line instead of its buttons."""
+    return trim(shown_text, MAX_MESSAGE - utf16_len(line) - 2) + "\n\n" + line
+
+
+def business_refused(contact: str, description: str) -> str:
+    """Why Telegram did not post the owner's reply; the verdict is kept either way.
+
+    python-telegram-bot hands the description on re-cased ("Business_peer_usage_missing"), so the
+    error names are compared in upper case."""
+    code = description.upper()
+    if "BUSINESS_PEER_USAGE_MISSING" in code:
+        why = (f"Telegram lets me answer {contact} only within 24 hours of their last message, and that "
+               "window has closed")
+    elif "BOT_ACCESS_FORBIDDEN" in code or "NOT ENOUGH RIGHTS" in code:
+        why = ("the connection doesn't let me reply (turn on \"Reply to messages\" for me in Settings → "
+               "Telegram Business → Chatbots)")
+    elif "BUSINESS_CONNECTION_INVALID" in code:
+        why = "the Business connection is gone (reconnect me in Settings → Telegram Business → Chatbots)"
+    else:
+        why = f"Telegram refused it ({description})"
+    return f"⚠️ Not sent to {contact}: {why}. Your verdict is saved; please send it yourself."
+
+
+def chats_text(connection: Any, chats: Sequence[Any]) -> str:
+    """/chats: the connection and each connected chat with its state."""
+    if connection is None:
+        return BUSINESS_NO_CONNECTION
+    head = ("🔗 Business connection: " + ("on" if connection.enabled else "off")
+            + (", paused (/resume)" if connection.paused else "")
+            + ("" if connection.can_reply else ", cannot reply (no \"Reply to messages\" right)"))
+    if not chats:
+        return head + "\nNo chats yet: I'll list them once someone writes to you."
+    lines = [head]
+    for state in chats:
+        chat = state.chat
+        status = "🔇 muted (/unmute " + str(chat.id) + ")" if chat.muted else "drafting"
+        lines.append(f"{chat.id}. {chat.contact}: {status}" + (", a draft is waiting" if state.pending else ""))
+    return "\n".join(lines)

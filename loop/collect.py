@@ -50,15 +50,20 @@ def kept_by_message(rows: Sequence[tuple[Feedback, Draft]]) -> dict[int, str]:
     return kept
 
 
-def feedback_examples(rows: Sequence[tuple[Feedback, Draft]]) -> list[FeedbackExample]:
-    """Feedback rows as examples; a regenerate's `later_kept` is the text finally kept for its message."""
+def feedback_examples(rows: Sequence[tuple[Feedback, Draft]],
+                      contacts: dict[int, str] | None = None) -> list[FeedbackExample]:
+    """Feedback rows as examples; a regenerate's `later_kept` is the text finally kept for its message.
+
+    `contacts`: the contact's name per draft id (drafts of Telegram Business chats), as drafting put
+    it in the prompt."""
+    contacts = contacts or {}
     finally_kept = kept_by_message(rows)
     examples = []
     for feedback, draft in rows:
         later = finally_kept.get(draft.message_id) if feedback.kind == FeedbackKind.regenerate else None
         examples.append(FeedbackExample(
             kind=feedback.kind.value,
-            conversation=Conversation.of(draft.incoming, draft.context),
+            conversation=Conversation.of(draft.incoming, draft.context, contact=contacts.get(draft.id)),
             draft=draft.text,
             text=feedback.text,
             later_kept=later,
@@ -67,11 +72,16 @@ def feedback_examples(rows: Sequence[tuple[Feedback, Draft]]) -> list[FeedbackEx
     return examples
 
 
-def writing_examples(samples: Sequence[WritingSample]) -> list[WritingExample]:
+def writing_examples(samples: Sequence[WritingSample],
+                     contacts: dict[int, str] | None = None) -> list[WritingExample]:
+    """Writing samples as examples; `contacts`: the contact's name per sample id (the owner's own
+    replies in Telegram Business chats)."""
+    contacts = contacts or {}
     examples = []
     for sample in samples:
         kind = sample.kind.value if hasattr(sample.kind, "value") else str(sample.kind)
-        conversation = Conversation.of(sample.prompt, sample.context) if sample.prompt else None
+        conversation = (Conversation.of(sample.prompt, sample.context, contact=contacts.get(sample.id))  # type: ignore[arg-type]
+                        if sample.prompt else None)
         examples.append(WritingExample(kind=kind, text=sample.text, conversation=conversation,
                                        written_at=_aware(sample.written_at)))
     return examples
@@ -137,8 +147,8 @@ def collect(*, session: Session, owner_id: int, after_id: int, upto_id: int, tra
     new_writing = sum(1 for s in samples if since is None or (_aware(s.created_at) or since) > since)
     counts = Counter(feedback.kind.value for feedback, _ in rows)
     return Collected(
-        feedback=feedback_examples(rows),
-        writing=writing_examples(samples),
+        feedback=feedback_examples(rows, repo.business_draft_contacts(session=session, owner_id=owner_id)),
+        writing=writing_examples(samples, repo.business_sample_contacts(session=session, owner_id=owner_id)),
         owner_lines=owner_lines,
         other_lines=other_lines,
         feedback_ids=[feedback.id for feedback, _ in rows],  # type: ignore[misc]
@@ -154,13 +164,17 @@ def collect(*, session: Session, owner_id: int, after_id: int, upto_id: int, tra
 def conversation_to_json(conversation: Conversation | None) -> dict[str, Any] | None:
     if conversation is None:
         return None
-    return {"incoming": conversation.incoming, "context": [t.to_dict() for t in conversation.context]}
+    data = {"incoming": conversation.incoming, "context": [t.to_dict() for t in conversation.context]}
+    if conversation.contact:
+        data["contact"] = conversation.contact
+    return data
 
 
 def conversation_from_json(data: dict[str, Any] | None) -> Conversation | None:
     if data is None:
         return None
-    return Conversation(context=tuple(Turn.from_dict(t) for t in data["context"]), incoming=data["incoming"])
+    return Conversation(context=tuple(Turn.from_dict(t) for t in data["context"]), incoming=data["incoming"],
+                        contact=data.get("contact"))
 
 
 def feedback_to_json(item: FeedbackExample) -> dict[str, Any]:

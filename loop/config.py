@@ -40,8 +40,11 @@ class TelegramSettings:
     max_upload_mb: int = 20
     draft_queue_size: int = 50  # drafts waiting per process; beyond it the owner is told "busy"
     allow_groups: bool = False
+    business_quiet_s: float = 3.0  # a business chat is drafted once its contact has been quiet this long
 
     def __post_init__(self) -> None:
+        if not 0 <= self.business_quiet_s <= 600:
+            raise ConfigError("telegram.business_quiet_s", self.business_quiet_s, "0..600 seconds")
         if self.mode not in ("polling", "webhook"):
             raise ConfigError("telegram.mode", self.mode, "polling or webhook")
         if self.mode == "webhook" and not self.webhook_url:

@@ -219,9 +219,13 @@ class Twin:
 
     def _draft(self, *, owner_db_id: int, conversation_id: int, message_id: int, incoming: str,
                context: list[dict[str, Any]], seed: int, chat_id: int | None,
-               adapter: AdapterRef | None, regenerated_from: int | None = None) -> DraftView:
-        """Draft with `adapter` (the active one, read by the caller) and store the draft: one commit."""
-        conversation = Conversation.of(incoming[:MAX_INCOMING_CHARS], context)
+               adapter: AdapterRef | None, regenerated_from: int | None = None,
+               contact: str | None = None) -> DraftView:
+        """Draft with `adapter` (the active one, read by the caller) and store the draft: one commit.
+
+        `contact`: the person written to, when known (loop.business); the dataset builders put the
+        same name in the prompt (loop.collect)."""
+        conversation = Conversation.of(incoming[:MAX_INCOMING_CHARS], context, contact=contact)
         result = self.drafter.draft(conversation, adapter=adapter, seed=seed)
         with session_scope(self.engine) as session:
             return DraftView.of(repo.add_draft(

@@ -207,3 +207,83 @@ class Lock(SQLModel, table=True):
 Index("ix_draft_owner_created", Draft.owner_id, Draft.created_at)  # type: ignore[arg-type]
 # A Telegram message is stored once: an update delivered again after a crash is recognised.
 Index("ux_message_chat_telegram", Message.chat_id, Message.telegram_message_id, unique=True)  # type: ignore[arg-type]
+
+
+# Telegram Business ------------------------------------------------------------------------------
+# The twin inside the owner's real chats (bot.business, loop.business). A contact's text is stored
+# only as context for the owner's replies; `forget_owner` deletes all of it.
+
+class BusinessConnection(SQLModel, table=True):
+    """The owner's Telegram Business connection to the bot: one per owner, the id may change on reconnect.
+
+    `paused` (/pause) belongs to the owner, not to one connection id: it outlives a reconnect.
+    """
+
+    __tablename__ = "business_connection"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", unique=True)
+    connection_id: str = Field(sa_column=Column(String(128), unique=True, nullable=False))
+    user_chat_id: int = Field(sa_column=Column(BigInteger, nullable=False))  # the owner's chat with the bot
+    can_reply: bool = False
+    enabled: bool = True
+    paused: bool = False
+    rights: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class BusinessChat(SQLModel, table=True):
+    """One real chat of the owner with a contact; its messages live in `conversation_id`.
+
+    Keyed by (owner, chat id), not by connection, so a mute outlives a reconnect.
+    """
+
+    __tablename__ = "business_chat"
+    __table_args__ = (UniqueConstraint("owner_id", "chat_id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    chat_id: int = Field(sa_column=Column(BigInteger, nullable=False))  # the contact's private chat id
+    conversation_id: int = Field(foreign_key="conversation.id")
+    contact_name: Optional[str] = None
+    muted: bool = False
+    last_contact_at: Optional[datetime] = None  # the contact's last message: Telegram's 24-hour reply window
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class BusinessMessage(SQLModel, table=True):
+    """A Telegram message of a business chat and what it became: a conversation turn, and for the
+    owner's own words a writing sample or the verdict on a pending draft (edits and deletions follow it)."""
+
+    __tablename__ = "business_message"
+    __table_args__ = (UniqueConstraint("business_chat_id", "telegram_message_id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    business_chat_id: int = Field(foreign_key="business_chat.id", index=True)
+    telegram_message_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    message_id: Optional[int] = Field(default=None, foreign_key="message.id")
+    sample_id: Optional[int] = Field(default=None, foreign_key="writing_sample.id")
+    feedback_id: Optional[int] = Field(default=None, foreign_key="feedback.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class BusinessDraft(SQLModel, table=True):
+    """A draft for a business chat, shown in the owner's chat with the bot.
+
+    `state`: "pending" (waiting for the owner), "outdated" (the contact wrote again), "muted",
+    "answered" (a verdict, by button or by the owner's own reply). `send_state`: None until a
+    Send/Edit is to be posted; "sending" is committed before the post (a restart then does not post
+    twice), "sent" with `sent_message_id` after; "refused" when Telegram said no (`error` says why).
+    """
+
+    __tablename__ = "business_draft"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    draft_id: int = Field(foreign_key="draft.id", unique=True)
+    business_chat_id: int = Field(foreign_key="business_chat.id", index=True)
+    state: str = Field(default="pending", sa_column=Column(String(16), nullable=False))
+    send_state: Optional[str] = Field(default=None, sa_column=Column(String(16)))
+    sent_text: Optional[str] = Field(default=None, sa_column=Column(Text))
+    sent_message_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
+    owner_message_id: Optional[int] = Field(default=None, foreign_key="message.id")
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)

@@ -22,6 +22,10 @@ from sqlmodel import Session, col, select
 from storage.models import (
     Adapter,
     AdapterState,
+    BusinessChat,
+    BusinessConnection,
+    BusinessDraft,
+    BusinessMessage,
     Conversation,
     Cycle,
     CycleStatus,
@@ -555,6 +559,7 @@ def cycle_summary(cycle: Cycle) -> dict[str, Any]:
 
 def forget_owner(*, session: Session, owner_id: int) -> None:
     """Delete every row of the owner (files are removed by the caller)."""
+    forget_business(session=session, owner_id=owner_id)  # they point at drafts, messages, samples
     session.exec(delete(Feedback).where(col(Feedback.owner_id) == owner_id))
     session.exec(delete(VersionPrompt).where(col(VersionPrompt.owner_id) == owner_id))
     # Drafts point at each other (regenerated_from) and at messages; clear the links first.
@@ -565,3 +570,214 @@ def forget_owner(*, session: Session, owner_id: int) -> None:
     for model in (Draft, Message, Conversation, WritingSample, Cycle):
         session.exec(delete(model).where(col(model.owner_id) == owner_id))
     session.exec(delete(Owner).where(col(Owner.id) == owner_id))
+
+
+# Telegram Business --------------------------------------------------------------------------------
+# Connections, the real chats behind them, their Telegram messages and drafts (loop.business).
+
+def upsert_business_connection(*, session: Session, owner_id: int, connection_id: str, user_chat_id: int,
+                               enabled: bool, can_reply: bool, rights: dict[str, Any]) -> tuple[BusinessConnection, bool]:
+    """Store the owner's connection (one per owner: a reconnect replaces the id); (row, new)."""
+    row = session.exec(select(BusinessConnection).where(BusinessConnection.owner_id == owner_id)).first()
+    new = row is None
+    if row is None:
+        row = BusinessConnection(owner_id=owner_id, connection_id=connection_id, user_chat_id=user_chat_id)
+        session.add(row)
+    row.connection_id, row.user_chat_id, row.enabled = connection_id, user_chat_id, enabled
+    row.can_reply, row.rights, row.updated_at = can_reply, dict(rights), utcnow()
+    session.flush()
+    return row, new
+
+
+def find_business_connection(*, session: Session, connection_id: str) -> BusinessConnection | None:
+    return session.exec(select(BusinessConnection).where(BusinessConnection.connection_id == connection_id)).first()
+
+
+def business_connection_of(*, session: Session, owner_id: int) -> BusinessConnection | None:
+    return session.exec(select(BusinessConnection).where(BusinessConnection.owner_id == owner_id)).first()
+
+
+def get_or_create_business_chat(*, session: Session, owner_id: int, chat_id: int,
+                                contact_name: str | None) -> BusinessChat:
+    """The owner's real chat `chat_id`, with its conversation ("biz:<chat id>"), created on first use."""
+    chat = find_business_chat(session=session, owner_id=owner_id, chat_id=chat_id)
+    if chat is None:
+        conversation = get_or_create_conversation(session=session, owner_id=owner_id, chat_key=f"biz:{chat_id}",
+                                                  title=contact_name)
+        chat = BusinessChat(owner_id=owner_id, chat_id=chat_id, conversation_id=conversation.id,  # type: ignore[arg-type]
+                            contact_name=contact_name)
+        session.add(chat)
+        session.flush()
+    elif contact_name and chat.contact_name != contact_name:
+        chat.contact_name = contact_name
+    return chat
+
+
+def find_business_chat(*, session: Session, owner_id: int, chat_id: int) -> BusinessChat | None:
+    return session.exec(select(BusinessChat).where(BusinessChat.owner_id == owner_id,
+                                                   BusinessChat.chat_id == chat_id)).first()
+
+
+def business_chats(*, session: Session, owner_id: int) -> list[BusinessChat]:
+    return list(session.exec(select(BusinessChat).where(BusinessChat.owner_id == owner_id)
+                             .order_by(col(BusinessChat.id))).all())
+
+
+def find_business_message(*, session: Session, business_chat_id: int, telegram_message_id: int) -> BusinessMessage | None:
+    return session.exec(select(BusinessMessage).where(
+        BusinessMessage.business_chat_id == business_chat_id,
+        BusinessMessage.telegram_message_id == telegram_message_id)).first()
+
+
+def add_business_message(*, session: Session, owner_id: int, business_chat_id: int, telegram_message_id: int,
+                         message_id: int | None, sample_id: int | None = None,
+                         feedback_id: int | None = None) -> BusinessMessage:
+    row = BusinessMessage(owner_id=owner_id, business_chat_id=business_chat_id,
+                          telegram_message_id=telegram_message_id, message_id=message_id, sample_id=sample_id,
+                          feedback_id=feedback_id)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def latest_message(*, session: Session, conversation_id: int) -> Message | None:
+    return session.exec(select(Message).where(Message.conversation_id == conversation_id)
+                        .order_by(col(Message.id).desc())).first()
+
+
+def messages_since_owner(*, session: Session, conversation_id: int) -> list[Message]:
+    """The other side's messages after the owner's last one, oldest first (what a draft answers)."""
+    last_owner = session.exec(select(func.max(Message.id)).where(Message.conversation_id == conversation_id,
+                                                                 Message.role == "owner")).one() or 0
+    return list(session.exec(select(Message).where(Message.conversation_id == conversation_id,
+                                                   Message.id > last_owner, Message.role == "other")
+                             .order_by(col(Message.id))).all())
+
+
+def add_business_draft(*, session: Session, owner_id: int, draft_id: int, business_chat_id: int) -> BusinessDraft:
+    row = BusinessDraft(owner_id=owner_id, draft_id=draft_id, business_chat_id=business_chat_id)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def find_business_draft(*, session: Session, owner_id: int, draft_id: int) -> BusinessDraft | None:
+    return session.exec(select(BusinessDraft).where(BusinessDraft.owner_id == owner_id,
+                                                    BusinessDraft.draft_id == draft_id)).first()
+
+
+def business_drafts(*, session: Session, business_chat_id: int, state: str | None = None,
+                    send_states: Sequence[str | None] | None = None) -> list[tuple[BusinessDraft, Draft]]:
+    """A chat's business drafts with their drafts, oldest first, optionally only in `state` / `send_states`."""
+    query = select(BusinessDraft, Draft).join(Draft, col(Draft.id) == BusinessDraft.draft_id).where(
+        BusinessDraft.business_chat_id == business_chat_id)
+    if state is not None:
+        query = query.where(BusinessDraft.state == state)
+    if send_states is not None:
+        named = [value for value in send_states if value is not None]
+        condition = col(BusinessDraft.send_state).in_(named)
+        if None in send_states:
+            condition = or_(condition, col(BusinessDraft.send_state).is_(None))
+        query = query.where(condition)
+    return list(session.exec(query.order_by(col(BusinessDraft.id))).all())
+
+
+def unfinished_business_drafts(*, session: Session, since: datetime) -> list[tuple[BusinessDraft, Draft]]:
+    """Business drafts since `since` that a restart must carry on: pending ones never shown, and
+    Send/Edit verdicts whose post had not begun (None with a verdict) or had begun ("sending")."""
+    has_feedback = select(Feedback.id).where(Feedback.draft_id == BusinessDraft.draft_id).exists()
+    query = select(BusinessDraft, Draft).join(Draft, col(Draft.id) == BusinessDraft.draft_id).where(
+        Draft.created_at >= since,
+        or_((BusinessDraft.state == "pending") & col(Draft.shown_message_id).is_(None) & ~has_feedback,
+            BusinessDraft.send_state == "sending",
+            (BusinessDraft.state == "answered") & col(BusinessDraft.send_state).is_(None)
+            & col(BusinessDraft.sent_text).is_not(None)))
+    return list(session.exec(query.order_by(col(BusinessDraft.id))).all())
+
+
+def latest_owner_turn(*, session: Session, conversation_id: int, text: str) -> Message | None:
+    """The newest owner turn of a conversation with this text (the one a verdict just added)."""
+    return session.exec(select(Message).where(Message.conversation_id == conversation_id, Message.role == "owner",
+                                              Message.text == text).order_by(col(Message.id).desc())).first()
+
+
+def add_writing_sample(*, session: Session, owner_id: int, sample: WritingSampleCreate) -> WritingSample | None:
+    """Add one sample and return it; None when the same sample is stored already."""
+    digest = sample_hash(sample)
+    if session.exec(select(WritingSample.id).where(WritingSample.owner_id == owner_id,
+                                                   WritingSample.content_hash == digest)).first() is not None:
+        return None
+    row = WritingSample(owner_id=owner_id, content_hash=digest, **sample.model_dump())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def update_writing_sample_text(*, session: Session, sample_id: int, text: str) -> None:
+    """A sample's text changed (the owner edited the message): its content hash follows."""
+    row = session.get(WritingSample, sample_id)
+    if row is None:
+        return
+    row.text = text
+    row.content_hash = sample_hash(WritingSampleCreate(kind=row.kind, text=text, prompt=row.prompt,
+                                                       context=row.context))
+    session.flush()
+
+
+def delete_business_messages(*, session: Session, business_chat_id: int,
+                             telegram_message_ids: Sequence[int]) -> int:
+    """Take deleted Telegram messages out of training: their writing samples, the verdicts they gave
+    (or those on drafts that answered them) and, where no draft points at it, the turn itself."""
+    rows = list(session.exec(select(BusinessMessage).where(
+        BusinessMessage.business_chat_id == business_chat_id,
+        col(BusinessMessage.telegram_message_id).in_(list(telegram_message_ids)))).all())
+    for row in rows:
+        sample_id, feedback_id, message_id = row.sample_id, row.feedback_id, row.message_id
+        session.delete(row)
+        session.flush()
+        if sample_id is not None:
+            session.exec(delete(WritingSample).where(col(WritingSample.id) == sample_id))
+        if feedback_id is not None:
+            _delete_feedback(session, [feedback_id])
+        if message_id is None:
+            continue
+        answering = list(session.exec(select(Draft.id).where(Draft.message_id == message_id)).all())
+        if answering:
+            _delete_feedback(session, list(session.exec(select(Feedback.id).where(
+                col(Feedback.draft_id).in_(answering))).all()))
+            continue
+        session.exec(delete(BusinessDraft).where(col(BusinessDraft.owner_message_id) == message_id))
+        session.exec(delete(Message).where(col(Message.id) == message_id))
+    session.flush()
+    return len(rows)
+
+
+def _delete_feedback(session: Session, feedback_ids: list[int]) -> None:
+    if not feedback_ids:
+        return
+    for row in session.exec(select(BusinessMessage).where(col(BusinessMessage.feedback_id).in_(feedback_ids))):
+        row.feedback_id = None
+    session.flush()
+    session.exec(delete(Feedback).where(col(Feedback.id).in_(feedback_ids)))
+
+
+def business_draft_contacts(*, session: Session, owner_id: int) -> dict[int, str]:
+    """The contact's name per business draft id, as drafting puts it in the prompt."""
+    query = select(BusinessDraft.draft_id, BusinessChat.contact_name).join(
+        BusinessChat, col(BusinessChat.id) == BusinessDraft.business_chat_id).where(BusinessDraft.owner_id == owner_id)
+    return {draft_id: name for draft_id, name in session.exec(query).all() if name}
+
+
+def business_sample_contacts(*, session: Session, owner_id: int) -> dict[int, str]:
+    """The contact's name per writing sample that the owner wrote in a business chat."""
+    query = select(BusinessMessage.sample_id, BusinessChat.contact_name).join(
+        BusinessChat, col(BusinessChat.id) == BusinessMessage.business_chat_id).where(
+        BusinessMessage.owner_id == owner_id, col(BusinessMessage.sample_id).is_not(None))
+    return {sample_id: name for sample_id, name in session.exec(query).all() if name}
+
+
+def forget_business(*, session: Session, owner_id: int) -> None:
+    """Delete the owner's connection and business chats (their messages go with the owner's)."""
+    for model in (BusinessMessage, BusinessDraft, BusinessChat, BusinessConnection):
+        session.exec(delete(model).where(col(model.owner_id) == owner_id))
+    session.flush()

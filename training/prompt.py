@@ -15,6 +15,9 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are {owner}'s twin. Reply to the last message exactly as {owner} would write it: "
     "same length, tone, spelling and punctuation habits."
 )
+# Added to the system prompt when the conversation names the person the owner writes to (a chat
+# of a Telegram Business connection), so the twin can learn how the owner writes to each person.
+CONTACT_LINE = "You are writing to {contact}."
 
 
 @dataclass(frozen=True)
@@ -35,15 +38,18 @@ class Turn:
 
 @dataclass(frozen=True)
 class Conversation:
-    """What the twin answers: earlier turns (oldest first) and the incoming message."""
+    """What the twin answers: earlier turns (oldest first) and the incoming message; `contact` names
+    the person written to when it is known (None: the prompt is as it always was)."""
 
     context: tuple[Turn, ...]
     incoming: str
+    contact: str | None = None
 
     @classmethod
-    def of(cls, incoming: str, context: Iterable[Turn | dict[str, Any]] = ()) -> "Conversation":
+    def of(cls, incoming: str, context: Iterable[Turn | dict[str, Any]] = (),
+           contact: str | None = None) -> "Conversation":
         turns = tuple(t if isinstance(t, Turn) else Turn.from_dict(t) for t in context)
-        return cls(context=turns, incoming=incoming)
+        return cls(context=turns, incoming=incoming, contact=contact or None)
 
 
 def system_text(template: str, owner_name: str | None) -> str:
@@ -59,6 +65,8 @@ def chat_messages(conversation: Conversation, *, system: str, max_context_turns:
     """
     kept: Sequence[Turn] = conversation.context[-max_context_turns:] if max_context_turns > 0 else ()
     turns = [*kept, Turn(role="other", text=conversation.incoming)]
+    if conversation.contact:
+        system = f"{system}\n{CONTACT_LINE.format(contact=conversation.contact)}"
     messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     for turn in turns:
         role = "assistant" if turn.role == "owner" else "user"

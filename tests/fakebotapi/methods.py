@@ -22,6 +22,7 @@ class BotApiMethods:
     commands: list[dict[str, Any]]
     answers: dict[str, dict[str, Any]]
     files: dict[str, Any]
+    allowed_updates: list[str] | None
 
     def _chat(self, params: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -69,6 +70,8 @@ class BotApiMethods:
         if self.webhook_url:
             raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
                                 "use deleteWebhook to delete the webhook first")
+        if params.get("allowed_updates") is not None:
+            self.allowed_updates = list(params["allowed_updates"]) or None
         offset = int(params.get("offset") or 0)
         if offset > 0:
             self._confirmed_below = max(self._confirmed_below, offset)
@@ -96,6 +99,8 @@ class BotApiMethods:
 
     async def _m_setwebhook(self, params: dict[str, Any], uploads: dict[str, Any]) -> Any:
         self.webhook_url, self.webhook_secret = params.get("url") or "", params.get("secret_token")
+        if params.get("allowed_updates") is not None:
+            self.allowed_updates = list(params["allowed_updates"]) or None
         return True
 
     async def _m_getwebhookinfo(self, params: dict[str, Any], uploads: dict[str, Any]) -> Any:
@@ -118,6 +123,8 @@ class BotApiMethods:
         return True
 
     async def _m_sendmessage(self, params: dict[str, Any], uploads: dict[str, Any]) -> Any:
+        if params.get("business_connection_id"):
+            return self._business_send(params)
         chat = self._chat(params)
         text = visible_text(params.get("text"), params.get("parse_mode"))
         message = self._bot_message(chat, params)

@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from tests.fakebotapi.business import BusinessMixin
 from tests.fakebotapi.methods import BotApiMethods
 from tests.fakebotapi.wire import (
     NOT_MODIFIED,
@@ -25,8 +26,11 @@ from tests.fakebotapi.wire import (
 )
 
 
+DEFAULT_ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
+
+
 @dataclass
-class FakeBotApi(BotApiMethods):
+class FakeBotApi(BusinessMixin, BotApiMethods):
     """One bot's Bot API: start it, point the bot's base_url at it, inject updates, read calls."""
 
     token: str = "123456:TEST-fake-token"
@@ -42,6 +46,14 @@ class FakeBotApi(BotApiMethods):
     webhook_url: str = ""
     webhook_secret: str | None = None
     webhook_posts: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (HTTP status, update)
+    # Update types the bot asked for (getUpdates / setWebhook `allowed_updates`; Telegram keeps the
+    # last list given). None: the default, which in this fake means messages and button presses only,
+    # as the bot's list was before it asked for business updates.
+    allowed_updates: list[str] | None = None
+    # Telegram Business: connection id -> BusinessConnection; (connection id, chat id) -> messages.
+    business_connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    business_chats: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=dict)
+    echo_business_posts: bool = True  # the bot's own posts come back as business_message updates
 
     def __post_init__(self) -> None:
         self._updates: list[dict[str, Any]] = []
@@ -206,7 +218,11 @@ class FakeBotApi(BotApiMethods):
         return [c for c in self.calls if c.method.lower() == method.lower()]
 
     def pending_updates(self) -> list[dict[str, Any]]:
-        return [u for u in self._updates if u["update_id"] >= self._confirmed_below]
+        return [u for u in self._updates if u["update_id"] >= self._confirmed_below and self._wanted(u)]
+
+    def _wanted(self, update: dict[str, Any]) -> bool:
+        allowed = self.allowed_updates or DEFAULT_ALLOWED_UPDATES
+        return any(kind in update for kind in allowed)
 
     async def wait_for(self, predicate: Callable[[], Any], *, timeout: float = 90.0, what: str = "") -> Any:
         """Wait until `predicate()` is truthy (checked after every request and injection) and return it.
@@ -264,6 +280,8 @@ class FakeBotApi(BotApiMethods):
         update = {"update_id": self._next_update_id, **copy.deepcopy(payload)}
         self._next_update_id += 1
         if self.webhook_url:
+            if not self._wanted(update):
+                return  # Telegram does not send what the bot did not ask for
             task = asyncio.get_running_loop().create_task(self._post_webhook(update))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -35,6 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base-file-url", required=True)
     parser.add_argument("--draft-delay", type=float, default=0.0, help="seconds each fake draft takes")
     parser.add_argument("--webhook-port", type=int, help="webhook mode: listen on 127.0.0.1:PORT/tg/hook")
+    parser.add_argument("--business-quiet", type=float, default=0.2, help="telegram.business_quiet_s")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                     log_level=args.log_level)
     config.telegram.base_url, config.telegram.base_file_url = args.base_url, args.base_file_url
     config.schedule.enabled = False
+    config.telegram.business_quiet_s = args.business_quiet
     if args.webhook_port:
         config.telegram.mode, config.telegram.webhook_port = "webhook", args.webhook_port
         config.telegram.webhook_url = f"http://127.0.0.1:{args.webhook_port}/tg/hook"
