@@ -20,7 +20,7 @@ from storage.models import (
     Owner,
     WritingSample,
 )
-from tests.test_bot_harness import OWNER_ID, STRANGER_ID, running_harness
+from tests.bot.test_bot_harness import OWNER_ID, STRANGER_ID, running_harness
 
 CONTACT_ID = 5005
 

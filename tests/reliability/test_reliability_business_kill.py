@@ -20,8 +20,8 @@ from bot import texts
 from loop.config import Config
 from storage.models import BusinessDraft, Feedback, FeedbackKind
 from tests.fakebotapi import FakeBotApi
-from tests.test_bot_harness import OWNER_ID
-from tests.test_reliability_kill import TOKEN, BotProcess, check_consistency
+from tests.bot.test_bot_harness import OWNER_ID
+from tests.reliability.test_reliability_kill import TOKEN, BotProcess, check_consistency
 
 CONTACT = {"id": 5005, "is_bot": False, "first_name": "Anna"}
 
