@@ -31,7 +31,7 @@ from storage.db import session_scope
 from tests.reliability.figures import record
 from tests.loop.test_import_limits import bomb
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
 
 OWNER = OwnerIdentity(telegram_ids=[1001], names=["Sam Carter", "Me"], emails=["sam@example.org"])
