@@ -29,7 +29,7 @@ from loop.importing.runner import prepare_file
 from storage import repo
 from storage.db import session_scope
 from tests.reliability.figures import record
-from tests.test_import_limits import bomb
+from tests.loop.test_import_limits import bomb
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
