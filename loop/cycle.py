@@ -39,7 +39,7 @@ from storage import repo
 from storage.db import session_scope
 from storage.models import AdapterState, CycleStatus
 from training.artifacts import CorruptAdapter, remove_stale_staging
-from training.datasets import split_holdout, split_writing_holdout
+from training.datasets import newest_distinct_writing, split_holdout, split_writing_holdout
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +318,8 @@ def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int,
         "heldout_feedback": len(heldout_feedback), "train_writing": len(train_writing),
         "heldout_writing": len(heldout_writing), "trained_feedback_upto": trained_upto,
     }
+    if not train_feedback:  # the first cycle after an import trains on part of a long history
+        counts["writing_used"] = len(newest_distinct_writing(train_writing, config.training.first_cycle_writing))
     return job_path, counts, version
 
 

@@ -118,6 +118,6 @@ def trade_off_text(full: dict[str, Any], chosen: dict[str, Any], strength: float
     for key, label, pattern in (("attribution", "reads as you", "{:.0%}"), ("likelihood", "held-out NLL", "{:.3f}"),
                                 ("edit_distance", "edit distance", "{:.2f}")):
         before, after = metric_value(full, key), metric_value(chosen, key)
-        if before is not None and after is not None:
+        if before is not None and after is not None and pattern.format(after) != pattern.format(before):
             parts.append(f"{label} {pattern.format(after)} instead of {pattern.format(before)}")
     return f"at {_percent(strength)} strength: " + "; ".join(parts)

@@ -38,13 +38,21 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
+def _writing_text(counts: dict[str, Any]) -> str:
+    pieces, held = counts.get("train_writing", 0), counts.get("heldout_writing", 0)
+    used = counts.get("writing_used")
+    if used is not None and used < pieces:
+        return (f"Your writing: {pieces} pieces; this first cycle trained on the newest {used} distinct ones "
+                f"(training.first_cycle_writing; later cycles replay the rest), {held} replies held out.")
+    return f"Your writing: {pieces} pieces trained on, {held} replies held out."
+
+
 def learnt_from_text(counts: dict[str, Any]) -> str:
     by_kind = counts.get("feedback_by_kind") or {}
     kinds = ", ".join(f"{kind} {n}" for kind, n in by_kind.items() if n) or "none"
     train, held = counts.get("train_feedback", 0), counts.get("heldout_feedback", 0)
     lines = [f"Learnt from your verdicts: {train + held} ({kinds}), {train} trained on and {held} held out for the test.",
-             f"Your writing: {counts.get('train_writing', 0)} pieces trained on, "
-             f"{counts.get('heldout_writing', 0)} replies held out."]
+             _writing_text(counts)]
     if counts.get("continued_from"):
         lines.append(f"Continued from v{counts['continued_from']}, which an earlier cycle kept.")
     rows = counts.get("datasets") or {}

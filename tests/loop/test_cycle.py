@@ -132,7 +132,11 @@ def test_a_kept_candidate_that_learnt_is_where_the_next_cycle_continues(cycle_co
 
 def test_without_a_kept_candidate_the_cycle_continues_the_active_adapter(cycle_config, engine):
     import_writing(engine)
+    cycle_config.training.first_cycle_writing = 5  # a "long history" of 24 replies: the newest 5 train
     first = run_cycle(cycle_config, engine, telegram_id=OWNER)
+    counts = list_cycles(engine, telegram_id=OWNER)[0]["counts"]
+    assert counts["writing_used"] == counts["datasets"]["sft"] == 5 and counts["train_writing"] > 5
+    assert "the newest 5 distinct ones" in first.report_text
     second = run_cycle(cycle_config, engine, telegram_id=OWNER, force=True)
     job = json.loads((cycle_config.owner_dir(OWNER) / "cycles" / str(second.cycle_id) / "job.json").read_text())
     assert job["init_adapter"] == job["active_adapter"] is not None

@@ -96,3 +96,17 @@ def test_the_report_of_a_kept_but_resumable_candidate_says_the_work_is_kept():
     text = cycle_report(cycle, SETTINGS)
     assert "no strength of the new v2 passed the gate (tried 100%, 50%)" in text
     assert "the next cycle continues from v2" in text
+
+
+def test_an_unchanged_figure_is_not_listed_as_traded():
+    same_attribution = version(3.25, 0.90, 0.17)
+    text = trade_off_text(FULL, same_attribution, 0.5)
+    assert "reads as you" not in text and "held-out NLL 3.250 instead of 3.100" in text
+
+
+def test_the_report_says_how_much_of_a_long_history_the_first_cycle_trained_on():
+    from loop.report import learnt_from_text
+
+    text = learnt_from_text({"train_writing": 3124, "heldout_writing": 552, "writing_used": 240})
+    assert "3124 pieces; this first cycle trained on the newest 240 distinct ones" in text
+    assert "Your writing: 24 pieces trained on" in learnt_from_text({"train_writing": 24, "writing_used": 24})
