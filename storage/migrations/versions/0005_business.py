@@ -8,6 +8,7 @@ from typing import Sequence, Union
 
 from alembic import op
 import sqlalchemy as sa
+import sqlmodel
 
 
 revision: str = '0005'
@@ -27,8 +28,8 @@ def upgrade() -> None:
         sa.Column('enabled', sa.Boolean(), nullable=False),
         sa.Column('paused', sa.Boolean(), nullable=False),
         sa.Column('rights', sa.JSON(), nullable=False),
-        sa.Column('created_at', sa.DateTime(), nullable=False),
-        sa.Column('updated_at', sa.DateTime(), nullable=False),
+        sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(['owner_id'], ['owner.id']),
         sa.PrimaryKeyConstraint('id'),
         sa.UniqueConstraint('owner_id'),
@@ -42,8 +43,8 @@ def upgrade() -> None:
         sa.Column('conversation_id', sa.Integer(), nullable=False),
         sa.Column('contact_name', sa.String(), nullable=True),
         sa.Column('muted', sa.Boolean(), nullable=False),
-        sa.Column('last_contact_at', sa.DateTime(), nullable=True),
-        sa.Column('created_at', sa.DateTime(), nullable=False),
+        sa.Column('last_contact_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(['owner_id'], ['owner.id']),
         sa.ForeignKeyConstraint(['conversation_id'], ['conversation.id']),
         sa.PrimaryKeyConstraint('id'),
@@ -59,7 +60,7 @@ def upgrade() -> None:
         sa.Column('message_id', sa.Integer(), nullable=True),
         sa.Column('sample_id', sa.Integer(), nullable=True),
         sa.Column('feedback_id', sa.Integer(), nullable=True),
-        sa.Column('created_at', sa.DateTime(), nullable=False),
+        sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(['owner_id'], ['owner.id']),
         sa.ForeignKeyConstraint(['business_chat_id'], ['business_chat.id']),
         sa.ForeignKeyConstraint(['message_id'], ['message.id']),
@@ -83,7 +84,7 @@ def upgrade() -> None:
         sa.Column('sent_message_id', sa.BigInteger(), nullable=True),
         sa.Column('owner_message_id', sa.Integer(), nullable=True),
         sa.Column('error', sa.Text(), nullable=True),
-        sa.Column('created_at', sa.DateTime(), nullable=False),
+        sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(['owner_id'], ['owner.id']),
         sa.ForeignKeyConstraint(['draft_id'], ['draft.id']),
         sa.ForeignKeyConstraint(['business_chat_id'], ['business_chat.id']),
