@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loop.config import TOKEN_ENV
-from loop.ladder import FULL_STRENGTH
+from loop.ladder import FULL_STRENGTH, Verdict, climb
 from training.config import (
     EvaluationSettings,
     GenerationSettings,
@@ -226,13 +226,12 @@ def _milder_dir(candidate_dir: Path, strength: float) -> Path:
 
 def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: GenerationSettings,
                         evaluation: EvaluationSettings, examples: dict[str, Any], *, candidate_dir: Path,
-                        active_dir: Path | None) -> tuple[dict[str, Any], Any]:
+                        active_dir: Path | None) -> tuple[dict[str, Any], Verdict]:
     """Evaluate candidate, active and base on the held-out data, then climb the strength ladder
     (loop.ladder) on the same loaded model; returns (metrics by name, the verdict)."""
     from functools import partial
 
     from loop.collect import feedback_from_json, writing_from_json
-    from loop.ladder import climb
     from training.engine import Engine
     from training.evaluate import evaluate
     from training.strength import reference_fits, write_milder_adapter

@@ -23,7 +23,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from loop.gate import caricature_flags, gate, judge_criteria, likelihood_improved, metric_value
+from loop.gate import caricature_flags, judge_criteria, likelihood_improved, metric_value
 from training.config import EvaluationSettings
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,8 @@ class Verdict:
 
 
 def _rung(strength: float, metrics: dict[str, Any], active: dict[str, Any], settings: EvaluationSettings) -> Rung:
-    failed, _ = judge_criteria(metrics, active, settings)
-    promote, reasons = gate(metrics, active, settings)
-    return Rung(strength, metrics, promote, reasons, len(failed))
+    failed, passed = judge_criteria(metrics, active, settings)  # as loop.gate.gate orders them: failed first
+    return Rung(strength, metrics, not failed, failed + passed, len(failed))
 
 
 def climb(*, candidate: dict[str, Any], active: dict[str, Any], settings: EvaluationSettings,
@@ -83,6 +82,7 @@ def climb(*, candidate: dict[str, Any], active: dict[str, Any], settings: Evalua
     `training.evaluate` computes them for one adapter).
     """
     full = _rung(FULL_STRENGTH, candidate, active, settings)
+    logger.info("gate at full strength: %s (%s)", "promote" if full.promote else "keep", full.reasons[0])
     rungs = [full]
     if full.promote:
         return Verdict(True, FULL_STRENGTH, full.reasons, candidate, False, rungs)
