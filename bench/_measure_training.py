@@ -59,7 +59,7 @@ def main() -> None:
                         help="stop each stage after this many steps (the epoch time is then extrapolated)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from training.engine import Engine
+    from training.inference.engine import Engine
     from training.model import load_tokenizer, resolve_base_model
     from training.train import TrainJob, run_training
 

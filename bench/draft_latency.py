@@ -5,13 +5,13 @@ by the project's one prompt renderer) and the same number of new tokens:
 
 * baseline: plain transformers, `model.generate(input_ids, max_new_tokens=N, min_new_tokens=N)`
   with the model's default generation settings (greedy), on the base model;
-* engine, base / adapter on transformers: `training.engine.Engine.generate` (sampling as
+* engine, base / adapter on transformers: `training.inference.engine.Engine.generate` (sampling as
   configured) without an adapter and with an unmerged LoRA adapter;
 * engine, base / adapter on llama.cpp and on CTranslate2: the same calls with
   `generation.backend = "llamacpp"` (fp16 GGUF) or `"ctranslate2"` (fp32); the adapter merged and
   converted once, the conversion times reported apart. llama.cpp needs a base from a GGUF file:
   the quick run's tiny model has none and skips it;
-* serving: `loop.twin.Twin.draft_reply` with the real `TransformersDrafter`, the default backend
+* serving: `loop.twin.Twin.draft_reply` with the real `EngineDrafter`, the default backend
   ("auto": llama.cpp on a CPU for the embedded model) and an active adapter in a SQLite database:
   storing the message, reading context, rendering, drafting, storing the draft; what the bot runs
   for each message. It has an engine of its own, as the bot does: each message is another chat, so
@@ -36,8 +36,8 @@ from typing import Any, Callable, Sequence
 
 from bench import common
 from bench.corpus import ReplyPair, load_corpus
-from training.engine import PrefillTimer
-from training.serving import LABELS, QUANTIZATION, ServingCache
+from training.inference.engine import PrefillTimer
+from training.inference.serving import LABELS, QUANTIZATION, ServingCache
 
 logger = logging.getLogger("bench.draft_latency")
 
@@ -181,13 +181,13 @@ def serving_runner(config: Any, engine: Any, adapter_dir: Path, pairs: Sequence[
 
     Returns the runner and the database engine (dispose it when done).
     """
-    from loop.drafting import TransformersDrafter
+    from loop.drafting import EngineDrafter
     from loop.twin import Twin
     from storage import repo
     from storage.db import open_database, session_scope
 
     database = open_database(config.db_url)
-    twin = Twin(config, database, TransformersDrafter(engine, config.model, config.generation))
+    twin = Twin(config, database, EngineDrafter(engine, config.model, config.generation))
     owner_id = twin.owner_id(OWNER_TELEGRAM_ID, name="bench")
     with session_scope(database) as session:
         repo.add_adapter(session=session, owner_id=owner_id, version=1, path=str(adapter_dir), parent_version=0,
@@ -211,7 +211,7 @@ def serving_runner(config: Any, engine: Any, adapter_dir: Path, pairs: Sequence[
 
 def llamacpp_ready(engine: Any) -> bool:
     """llama.cpp can draft here: installed, and the base came from a GGUF file (its vocabulary)."""
-    from training.llamacpp import llamacpp_installed
+    from training.inference.llamacpp import llamacpp_installed
 
     return engine.serving.gguf_source is not None and llamacpp_installed()
 
@@ -264,7 +264,7 @@ def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, P
     latency, whether its drafts equal the reference's (same seeds), NLL of the owner's real replies."""
     import torch
 
-    from training.engine import Engine
+    from training.inference.engine import Engine
 
     tokenizer = engine.tokenizer
     n = len(prompts)
@@ -325,7 +325,7 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     from loop.config import Config
     from training.config import GenerationSettings
     from training.datasets import make_renderer
-    from training.engine import Engine
+    from training.inference.engine import Engine
     from training.model import gguf_source, load_model, load_tokenizer, resolve_base_model
 
     threads = common.apply_threads(threads)

@@ -263,12 +263,12 @@ def heldout_feedback(engine: Any, settings: Any, generation: Any, pairs: Sequenc
 
 def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, heldout: int, imported: int,
         rounds: int, pairs_limit: int | None) -> dict[str, Any]:
-    from loop.drafting import TransformersDrafter
+    from loop.drafting import EngineDrafter
     from loop.importing.base import OwnerIdentity
     from loop.importing.runner import run_import
     from loop.twin import Twin
     from storage.db import open_database
-    from training.engine import Engine
+    from training.inference.engine import Engine
     from training.model import resolve_base_model
 
     threads = common.apply_threads(threads)
@@ -286,7 +286,7 @@ def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, hel
         config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
     database = open_database(config.db_url)
     engine = Engine.load(config.model, config.models_dir, max_adapters=rounds + 4)
-    twin = Twin(config, database, TransformersDrafter(engine, config.model, config.generation))
+    twin = Twin(config, database, EngineDrafter(engine, config.model, config.generation))
     owner_id = twin.owner_id(OWNER_TELEGRAM_ID, name=corpus.owner)
 
     logs: list[RoundLog] = []
@@ -383,7 +383,7 @@ def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
     JSON; the held-out drafts are seeded, so an unchanged metric gives the same figures.
     """
     from storage.db import open_database
-    from training.engine import Engine
+    from training.inference.engine import Engine
 
     report = json.loads((work / "learning_curve.json").read_text(encoding="utf-8"))
     common.apply_threads(threads)

@@ -232,7 +232,7 @@ def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: G
     from functools import partial
 
     from loop.collect import feedback_from_json, writing_from_json
-    from training.engine import Engine
+    from training.inference.engine import Engine
     from training.evaluate import evaluate
     from training.strength import reference_fits, write_milder_adapter
 
@@ -299,7 +299,7 @@ def _ready_for_drafting(model: ModelSettings, generation: GenerationSettings, mo
     A failure is logged, not raised: the drafter then converts on its first draft. None when
     nothing was done.
     """
-    from training.serving import prepare_for_drafting
+    from training.inference.serving import prepare_for_drafting
 
     started = time.perf_counter()
     try:

@@ -112,7 +112,7 @@ def init(
     if not skip_model and config.model.base == "embedded":
         from training.model import resolve_base_model
 
-        from training.serving import prepare_for_drafting
+        from training.inference.serving import prepare_for_drafting
 
         with console.status("preparing the embedded model (once, about half a minute)…"):
             folder = resolve_base_model(config.model, config.models_dir)
@@ -236,12 +236,12 @@ def forget(
 # Drafting ---------------------------------------------------------------------------------
 
 def _make_twin(config: Config):
-    from loop.drafting import TransformersDrafter
+    from loop.drafting import EngineDrafter
     from loop.twin import Twin
 
     engine = open_engine(config)
     with err_console.status("loading the model…"):
-        drafter = TransformersDrafter.from_config(config)
+        drafter = EngineDrafter.from_config(config)
     return Twin(config, engine, drafter)
 
 

@@ -1,4 +1,4 @@
-"""Drafting: the `Drafter` interface, the real drafter on transformers + peft, and a fake for tests.
+"""Drafting: the `Drafter` interface, the real drafter on the generation engine, and a fake for tests.
 
 The drafter is asked for one reply to a `Conversation` with a given adapter (or none: the base
 model) and seed. It never touches the database: `loop.twin` stores what it returns.
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from loop.errors import DraftingError
 from training.prompt import Conversation
 
-__all__ = ["AdapterRef", "Drafter", "DraftingError", "DraftResult", "FakeDrafter", "TransformersDrafter"]
+__all__ = ["AdapterRef", "Drafter", "DraftingError", "DraftResult", "FakeDrafter", "EngineDrafter"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ class FakeDrafter:
                            latency_ms=int((time.perf_counter() - started) * 1000))
 
 
-class TransformersDrafter:
-    """The real drafter: the one prompt renderer, then the generation engine (transformers + peft).
+class EngineDrafter:
+    """The real drafter: the one prompt renderer, then `training.inference.engine.Engine`, which decodes
+    on whichever backend `generation.backend` picks (llama.cpp, CTranslate2 or transformers + peft).
 
     An empty reply (the model closed its turn at once, or produced only template debris) is
     retried with seed + 1000 × attempt, up to `generation.max_attempts`; then DraftingError.
@@ -83,9 +84,9 @@ class TransformersDrafter:
         self.render = make_renderer(engine.tokenizer, model_settings)
 
     @classmethod
-    def from_config(cls, config: Any) -> "TransformersDrafter":
+    def from_config(cls, config: Any) -> "EngineDrafter":
         """Load the configured base model (converting the embedded one on first use)."""
-        from training.engine import Engine
+        from training.inference.engine import Engine
 
         engine = Engine.load(config.model, config.models_dir)
         return cls(engine, config.model, config.generation)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from training.prompt import DEFAULT_SYSTEM_PROMPT
 
-# The drafting backends `generation.backend` names (training.serving runs them). Kept here, with the
+# The drafting backends `generation.backend` names (training.inference.serving runs them). Kept here, with the
 # settings that are checked against it: settings are the leaf of training and import none of its code.
 BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8")
 
@@ -65,7 +65,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.15
     seed: int = 0  # base seed; "another draft" adds one
     max_attempts: int = 3  # a draft that comes back empty is retried with another seed
-    backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.serving)
+    backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.inference.serving)
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_new_tokens <= 4096, "generation.max_new_tokens", self.max_new_tokens, "1..4096")

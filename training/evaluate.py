@@ -24,7 +24,7 @@ from training.datasets import FeedbackExample, WritingExample, kept_text, make_r
 from training.prompt import Conversation
 
 if TYPE_CHECKING:  # pragma: no cover
-    from training.engine import Engine
+    from training.inference.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
 
     Pass `engine` to reuse a loaded model; otherwise the base model is loaded once here.
     """
-    from training.engine import Engine
+    from training.inference.engine import Engine
     from training.likelihood import mean_nll, preference_accuracy
     from training.metrics import edit_distance, edit_distance_baselines, mean_edit_distance
     from training.style import caricature_flags, habit_rates, style_distance, style_profile

@@ -116,9 +116,9 @@ def build_tiny_gguf(path: Path) -> Path:
     """The tiny Llama as a float32 GGUF file carrying the embedded model's tokenizer and chat template.
 
     Lets the GGUF → safetensors conversion be tested in seconds instead of converting the real
-    135M model. Written by the project's own GGUF writer (training.llamacpp), in float32.
+    135M model. Written by the project's own GGUF writer (training.inference.llamacpp), in float32.
     """
-    from training.llamacpp import write_model_gguf
+    from training.inference.llamacpp import write_model_gguf
     from training.model import embedded_gguf_path
 
     return write_model_gguf(tiny_model()[0], embedded_gguf_path(), Path(path), matrix_dtype="float32")

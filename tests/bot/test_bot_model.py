@@ -1,4 +1,4 @@
-"""End to end with a real model: the tiny Llama drafts through TransformersDrafter behind the bot."""
+"""End to end with a real model: the tiny Llama drafts through EngineDrafter behind the bot."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.drafting import TransformersDrafter
+from loop.drafting import EngineDrafter
 from storage.models import FeedbackKind
 from tests.bot.test_bot_harness import running_harness
 from tests.tiny import tiny_generation_settings, tiny_model_settings
@@ -19,12 +19,12 @@ async def harness(config, engine):
 
 
 async def test_the_tiny_model_drafts_and_the_verdict_is_stored(harness, tiny_model_dir: Path):
-    from training.engine import Engine
+    from training.inference.engine import Engine
 
     settings = tiny_model_settings(tiny_model_dir)
     harness.config.model = settings
     harness.config.generation = tiny_generation_settings()
-    drafter = TransformersDrafter(Engine.load(settings, Path("unused-models-dir")), settings, harness.config.generation)
+    drafter = EngineDrafter(Engine.load(settings, Path("unused-models-dir")), settings, harness.config.generation)
     await harness.start(drafter)
     shown = await harness.draft_for("are you coming tonight?")
     [draft] = harness.drafts()

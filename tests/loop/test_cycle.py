@@ -87,7 +87,7 @@ def test_full_cycle_import_feedback_promote_and_the_next_draft_uses_the_new_vers
 def test_a_promoted_candidate_is_converted_for_fast_drafting_before_the_bot_needs_it(cycle_config, engine, twin):
     from loop import adapters as adapter_store
     from tests.tiny import tiny_generation_settings
-    from training.serving import COMPLETE_MARKER
+    from training.inference.serving import COMPLETE_MARKER
 
     cycle_config.generation = tiny_generation_settings(backend="ctranslate2")
     import_writing(engine)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from loop.config import Config
-from loop.drafting import FakeDrafter, TransformersDrafter
+from loop.drafting import FakeDrafter, EngineDrafter
 from loop.twin import Twin
 from storage import repo
 from storage.db import session_scope
-from training.engine import Engine
-from training.serving import COMPLETE_MARKER
+from training.inference.engine import Engine
+from training.inference.serving import COMPLETE_MARKER
 from tests.tiny import build_random_adapter, tiny_generation_settings, tiny_model_settings
 
 
@@ -18,7 +18,7 @@ def test_warm_up_converts_each_owners_active_adapter(tiny_model_dir: Path, confi
                                                     tmp_path: Path) -> None:
     adapter = build_random_adapter(tiny_model_dir, config.owner_dir(1001) / "adapters" / "v1", seed=3)
     settings = tiny_model_settings(tiny_model_dir)
-    drafter = TransformersDrafter(Engine.load(settings, config.models_dir), settings,
+    drafter = EngineDrafter(Engine.load(settings, config.models_dir), settings,
                                   tiny_generation_settings(backend="ctranslate2"))
     twin = Twin(config, engine, drafter)
     with session_scope(engine) as session:

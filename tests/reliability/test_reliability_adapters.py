@@ -143,11 +143,11 @@ def test_a_cycle_refuses_to_build_on_a_damaged_active_adapter(two_versions: Conf
 
 
 def test_drafting_never_uses_an_active_adapter_whose_files_were_damaged(two_versions: Config, engine: Engine) -> None:
-    from loop.drafting import TransformersDrafter
+    from loop.drafting import EngineDrafter
     from loop.twin import Twin
 
     flip_bytes(adapter_store.adapter_dir(two_versions, OWNER, 1) / WEIGHTS)
-    twin = Twin(two_versions, engine, TransformersDrafter.from_config(two_versions))
+    twin = Twin(two_versions, engine, EngineDrafter.from_config(two_versions))
     try:
         draft = twin.draft_reply(telegram_id=OWNER, chat_key="tg:1", incoming="are you there?")
     except CorruptAdapter:

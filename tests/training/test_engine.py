@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from loop.config import Config
-from loop.drafting import AdapterRef, DraftingError, TransformersDrafter
+from loop.drafting import AdapterRef, DraftingError, EngineDrafter
 from training.datasets import build_sft_rows, make_renderer
-from training.engine import Engine, GenerationOutput, clean_generated
+from training.inference.engine import Engine, GenerationOutput, clean_generated
 from training.prompt import Conversation, Turn
 from tests.tiny import build_random_adapter, tiny_generation_settings, tiny_model_settings
 
@@ -102,7 +102,7 @@ def test_batched_drafts_match_one_by_one_drafts_and_replay(engine: Engine, adapt
 def test_left_padding_leaves_each_prompts_next_token_scores_unchanged(engine: Engine) -> None:
     import torch
 
-    from training.engine import left_padded
+    from training.inference.engine import left_padded
 
     short, long = engine.encode(prompt(engine)), engine.encode(prompt(engine) * 5)
     input_ids, attention = left_padded([short, long], engine.tokenizer.pad_token_id)
@@ -159,7 +159,7 @@ def test_drafting_and_training_see_the_same_prompt_tokens(engine: Engine, tiny_m
     from datetime import datetime, timezone
 
     settings = tiny_model_settings(tiny_model_dir)
-    drafter = TransformersDrafter(engine, settings, tiny_generation_settings())
+    drafter = EngineDrafter(engine, settings, tiny_generation_settings())
     draft_ids = engine.encode(drafter.render(CONVERSATION))
 
     feedback = [FeedbackExample(kind="accept", conversation=CONVERSATION, draft="sure ~", text=None, later_kept=None,
@@ -179,7 +179,7 @@ def test_drafting_and_training_see_the_same_prompt_tokens(engine: Engine, tiny_m
 
 def test_drafter_returns_a_draft_with_its_settings(engine: Engine, tiny_model_dir: Path,
                                                    adapters: dict[str, Path]) -> None:
-    drafter = TransformersDrafter(engine, tiny_model_settings(tiny_model_dir), tiny_generation_settings())
+    drafter = EngineDrafter(engine, tiny_model_settings(tiny_model_dir), tiny_generation_settings())
     result = drafter.draft(CONVERSATION, adapter=AdapterRef(key="a", version=3, path=str(adapters["a"])), seed=9)
     assert result.text.strip() and result.adapter_version == 3
     assert result.sampling["temperature"] == 1.0 and result.sampling["max_new_tokens"] == 12
@@ -203,7 +203,7 @@ class ScriptedEngine:
 
 def test_empty_drafts_are_retried_with_other_seeds(engine: Engine, tiny_model_dir: Path) -> None:
     scripted = ScriptedEngine(texts=["", "  ", "finally ~"], tokenizer=engine.tokenizer)
-    drafter = TransformersDrafter(scripted, tiny_model_settings(tiny_model_dir), tiny_generation_settings())
+    drafter = EngineDrafter(scripted, tiny_model_settings(tiny_model_dir), tiny_generation_settings())
     result = drafter.draft(CONVERSATION, adapter=None, seed=4)
     assert result.text == "finally ~" and result.seed == 2004 and result.sampling["attempts"] == 3
     assert scripted.seeds == [4, 1004, 2004]
@@ -211,7 +211,7 @@ def test_empty_drafts_are_retried_with_other_seeds(engine: Engine, tiny_model_di
 
 def test_only_empty_drafts_raise_drafting_error(engine: Engine, tiny_model_dir: Path) -> None:
     scripted = ScriptedEngine(texts=["", "", ""], tokenizer=engine.tokenizer)
-    drafter = TransformersDrafter(scripted, tiny_model_settings(tiny_model_dir),
+    drafter = EngineDrafter(scripted, tiny_model_settings(tiny_model_dir),
                                   tiny_generation_settings(max_attempts=2))
     with pytest.raises(DraftingError):
         drafter.draft(CONVERSATION, adapter=None, seed=0)
@@ -222,5 +222,5 @@ def test_drafter_from_config_loads_the_configured_model(tiny_model_dir: Path, tm
     config = Config(data_dir=tmp_path / "data")
     config.model = tiny_model_settings(tiny_model_dir)
     config.generation = tiny_generation_settings()
-    drafter = TransformersDrafter.from_config(config)
+    drafter = EngineDrafter.from_config(config)
     assert drafter.draft(CONVERSATION, adapter=None, seed=1).text.strip()

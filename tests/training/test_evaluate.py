@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from training.datasets import FeedbackExample, WritingExample, make_renderer
-from training.engine import Engine
+from training.inference.engine import Engine
 from training.evaluate import SAMPLES_KEPT, eval_items, evaluate
 from training.likelihood import completion_logprobs, mean_nll, preference_accuracy
 from training.prompt import Conversation

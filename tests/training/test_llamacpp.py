@@ -10,11 +10,11 @@ import pytest
 
 from training.config import GenerationSettings
 from training.datasets import make_renderer
-from training.engine import Engine
-from training.llamacpp import llamacpp_installed
+from training.inference.engine import Engine
+from training.inference.llamacpp import llamacpp_installed
 from training.model import COMPLETE_MARKER as BASE_MARKER, EMBEDDED_GGUF, embedded_gguf_path
 from training.prompt import Conversation, Turn
-from training.serving import COMPLETE_MARKER, resolve_backend
+from training.inference.serving import COMPLETE_MARKER, resolve_backend
 from tests.tiny import build_random_adapter, tiny_generation_settings, tiny_model_settings
 
 # Without the optional package (make EXTRAS=dev) these tests cannot run; CI installs it and must run them.
@@ -95,7 +95,7 @@ def test_query_and_key_rows_are_written_in_llama_cpp_order(engine: Engine, tmp_p
     # that rotary positions matter, then only llama.cpp's order scores text as torch does.
     import torch
 
-    import training.llamacpp as llamacpp
+    import training.inference.llamacpp as llamacpp
 
     model = engine.serving._fp32_model(None)
     with torch.no_grad():
@@ -121,7 +121,7 @@ def test_both_backends_draw_the_same_reply_when_sampling_is_near_greedy(gguf_mod
     # repetition penalty, which covers only the reply's own tokens on both paths. fp32 weights
     # here (MATRIX_DTYPE, the default of the writer): the random model's top logits are so close
     # that fp16 rounding may swap them.
-    import training.llamacpp as llamacpp
+    import training.inference.llamacpp as llamacpp
 
     monkeypatch.setattr(llamacpp, "MATRIX_DTYPE", "float32")
     engine = Engine.load(tiny_model_settings(gguf_model_dir), tmp_path / "models")
@@ -170,7 +170,7 @@ def test_a_prompt_sharing_the_last_ones_start_samples_as_a_fresh_context_would(a
 
 
 def test_a_prompt_longer_than_the_context_gets_a_larger_one(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.serving as serving
+    import training.inference.serving as serving
 
     monkeypatch.setattr(serving, "LLAMACPP_CONTEXT", 64)
     engine.serving._loaded.clear()
@@ -202,7 +202,7 @@ def test_writing_a_gguf_file_does_not_chatter(engine: Engine, tmp_path: Path, ca
     # The terminal chat shows INFO logs: gguf's writer would print its progress between a message and its draft.
     import logging
 
-    from training.llamacpp import write_model_gguf
+    from training.inference.llamacpp import write_model_gguf
 
     with caplog.at_level(logging.INFO):
         write_model_gguf(engine.serving._fp32_model(None), embedded_gguf_path(), tmp_path / "m.gguf")

@@ -68,7 +68,7 @@ def test_a_model_written_as_gguf_reads_back_as_the_same_weights(tmp_path: Path, 
     # rows must go back into llama.cpp's order, which the reader undoes.
     import torch
 
-    import training.llamacpp as llamacpp
+    import training.inference.llamacpp as llamacpp
 
     if row_order == "Hugging Face's":
         monkeypatch.setattr(llamacpp, "llama_cpp_row_order", lambda rows, heads: rows)

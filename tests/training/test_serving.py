@@ -11,9 +11,9 @@ import pytest
 from training.artifacts import CorruptAdapter
 from training.config import ConfigError, GenerationSettings
 from training.datasets import make_renderer
-from training.engine import Engine
+from training.inference.engine import Engine
 from training.prompt import Conversation, Turn
-from training.serving import COMPLETE_MARKER, ServingCache, resolve_backend
+from training.inference.serving import COMPLETE_MARKER, ServingCache, resolve_backend
 from tests.tiny import build_random_adapter, tiny_generation_settings, tiny_model_settings
 
 CONVERSATION = Conversation.of("are you coming tonight? the others are already there", [Turn("other", "hey")])
@@ -179,7 +179,7 @@ def test_an_interrupted_conversion_is_redone(tiny_model_dir: Path, tmp_path: Pat
 
 
 def test_the_base_can_be_converted_ahead_of_the_first_draft(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from training.serving import prepare_for_drafting
+    from training.inference.serving import prepare_for_drafting
 
     models = tmp_path / "models"
     assert prepare_for_drafting(tiny_model_settings(tiny_model_dir), "transformers", models) is None

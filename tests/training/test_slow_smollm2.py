@@ -65,7 +65,7 @@ HELDOUT = [
 
 
 def test_sft_moves_drafts_toward_the_owners_style(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from training.engine import Engine
+    from training.inference.engine import Engine
     from training.likelihood import mean_nll
     from training.model import load_tokenizer, resolve_base_model
     from training.train import TrainJob, run_training

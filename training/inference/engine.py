@@ -7,7 +7,7 @@ keeps memory bounded when versions come and go. One lock serialises generation: 
 from worker threads and the adapter switch is global state.
 
 `generation.backend` picks who decodes: transformers, or on a CPU llama.cpp or CTranslate2
-(`training.serving`: the same weights merged and converted once, about 5x and 1.7x as fast).
+(`training.inference.serving`: the same weights merged and converted once, about 5x and 1.7x as fast).
 All sample the same way; if the converted path fails the engine logs why and drafts with
 transformers from then on.
 """
@@ -113,7 +113,7 @@ class Engine:
         self.max_adapters = max(1, max_adapters)
         self._adapters: OrderedDict[str, str] = OrderedDict()  # key -> folder, least recently used first
         self._lock = threading.RLock()
-        self.serving = serving  # training.serving.ServingCache, or None: transformers only
+        self.serving = serving  # training.inference.serving.ServingCache, or None: transformers only
         self.serving_failure: str | None = None  # why the converted backend was given up, once it was
         self.model.eval()
 
@@ -121,7 +121,7 @@ class Engine:
     def load(cls, settings: ModelSettings, models_dir: Path, *, max_adapters: int = 4) -> "Engine":
         """Resolve, load and wrap the configured base model (the embedded one is converted once)."""
         from training.model import load_model, load_tokenizer, resolve_base_model
-        from training.serving import ServingCache
+        from training.inference.serving import ServingCache
 
         path = resolve_base_model(settings, Path(models_dir))
         tokenizer = load_tokenizer(path)
@@ -300,7 +300,7 @@ class Engine:
         The adapter is verified first: CorruptAdapter reaches the drafter, which falls back to the
         base model. Any other failure makes this engine draft with transformers from then on.
         """
-        from training.serving import LABELS, ServingError
+        from training.inference.serving import LABELS, ServingError
 
         folder = None
         if adapter is not None:

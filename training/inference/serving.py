@@ -1,7 +1,7 @@
 """Fast CPU drafting: the base model, or base + adapter merged, converted once for llama.cpp or CTranslate2.
 
 Why: on a 2-core CPU transformers' `generate` takes ~3.8 s for a 40-token reply. llama.cpp on
-fp16 weights (`training.llamacpp`) takes ~0.7 s at the same held-out likelihood (within 0.01%);
+fp16 weights (`training.inference.llamacpp`) takes ~0.7 s at the same held-out likelihood (within 0.01%);
 it needs the vocabulary of a GGUF file, so it serves bases that came from one (the embedded
 model). CTranslate2 on the very same fp32 weights takes ~2.2 s for any base (log-likelihoods
 agree to 1e-5). Figures: bench/RESULTS.md.
@@ -13,7 +13,7 @@ candidate the gate will promote, or the bot on its first draft): the base model'
 adapter's checksum so a stale conversion can never be used. Folders are written staged and
 renamed, so a killed conversion leaves nothing half-made.
 
-Sampling matches the transformers path of `training.engine`: full-vocabulary top-p sampling at the
+Sampling matches the transformers path of `training.inference.engine`: full-vocabulary top-p sampling at the
 same temperature, and a repetition penalty over the reply's own tokens (the prompt is not
 penalised on any path). On CTranslate2 a seed does not replay a draft (see `generate`).
 """
@@ -61,7 +61,7 @@ def resolve_backend(requested: str, device: str, *, gguf_source: Path | None = N
     transformers. On a GPU transformers stays the default: there decoding speed is not the
     bottleneck and a converted copy would double the memory.
     """
-    from training.llamacpp import llamacpp_installed
+    from training.inference.llamacpp import llamacpp_installed
 
     if requested != "auto":
         return requested
@@ -164,7 +164,7 @@ class ServingCache:
     def _convert(self, adapter_folder: str | Path | None, staging: Path, backend: str) -> None:
         staging.mkdir(parents=True)
         if backend == "llamacpp":
-            from training.llamacpp import MODEL_FILE, write_model_gguf
+            from training.inference.llamacpp import MODEL_FILE, write_model_gguf
 
             if self.gguf_source is None:
                 raise ServingError("llama.cpp drafting needs a base model that came from a GGUF file (the embedded one)")
@@ -239,7 +239,7 @@ class ServingCache:
             return self._loaded[key]
         target = self.ensure_converted(adapter_folder, backend)
         if backend == "llamacpp":
-            from training.llamacpp import MODEL_FILE, LlamaGenerator
+            from training.inference.llamacpp import MODEL_FILE, LlamaGenerator
 
             generator = LlamaGenerator(target / MODEL_FILE, threads=self.threads, context_tokens=LLAMACPP_CONTEXT)
         else:
@@ -251,7 +251,7 @@ class ServingCache:
 
     @staticmethod
     def _close(generator: Any) -> None:
-        from training.llamacpp import LlamaGenerator
+        from training.inference.llamacpp import LlamaGenerator
 
         if isinstance(generator, LlamaGenerator):  # frees llama.cpp's memory now, not at interpreter exit
             generator.close()
