@@ -8,7 +8,8 @@ The rule: the held-out likelihood (mean per-token NLL, lower is better) must dro
 `likelihood_tolerance`; edit distance, attribution and preference accuracy must not get worse
 by more than their tolerances plus `noise_z` standard errors of the difference (they are measured
 on a handful of sampled drafts or pairs: on five drafts one draft is 20 points of attribution);
-no caricature flag may appear that the active adapter lacks.
+no caricature flag may appear that the active adapter lacks (unless its drafts already used that
+habit as often, within noise: `rose_over_active`).
 A metric that neither side measured (e.g. no held-out preference pairs) is not judged.
 
 Attribution is the character n-gram classifier's (training.attribution): cheap, and its behaviour
@@ -138,13 +139,40 @@ def judge_criteria(candidate: dict[str, Any], active: dict[str, Any],
             passed.append(f"{label} held: {line}")
 
     candidate_flags, active_flags = caricature_flags(candidate), caricature_flags(active)
-    new_flags = [text for name, text in sorted(candidate_flags.items()) if name not in active_flags]
+    new_flags: list[str] = []
+    inherited: list[str] = []
+    for name, text in sorted(candidate_flags.items()):
+        if name not in active_flags:
+            if rose_over_active(candidate, active, name, settings.noise_z):
+                new_flags.append(text)
+            else:
+                inherited.append(name)
     if new_flags:
         failed.append(f"new caricature flag(s): {'; '.join(new_flags)} "
                       f"(a draft feature beyond {settings.caricature_ratio}× the owner's spread)")
+    elif inherited:
+        passed.append(f"no new caricature flag: {', '.join(inherited)} flagged, but the active adapter's drafts "
+                      f"already did that as often (within {settings.noise_z} standard errors)")
     else:
         passed.append("no new caricature flag")
     return failed, passed
+
+
+def rose_over_active(candidate: dict[str, Any], active: dict[str, Any], name: str, noise_z: float) -> bool:
+    """Whether the candidate's drafts use a flagged habit more than the active adapter's, beyond noise.
+
+    A flag compares the drafts with the owner: a habit the owner never shows ('...' in none of their
+    messages) is flagged as soon as the drafts' rate clears its own noise, so an active adapter just
+    under that line and a candidate just over it would refuse a candidate that changed nothing. When
+    both sides recorded the habit's spread (`habit_rates`: mean, owner's mean, std, n), the candidate
+    is held to the active adapter's rate instead; without it every unflagged-before flag counts.
+    """
+    new = (candidate.get("habit_rates") or {}).get(name)
+    old = (active.get("habit_rates") or {}).get(name)
+    if not new or not old or len(new) < 4 or len(old) < 4 or not new[3] or not old[3]:
+        return True
+    noise = math.sqrt(new[2] ** 2 / new[3] + old[2] ** 2 / old[3])
+    return new[0] - old[0] > noise_z * noise
 
 
 def gate_rule_text(settings: EvaluationSettings) -> str:

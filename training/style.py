@@ -284,18 +284,19 @@ def caricature_flags(owner: StyleProfile, drafts: StyleProfile, *, ratio: float 
     return flags
 
 
-def habit_rates(owner: StyleProfile, drafts: StyleProfile) -> dict[str, tuple[float, float]]:
-    """(drafts' mean, owner's mean) of every habit and pet phrase, named as `caricature_flags` names them,
-    so a report can say how far a flagged habit moved between two versions."""
-    rates: dict[str, tuple[float, float]] = {}
+def habit_rates(owner: StyleProfile, drafts: StyleProfile) -> dict[str, tuple[float, float, float, int]]:
+    """(drafts' mean, owner's mean, drafts' standard deviation, number of drafts) of every habit and pet
+    phrase, named as `caricature_flags` names them: a report can say how far a flagged habit moved
+    between two versions, and the gate can tell a real rise over the active adapter from noise."""
+    rates: dict[str, tuple[float, float, float, int]] = {}
     for name, feature in FEATURES.items():
         o, d = owner.features.get(name), drafts.features.get(name)
         if feature.habit and o is not None and d is not None:
-            rates[feature.label] = (round(d.mean, 4), round(o.mean, 4))
+            rates[feature.label] = (round(d.mean, 4), round(o.mean, 4), round(d.std, 4), d.n)
     for phrase, o in owner.phrases.items():
         d = drafts.phrases.get(phrase)
         if d is not None:
-            rates[f"pet phrase '{phrase}' per message"] = (round(d.mean, 4), round(o.mean, 4))
+            rates[f"pet phrase '{phrase}' per message"] = (round(d.mean, 4), round(o.mean, 4), round(d.std, 4), d.n)
     return rates
 
 

@@ -122,3 +122,20 @@ def test_the_evaluation_records_the_noise_of_each_sampled_metric():
     assert proportion_standard_error(1.0, 4) > 0  # all-or-nothing on few items is still uncertain
     assert proportion_standard_error(None, 5) is None and standard_error([1.0]) is None
     assert abs(standard_error([1.0, 2.0, 3.0]) - (1.0 / 3) ** 0.5) < 1e-9
+
+
+def test_a_flag_the_active_adapter_was_just_under_is_not_new_unless_the_candidate_rose_beyond_noise():
+    # The owner never writes '...': the active adapter's drafts used it at 0.30 per message, just under
+    # the flag's noise line; a candidate at 0.32 crosses it without changing anything real.
+    name = "'...' per message"
+    flag = [f"{name}: drafts 0.32 vs owner 0.00 (owner never)"]
+    active = metrics(habit_rates={name: [0.30, 0.0, 0.46, 40]})
+    same = metrics(likelihood=2.5, caricature_flags=flag, habit_rates={name: [0.32, 0.0, 0.47, 40]})
+    promote, reasons = gate(same, active, SETTINGS)
+    assert promote and any("already did that as often" in reason for reason in reasons)
+    rose = metrics(likelihood=2.5, caricature_flags=flag, habit_rates={name: [0.80, 0.0, 0.40, 40]})
+    promote, reasons = gate(rose, active, SETTINGS)
+    assert not promote and reasons[0].startswith("new caricature flag")
+    # Without the spread recorded (older metrics), any flag the active adapter lacked counts as new.
+    promote, _ = gate(metrics(likelihood=2.5, caricature_flags=flag), active, SETTINGS)
+    assert not promote

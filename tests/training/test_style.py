@@ -15,6 +15,7 @@ from training.style import (
     StyleProfile,
     burrows_delta,
     caricature_flags,
+    habit_rates,
     lexical_diversity_windows,
     message_features,
     pet_phrases,
@@ -106,6 +107,12 @@ def test_caricature_flags_exaggerated_exclamations():
     drafts = style_profile(["sounds good!!", "sure thing!!"] * 10, phrases=owner.phrases)
     flags = caricature_flags(owner, drafts)
     assert flags == ["'!' per message: drafts 2.00 vs owner 0.50 (4.0x)"]
+
+
+def test_habit_rates_carry_the_drafts_spread_so_two_versions_can_be_compared():
+    owner = style_profile(OWNER_EXCLAIMS)
+    rates = habit_rates(owner, style_profile(["sounds good!!", "sure thing!!"] * 10, phrases=owner.phrases))
+    assert rates["'!' per message"] == (2.0, 0.5, 0.0, 20)
 
 
 def test_no_caricature_when_drafts_match_the_owner():
