@@ -97,8 +97,13 @@ def lower_priority() -> dict[str, Any]:
     Measured before (2 cores): drafts took 8.4 s at the median during a cycle instead of 0.7 s, with
     the child at nice 0. SCHED_IDLE (Linux) runs the child only on otherwise idle cores; elsewhere
     nice 19. Returns what was set, for the cycle's record.
+
+    TWIN_CHILD_PRIORITY=normal keeps the parent's priority: for a benchmark that shares the CPU with
+    other work, where an idle-priority child would wait for cores that are never idle.
     """
     applied: dict[str, Any] = {}
+    if os.environ.get("TWIN_CHILD_PRIORITY", "").strip().lower() == "normal":
+        return {"policy": "normal (TWIN_CHILD_PRIORITY)"}
     try:
         applied["nice"] = os.nice(19 - os.nice(0))
     except OSError as error:  # pragma: no cover - a sandbox that forbids it
