@@ -57,8 +57,9 @@ def targets(results: dict[str, dict[str, Any]], final: str) -> list[tuple[str, b
                  + (f"; the {REFERENCE} reference reaches {common.fmt(reference_nll, 3)}{lower(reference_nll)}"
                     if reference_nll is not None else "")))
     pref = last.get("preference_accuracy")
-    rows.append(("owner's text more likely than the rejected draft in ≥ 80% of pairs",
-                 pref >= 0.8 if pref is not None else None, common.fmt(pref)))
+    rows.append(("preference accuracy ≥ 80% as a reward model (implicit reward β·(log π − log π_base))",
+                 pref >= 0.8 if pref is not None else None,
+                 f"{common.fmt(pref)} (raw likelihood comparison: {common.fmt(last.get('preference_accuracy_raw'))})"))
     edit, echo = last.get("edit_distance"), bounds.get("edit_distance_echo")
     rows.append(("edit distance below the echo baseline", edit < echo if known(edit, echo) else None,
                  f"{common.fmt(edit)} vs echo {common.fmt(echo)} (empty {common.fmt(bounds.get('edit_distance_empty'))})"))
@@ -193,12 +194,13 @@ def plot(report: dict[str, Any], out: Path) -> Path:
 def markdown(report: dict[str, Any], chart: Path) -> str:
     results, bounds = report["results"], report["results"]["baselines"]
     plan, corpus = report["plan"], report.get("corpus", MAIL)
-    headers = ["model", "NLL", "preference acc.", "edit distance", "attribution", "LambdaG", "style distance",
+    headers = ["model", "NLL", "preference acc. (reward)", "preference acc. (raw)", "edit distance", "attribution", "LambdaG", "style distance",
                "caricature flags", "empty drafts"]
     rows = []
     for name in report["order"]:
         r = results.get(name, {})
-        rows.append([name, r.get("likelihood"), r.get("preference_accuracy"), r.get("edit_distance"),
+        rows.append([name, r.get("likelihood"), r.get("preference_accuracy"), r.get("preference_accuracy_raw"),
+                     r.get("edit_distance"),
                      r.get("attribution"), r.get("lambdag"), _overall(r), len(r.get("caricature_flags") or []),
                      r.get("empty_drafts")])
     lines = [

@@ -22,7 +22,7 @@ METRIC_LINES = (
     ("edit_distance", "edit distance (lower is better)", "{:.2f}"),
     ("attribution", "reads as you (attribution)", "{:.0%}"),
     ("lambdag", "reads as you (LambdaG, a second judge; not gated)", "{:.0%}"),
-    ("preference_accuracy", "prefers your text (preference acc.)", "{:.0%}"),
+    ("preference_accuracy", "prefers your text over its drafts (as a reward model)", "{:.0%}"),
 )
 OPTIONAL_METRICS = ("lambdag",)  # left out of reports of cycles that did not measure them (older ones)
 

@@ -2,7 +2,8 @@
 
 For each named adapter (e.g. {"base": None, "active": path, "candidate": path}) on one base model
 loaded once: likelihood of the owner's held-out text, preference accuracy on held-out
-(owner's text, rejected draft) pairs, drafts sampled with fixed seeds on the held-out prompts
+(owner's text, rejected draft) pairs (as a reward model: DPO's implicit reward against the base
+model; the raw likelihood comparison beside it as `preference_accuracy_raw`), drafts sampled with fixed seeds on the held-out prompts
 and what they look like (edit distance to the kept text, attribution by the n-gram
 classifier and by LambdaG, style distance, caricature flags). Both judges learn from the owner's
 lines without the held-out items' texts (`judge_lines`) against the other people's lines. The
@@ -123,7 +124,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
     Pass `engine` to reuse a loaded model; otherwise the base model is loaded once here.
     """
     from training.inference.engine import Engine
-    from training.likelihood import mean_nll, preference_accuracy
+    from training.likelihood import mean_nll, pair_logprobs, raw_preference_accuracy, reward_preference_accuracy
     from training.metrics import edit_distance, edit_distance_baselines, mean_edit_distance
     from training.style import caricature_flags, habit_rates, style_distance, style_profile
 
@@ -152,12 +153,19 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
                       "items": len(items), "likelihood_items": len(nll_pairs), "sampled_items": len(sampled),
                       "preference_pairs": len(triples)},
     }
+    # Preference accuracy is DPO's implicit reward, relative to the base model: scored once here.
+    base_pairs = []
+    if triples:
+        with engine.using(None) as model:
+            base_pairs = pair_logprobs(model, engine.tokenizer, triples)
     for name, path in adapters.items():
         started = time.perf_counter()
         spec = (f"eval-{name}", Path(path)) if path is not None else None
         with engine.using(spec) as model:
             nll = mean_nll(model, engine.tokenizer, nll_pairs)
-            accuracy = preference_accuracy(model, engine.tokenizer, triples)
+            pairs = pair_logprobs(model, engine.tokenizer, triples) if spec is not None else base_pairs
+        accuracy = reward_preference_accuracy(pairs, base_pairs)
+        raw_accuracy = raw_preference_accuracy(pairs)
         drafts = [output.text for output in engine.generate_many([prompt for prompt, _ in sampled],
                                                                  settings=generation, seed=seed, adapter=spec)]
         draft_profile = style_profile(drafts, phrases=owner_profile.phrases.keys())
@@ -169,6 +177,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         results[name] = {
             "likelihood": nll,
             "preference_accuracy": accuracy,
+            "preference_accuracy_raw": raw_accuracy,
             "edit_distance": mean_edit_distance((draft, item.kept) for draft, (_, item) in zip(drafts, sampled)),
             "attribution": shares["attribution"][0],
             "lambdag": shares["lambdag"][0],
@@ -176,7 +185,8 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
             # not call a candidate worse for a drop within this noise (a handful of held-out items).
             "standard_errors": {"edit_distance": standard_error(distances),
                                 **{name: proportion_standard_error(*shares[name]) for name in JUDGES},
-                                "preference_accuracy": proportion_standard_error(accuracy, len(triples))},
+                                "preference_accuracy": proportion_standard_error(accuracy, len(triples)),
+                                "preference_accuracy_raw": proportion_standard_error(raw_accuracy, len(triples))},
             "style_distance": style_distance(owner_profile, draft_profile) if drafts else {},
             "caricature_flags": caricature_flags(owner_profile, draft_profile, ratio=eval_settings.caricature_ratio)
             if drafts else [],

@@ -84,19 +84,45 @@ def mean_nll(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> fl
     return -sum(logp for logp, _ in scored) / max(tokens, 1)
 
 
+PairScores = list[tuple[tuple[float, int], tuple[float, int]]]
+
+
+def pair_logprobs(model: Any, tokenizer: Any, triples: Sequence[tuple[str, str, str]]) -> PairScores:
+    """((chosen log-prob sum, tokens), (rejected log-prob sum, tokens)) of each (prompt, chosen, rejected)."""
+    items = [(prompt, text) for prompt, chosen, rejected in triples for text in (chosen, rejected)]
+    scored = completion_logprobs(model, tokenizer, items) if items else []
+    return [(scored[index], scored[index + 1]) for index in range(0, len(scored), 2)]
+
+
+def raw_preference_accuracy(scores: PairScores) -> float | None:
+    """Share of pairs whose chosen text has the higher mean token log-prob (None for no pairs).
+
+    Length-normalised, so a short rejected draft does not win by being short. It can hardly reach
+    high values: a model's own sampled draft is by construction likelier to it than a human's text.
+    """
+    if not scores:
+        return None
+    return sum(1 for (c, cn), (r, rn) in scores if c / max(cn, 1) > r / max(rn, 1)) / len(scores)
+
+
+def reward_preference_accuracy(scores: PairScores, base_scores: PairScores) -> float | None:
+    """Share of pairs the model ranks right as a reward model: β·(log π − log π_base), DPO's implicit reward.
+
+    The chosen text wins when its log-prob rose over the base model's by more than the rejected
+    text's did (β > 0 does not change the sign, so it is left out). A tie, as for the base model
+    against itself, counts half: the base model scores exactly 0.5 and a twin that learnt nothing
+    about what the owner prefers stays there. None for no pairs.
+    """
+    if not scores:
+        return None
+    wins = 0.0
+    for ((c, _), (r, _)), ((base_c, _), (base_r, _)) in zip(scores, base_scores, strict=True):
+        margin = (c - base_c) - (r - base_r)
+        wins += 1.0 if margin > 1e-6 else 0.5 if abs(margin) <= 1e-6 else 0.0
+    return wins / len(scores)
+
+
 def preference_accuracy(model: Any, tokenizer: Any,
                         triples: Sequence[tuple[str, str, str]]) -> float | None:
-    """Share of (prompt, chosen, rejected) where the chosen text has the higher mean token log-prob.
-
-    Length-normalised, so a short rejected draft does not win by being short. None for no triples.
-    """
-    if not triples:
-        return None
-    items = [(prompt, text) for prompt, chosen, rejected in triples for text in (chosen, rejected)]
-    scored = completion_logprobs(model, tokenizer, items)
-    wins = 0
-    for index in range(0, len(scored), 2):
-        (chosen_logp, chosen_n), (rejected_logp, rejected_n) = scored[index], scored[index + 1]
-        if chosen_logp / max(chosen_n, 1) > rejected_logp / max(rejected_n, 1):
-            wins += 1
-    return wins / len(triples)
+    """The raw comparison (`raw_preference_accuracy`) of (prompt, chosen, rejected) triples under one model."""
+    return raw_preference_accuracy(pair_logprobs(model, tokenizer, triples))

@@ -10,7 +10,13 @@ import pytest
 from training.datasets import FeedbackExample, WritingExample, make_renderer
 from training.inference.engine import Engine
 from training.evaluate import SAMPLES_KEPT, eval_items, evaluate
-from training.likelihood import completion_logprobs, mean_nll, preference_accuracy
+from training.likelihood import (
+    completion_logprobs,
+    mean_nll,
+    preference_accuracy,
+    raw_preference_accuracy,
+    reward_preference_accuracy,
+)
 from training.prompt import Conversation
 from tests.tiny import build_random_adapter, tiny_evaluation_settings, tiny_generation_settings, tiny_model_settings
 
@@ -96,6 +102,19 @@ def test_preference_accuracy_counts_where_the_chosen_text_wins(engine: Engine) -
     assert preference_accuracy(engine.model, engine.tokenizer, []) is None
 
 
+def test_reward_preference_accuracy_is_the_implicit_reward_against_the_base_model() -> None:
+    # ((chosen log-prob, tokens), (rejected log-prob, tokens)) per pair.
+    base = [((-30.0, 10), (-12.0, 10)), ((-25.0, 10), (-14.0, 10))]
+    assert reward_preference_accuracy(base, base) == 0.5  # the base model against itself: all ties
+    # The chosen texts rose more than the rejected drafts in the first pair only.
+    tuned = [((-20.0, 10), (-11.0, 10)), ((-25.0, 10), (-13.0, 10))]
+    assert reward_preference_accuracy(tuned, base) == 0.5
+    assert raw_preference_accuracy(tuned) == 0.0  # still less likely than the fluent drafts: raw says 0
+    learnt = [((-15.0, 10), (-13.0, 10)), ((-20.0, 10), (-15.0, 10))]
+    assert reward_preference_accuracy(learnt, base) == 1.0
+    assert reward_preference_accuracy([], []) is None and raw_preference_accuracy([]) is None
+
+
 def heldout() -> tuple[list[FeedbackExample], list[WritingExample]]:
     feedback = [
         FeedbackExample("edit", Conversation.of("dinner at 8?"), "Yes, that works for me.", "yep ~", None, T0),
@@ -141,6 +160,8 @@ def test_evaluate_reports_every_metric_per_adapter(engine: Engine, adapter: Path
         assert errors["preference_accuracy"] > 0 and errors["edit_distance"] is not None
         assert (errors["lambdag"] is None) == (metrics["lambdag"] is None)
     assert results["base"]["likelihood"] != results["candidate"]["likelihood"]  # the adapter was applied
+    assert results["base"]["preference_accuracy"] == 0.5  # as a reward model, the base ties with itself
+    assert results["candidate"]["preference_accuracy_raw"] in (0.0, 0.5, 1.0)
     again = evaluate(**kwargs)
     for name in ("base", "candidate"):  # fixed seeds: the same numbers and drafts every time
         assert again[name]["likelihood"] == pytest.approx(results[name]["likelihood"])
