@@ -124,8 +124,11 @@ def _lever(result: dict[str, Any]) -> str:
     retrieved, contact = result.get("retrieved_examples", 0), result.get("contact_examples", 0)
     if not (retrieved or contact):
         return ""
+    reached = ((result.get("cycle") or {}).get("counts") or {}).get("retrieved_examples") or {}
     return (f" but the retrieval lever on (generation.retrieved_examples = {retrieved}, "
-            f"contact_examples = {contact}: the owner's past replies in every prompt)")
+            f"contact_examples = {contact}: the owner's past replies in every prompt; "
+            f"{reached.get('with_examples', 0)} of {reached.get('prompts', 0)} prompts got "
+            f"{reached.get('examples', 0)} in all, before the prompt budget)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,6 +118,7 @@ def test_the_cycle_hands_the_child_examples_that_hold_nothing_held_out(config, e
     examples = json.loads((tmp_path / "examples.json").read_text())
     held = {item["text"] for item in examples["heldout_writing"]}
     assert held and counts["heldout_writing"] == len(held)
+    assert counts["retrieved_examples"]["prompts"] == 24 and counts["retrieved_examples"]["with_examples"] == 23
     for item in examples["train_writing"] + examples["heldout_writing"]:
         shown = item["conversation"].get("examples", [])
         assert not held & set(shown) and item["text"] not in shown
@@ -125,7 +126,9 @@ def test_the_cycle_hands_the_child_examples_that_hold_nothing_held_out(config, e
     assert all(item["conversation"].get("examples") for item in examples["train_writing"][1:])
     assert all(item["conversation"].get("examples") for item in examples["heldout_writing"])
     config.generation.retrieved_examples = config.generation.contact_examples = 0
-    _prepare(config, engine, owner_id=owner_db_id(engine), telegram_id=OWNER, cycle_id=2, folder=tmp_path,
-             collected=got, active_path=None, init_path=None, after_id=0, progress=False)
+    _, counts, _ = _prepare(config, engine, owner_id=owner_db_id(engine), telegram_id=OWNER, cycle_id=2,
+                            folder=tmp_path, collected=got, active_path=None, init_path=None, after_id=0,
+                            progress=False)
+    assert "retrieved_examples" not in counts
     off = json.loads((tmp_path / "examples.json").read_text())
     assert not any("examples" in item["conversation"] for item in off["train_writing"] + off["heldout_writing"])
