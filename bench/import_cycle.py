@@ -11,6 +11,10 @@ the owner's own lines and the others').
 
     python -m bench.import_cycle            # the real run (about a quarter of an hour on 2 cores)
     python -m bench.import_cycle --quick    # the tests' tiny model on the committed slice
+    python -m bench.import_cycle --retrieved-examples 3 --contact-examples 2   # issue 16's retrieval lever
+
+With the retrieval lever on (generation.retrieved_examples / contact_examples, training.retrieval) the
+run writes its own section of RESULTS.md, beside the defaults' one, so both can be compared.
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ TARGET_PEAK_MB = 4096
 OWNER = 4545
 
 
-def measure(*, quick: bool, work: Path, threads: int) -> dict[str, Any]:
+def section_name(retrieved: int, contact: int) -> str:
+    """The RESULTS.md section of a run: the defaults' one, or one per setting of the retrieval lever."""
+    return SECTION if not (retrieved or contact) else f"{SECTION}_retrieval_{retrieved}_{contact}"
+
+
+def measure(*, quick: bool, work: Path, threads: int, retrieved: int = 0, contact: int = 0) -> dict[str, Any]:
     from bench.learning_curve import curve_config
     from loop.cycle import list_cycles, run_cycle
     from loop.importing.base import OwnerIdentity
@@ -47,6 +56,7 @@ def measure(*, quick: bool, work: Path, threads: int) -> dict[str, Any]:
     imported = [pair for pair in pairs if pair.thread not in heldout]
     config = curve_config(quick=quick, work=work, threads=threads, owner_name=corpus.owner)
     config.owners = [OWNER]
+    config.generation.retrieved_examples, config.generation.contact_examples = retrieved, contact
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if not quick:
         config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
@@ -64,7 +74,8 @@ def measure(*, quick: bool, work: Path, threads: int) -> dict[str, Any]:
     database.dispose()
     return {"quick": quick, "imported_pairs": len(imported), "added": sum(f.added for f in report.files),
             "import_seconds": import_seconds, "cycle_seconds": cycle_seconds, "status": outcome.status,
-            "reason": outcome.reason, "report": outcome.report_text, "cycle": row}
+            "reason": outcome.reason, "report": outcome.report_text, "cycle": row,
+            "retrieved_examples": retrieved, "contact_examples": contact}
 
 
 def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
@@ -89,11 +100,13 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
                   "; ".join(rung["caricature_flags"]) or "none", rung["reason"]]
                  for rung in gate.get("rungs") or []]
     return "\n".join([
-        "## The import cycle on a real chat history (bench/import_cycle.py)", "",
+        "## The import cycle on a real chat history (bench/import_cycle.py)"
+        + (f", retrieval {result.get('retrieved_examples', 0)}+{result.get('contact_examples', 0)}"
+           if _lever(result) else ""), "",
         common.machine_markdown(facts, quick=result["quick"]), "",
         f"{result['imported_pairs']} reply pairs of the chitchat owner's older conversations imported as a "
         f"Telegram export ({result['added']} samples, {result['import_seconds']:.1f} s), then `twin train --force` "
-        f"with the shipped defaults; training rows {cycle.get('counts', {}).get('datasets', {})}.", "",
+        f"with the shipped defaults{_lever(result)}; training rows {cycle.get('counts', {}).get('datasets', {})}.", "",
         common.markdown_table(["target", "measured", "met?"], rows), "",
         f"Held-out NLL {common.fmt(base.get('likelihood'), 3)} (base) → {common.fmt(candidate.get('likelihood'), 3)}; "
         + "; ".join(f"{label} {common.fmt(base.get(key))} (base) → {common.fmt(candidate.get(key))}, "
@@ -107,16 +120,34 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
     ])
 
 
+def _lever(result: dict[str, Any]) -> str:
+    retrieved, contact = result.get("retrieved_examples", 0), result.get("contact_examples", 0)
+    if not (retrieved or contact):
+        return ""
+    reached = ((result.get("cycle") or {}).get("counts") or {}).get("retrieved_examples") or {}
+    return (f" but the retrieval lever on (generation.retrieved_examples = {retrieved}, "
+            f"contact_examples = {contact}: the owner's past replies in every prompt; "
+            f"{reached.get('with_examples', 0)} of {reached.get('prompts', 0)} prompts got "
+            f"{reached.get('examples', 0)} in all, before the prompt budget)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.argument_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--retrieved-examples", type=int, default=0, metavar="K",
+                        help="generation.retrieved_examples for this run: the owner's replies to the K most "
+                             "similar past messages in every prompt (default 0: off, the shipped default)")
+    parser.add_argument("--contact-examples", type=int, default=0, metavar="N",
+                        help="generation.contact_examples for this run: the owner's N latest earlier replies "
+                             "in the same conversation in every prompt (default 0: off)")
     args = parser.parse_args(argv)
     common.offline_environment()
     common.setup_logging(args.verbose)
     facts = common.machine_facts()
     with common.work_folder(args.work, "twin-bench-import-") as work:
-        result = measure(quick=args.quick, work=work, threads=args.threads)
+        result = measure(quick=args.quick, work=work, threads=args.threads, retrieved=args.retrieved_examples,
+                         contact=args.contact_examples)
     body = markdown(result, facts)
-    common.write_section(args.out, SECTION, body)
+    common.write_section(args.out, section_name(args.retrieved_examples, args.contact_examples), body)
     print(body)
     return 0
 

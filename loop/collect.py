@@ -50,6 +50,12 @@ def kept_by_message(rows: Sequence[tuple[Feedback, Draft]]) -> dict[int, str]:
     return kept
 
 
+def conversation_thread(conversation_id: int) -> str:
+    """The thread of a stored conversation: its drafts, verdicts and business writing share it, and
+    drafting names the same one (training.retrieval keeps a row from its own conversation's future)."""
+    return f"conversation:{conversation_id}"
+
+
 def feedback_examples(rows: Sequence[tuple[Feedback, Draft]],
                       contacts: dict[int, str] | None = None) -> list[FeedbackExample]:
     """Feedback rows as examples; a regenerate's `later_kept` is the text finally kept for its message.
@@ -68,22 +74,30 @@ def feedback_examples(rows: Sequence[tuple[Feedback, Draft]],
             text=feedback.text,
             later_kept=later,
             created_at=_aware(feedback.created_at) or datetime.now(timezone.utc),
+            thread=conversation_thread(draft.conversation_id),
         ))
     return examples
 
 
-def writing_examples(samples: Sequence[WritingSample],
-                     contacts: dict[int, str] | None = None) -> list[WritingExample]:
+def writing_examples(samples: Sequence[WritingSample], contacts: dict[int, str] | None = None,
+                     conversations: dict[int, int] | None = None) -> list[WritingExample]:
     """Writing samples as examples; `contacts`: the contact's name per sample id (the owner's own
-    replies in Telegram Business chats)."""
-    contacts = contacts or {}
+    replies in Telegram Business chats), `conversations`: their conversation ids.
+
+    The thread of an imported reply is the person it answered in its file; of a business reply its
+    conversation; a monologue or a reply of unknown sender has none."""
+    contacts, conversations = contacts or {}, conversations or {}
     examples = []
     for sample in samples:
         kind = sample.kind.value if hasattr(sample.kind, "value") else str(sample.kind)
         conversation = (Conversation.of(sample.prompt, sample.context, contact=contacts.get(sample.id))  # type: ignore[arg-type]
                         if sample.prompt else None)
+        if sample.id in conversations:
+            thread: str | None = conversation_thread(conversations[sample.id])
+        else:
+            thread = f"{sample.source}|{sample.sender}" if conversation is not None and sample.sender else None
         examples.append(WritingExample(kind=kind, text=sample.text, conversation=conversation,
-                                       written_at=_aware(sample.written_at)))
+                                       written_at=_aware(sample.written_at), thread=thread))
     return examples
 
 
@@ -148,7 +162,8 @@ def collect(*, session: Session, owner_id: int, after_id: int, upto_id: int, tra
     counts = Counter(feedback.kind.value for feedback, _ in rows)
     return Collected(
         feedback=feedback_examples(rows, repo.business_draft_contacts(session=session, owner_id=owner_id)),
-        writing=writing_examples(samples, repo.business_sample_contacts(session=session, owner_id=owner_id)),
+        writing=writing_examples(samples, repo.business_sample_contacts(session=session, owner_id=owner_id),
+                                 repo.business_sample_conversations(session=session, owner_id=owner_id)),
         owner_lines=owner_lines,
         other_lines=other_lines,
         feedback_ids=[feedback.id for feedback, _ in rows],  # type: ignore[misc]
@@ -167,6 +182,8 @@ def conversation_to_json(conversation: Conversation | None) -> dict[str, Any] | 
     data = {"incoming": conversation.incoming, "context": [t.to_dict() for t in conversation.context]}
     if conversation.contact:
         data["contact"] = conversation.contact
+    if conversation.examples:
+        data["examples"] = list(conversation.examples)
     return data
 
 
@@ -174,25 +191,27 @@ def conversation_from_json(data: dict[str, Any] | None) -> Conversation | None:
     if data is None:
         return None
     return Conversation(context=tuple(Turn.from_dict(t) for t in data["context"]), incoming=data["incoming"],
-                        contact=data.get("contact"))
+                        contact=data.get("contact"), examples=tuple(data.get("examples", ())))
 
 
 def feedback_to_json(item: FeedbackExample) -> dict[str, Any]:
     return {"kind": item.kind, "conversation": conversation_to_json(item.conversation), "draft": item.draft,
-            "text": item.text, "later_kept": item.later_kept, "created_at": item.created_at.isoformat()}
+            "text": item.text, "later_kept": item.later_kept, "created_at": item.created_at.isoformat(),
+            "thread": item.thread}
 
 
 def feedback_from_json(data: dict[str, Any]) -> FeedbackExample:
     return FeedbackExample(kind=data["kind"], conversation=conversation_from_json(data["conversation"]),  # type: ignore[arg-type]
                            draft=data["draft"], text=data["text"], later_kept=data["later_kept"],
-                           created_at=datetime.fromisoformat(data["created_at"]))
+                           created_at=datetime.fromisoformat(data["created_at"]), thread=data.get("thread"))
 
 
 def writing_to_json(item: WritingExample) -> dict[str, Any]:
     return {"kind": item.kind, "text": item.text, "conversation": conversation_to_json(item.conversation),
-            "written_at": item.written_at.isoformat() if item.written_at else None}
+            "written_at": item.written_at.isoformat() if item.written_at else None, "thread": item.thread}
 
 
 def writing_from_json(data: dict[str, Any]) -> WritingExample:
     return WritingExample(kind=data["kind"], text=data["text"], conversation=conversation_from_json(data["conversation"]),
-                          written_at=datetime.fromisoformat(data["written_at"]) if data["written_at"] else None)
+                          written_at=datetime.fromisoformat(data["written_at"]) if data["written_at"] else None,
+                          thread=data.get("thread"))

@@ -40,6 +40,7 @@ from storage.db import session_scope
 from storage.models import AdapterState, CycleStatus
 from training.artifacts import CorruptAdapter, remove_stale_staging
 from training.datasets import newest_distinct_writing, split_holdout, split_writing_holdout
+from training.retrieval import Budget, Split, attach_examples
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +289,11 @@ def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int,
     train_writing, heldout_writing = split_writing_holdout(collected.writing, settings.holdout_fraction,
                                                            settings.min_holdout)
     trained_upto = max((ids[id(example)] for example in train_feedback), default=after_id)
+    # The owner's past replies in every prompt (off by default), from the training side of the split only.
+    budget = Budget.of(config.generation)
+    split = attach_examples(Split(train_feedback, train_writing, heldout_feedback, heldout_writing), budget)
+    train_feedback, train_writing = split.train_feedback, split.train_writing
+    heldout_feedback, heldout_writing = split.heldout_feedback, split.heldout_writing
     examples = {
         "train_feedback": [feedback_to_json(item) for item in train_feedback],
         "train_writing": [writing_to_json(item) for item in train_writing],
@@ -318,6 +324,12 @@ def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int,
         "heldout_feedback": len(heldout_feedback), "train_writing": len(train_writing),
         "heldout_writing": len(heldout_writing), "trained_feedback_upto": trained_upto,
     }
+    if budget.enabled:  # how many prompts the lever reached (the renderer may drop some to fit the budget)
+        conversations = [item.conversation for item in [*train_feedback, *heldout_feedback]]
+        conversations += [item.conversation for item in [*train_writing, *heldout_writing] if item.conversation]
+        counts["retrieved_examples"] = {"prompts": len(conversations),
+                                        "with_examples": sum(1 for c in conversations if c.examples),
+                                        "examples": sum(len(c.examples) for c in conversations)}
     if not train_feedback:  # the first cycle after an import trains on part of a long history
         counts["writing_used"] = len(newest_distinct_writing(train_writing, config.training.first_cycle_writing))
     return job_path, counts, version

@@ -24,6 +24,7 @@ from sqlmodel import Session
 from loop.config import Config
 from loop.drafting import AdapterRef, Drafter
 from loop.errors import NotAnOwner
+from loop.examples import OwnWords
 from loop.views import DraftView, FeedbackKind, FeedbackView, VersionPromptView
 from storage import repo
 from storage.db import read_scope, session_scope
@@ -70,6 +71,7 @@ class Twin:
 
     def __init__(self, config: Config, engine: Engine, drafter: Drafter):
         self.config, self.engine, self.drafter = config, engine, drafter
+        self.own_words = OwnWords(engine)  # the owner's past replies for the prompt (generation.retrieved_examples)
 
     # Owners -------------------------------------------------------------------------------
     def is_owner(self, telegram_id: int) -> bool:
@@ -224,8 +226,11 @@ class Twin:
         """Draft with `adapter` (the active one, read by the caller) and store the draft: one commit.
 
         `contact`: the person written to, when known (loop.business); the dataset builders put the
-        same name in the prompt (loop.collect)."""
-        conversation = Conversation.of(incoming[:MAX_INCOMING_CHARS], context, contact=contact)
+        same name in the prompt (loop.collect). With the retrieval lever on, the prompt also carries
+        the owner's past replies, chosen as the cycle chooses them for training rows (loop.examples)."""
+        conversation = self.own_words.for_draft(
+            Conversation.of(incoming[:MAX_INCOMING_CHARS], context, contact=contact), owner_db_id=owner_db_id,
+            conversation_id=conversation_id, generation=self.config.generation)
         result = self.drafter.draft(conversation, adapter=adapter, seed=seed)
         with session_scope(self.engine) as session:
             return DraftView.of(repo.add_draft(

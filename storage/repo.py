@@ -776,6 +776,25 @@ def business_sample_contacts(*, session: Session, owner_id: int) -> dict[int, st
     return {sample_id: name for sample_id, name in session.exec(query).all() if name}
 
 
+def business_sample_conversations(*, session: Session, owner_id: int) -> dict[int, int]:
+    """The conversation id per writing sample that the owner wrote in a business chat."""
+    query = select(BusinessMessage.sample_id, BusinessChat.conversation_id).join(
+        BusinessChat, col(BusinessChat.id) == BusinessMessage.business_chat_id).where(
+        BusinessMessage.owner_id == owner_id, col(BusinessMessage.sample_id).is_not(None))
+    return {sample_id: conversation_id for sample_id, conversation_id in session.exec(query).all()}
+
+
+def own_words_version(*, session: Session, owner_id: int) -> tuple[int, ...]:
+    """A value that changes when the owner's writing or verdicts change (rows added or removed, a
+    text edited to another length): what loop.examples rebuilds its index on. Aggregates only."""
+    version: list[int] = []
+    for model in (WritingSample, Feedback):
+        row = session.exec(select(func.count(), func.max(model.id), func.sum(func.length(model.text)))
+                           .where(model.owner_id == owner_id)).one()
+        version.extend(int(value or 0) for value in row)
+    return tuple(version)
+
+
 def forget_business(*, session: Session, owner_id: int) -> None:
     """Delete the owner's connection and business chats (their messages go with the owner's)."""
     for model in (BusinessMessage, BusinessDraft, BusinessChat, BusinessConnection):

@@ -66,8 +66,19 @@ class GenerationSettings:
     seed: int = 0  # base seed; "another draft" adds one
     max_attempts: int = 3  # a draft that comes back empty is retried with another seed
     backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.inference.serving)
+    # The owner's own words in every prompt, at training and drafting time alike (training.retrieval),
+    # off at 0: replies to the most similar past messages (BM25), and the newest earlier replies in the
+    # same conversation, each clipped to `retrieved_max_chars`.
+    retrieved_examples: int = 0
+    contact_examples: int = 0
+    retrieved_max_chars: int = 200
 
     def __post_init__(self) -> None:
+        _check(0 <= self.retrieved_examples <= 20, "generation.retrieved_examples", self.retrieved_examples,
+               "0 (off) .. 20")
+        _check(0 <= self.contact_examples <= 20, "generation.contact_examples", self.contact_examples, "0 (off) .. 20")
+        _check(20 <= self.retrieved_max_chars <= 4000, "generation.retrieved_max_chars", self.retrieved_max_chars,
+               "20..4000")
         _check(1 <= self.max_new_tokens <= 4096, "generation.max_new_tokens", self.max_new_tokens, "1..4096")
         _check(0 < self.temperature <= 5, "generation.temperature", self.temperature, "a number in (0, 5]")
         _check(0 < self.top_p <= 1, "generation.top_p", self.top_p, "a number in (0, 1]")

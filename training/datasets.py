@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from training.config import ModelSettings
-from training.prompt import Conversation, render_prompt, system_text
+from training.prompt import EXAMPLES_HEADER, Conversation, render_prompt, system_text
 
 END_OF_TURN = "<|im_end|>"
 DATASET_NAMES = ("sft", "dpo", "kto")
@@ -49,6 +49,7 @@ class FeedbackExample:
     text: str | None  # the owner's edit or replacement
     later_kept: str | None  # regenerate: the text finally accepted/edited for the same incoming message
     created_at: datetime
+    thread: str | None = None  # the conversation it belongs to (training.retrieval keeps a row from its own later replies)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class WritingExample:
     text: str
     conversation: Conversation | None
     written_at: datetime | None
+    thread: str | None = None  # the conversation (or person answered) it belongs to; None: unknown
 
 
 def make_renderer(tokenizer: Any, settings: ModelSettings) -> Renderer:
@@ -68,6 +70,7 @@ def make_renderer(tokenizer: Any, settings: ModelSettings) -> Renderer:
         system=system_text(settings.system_prompt, settings.owner_name),
         max_context_turns=settings.context_turns,
         max_prompt_tokens=settings.max_prompt_tokens,
+        examples_header=system_text(EXAMPLES_HEADER, settings.owner_name),
     )
 
 
