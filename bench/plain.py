@@ -88,21 +88,18 @@ def dpo_scores(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], beta:
     """
     import math
 
-    from training.likelihood import completion_logprobs, raw_preference_accuracy, reward_preference_accuracy
+    from training.likelihood import pair_logprobs, raw_preference_accuracy, reward_preference_accuracy
 
     model.eval()
-    items = [(row["prompt"], strip_end(row[key])) for row in rows for key in ("chosen", "rejected")]
-    policy = completion_logprobs(model, tokenizer, items)
+    triples = [(row["prompt"], strip_end(row["chosen"]), strip_end(row["rejected"])) for row in rows]
+    policy = pair_logprobs(model, tokenizer, triples)
     with model.disable_adapter():
-        reference = completion_logprobs(model, tokenizer, items)
+        reference = pair_logprobs(model, tokenizer, triples)
     losses = []
-    for index in range(0, len(items), 2):
-        margin = (policy[index][0] - reference[index][0]) - (policy[index + 1][0] - reference[index + 1][0])
+    for ((chosen, _), (rejected, _)), ((chosen_ref, _), (rejected_ref, _)) in zip(policy, reference):
+        margin = (chosen - chosen_ref) - (rejected - rejected_ref)
         x = -beta * margin  # -log sigmoid(beta * margin) = softplus(x), computed without overflow
         losses.append(max(x, 0.0) + math.log1p(math.exp(-abs(x))))
-    def paired(scores: list[tuple[float, int]]) -> list[tuple[tuple[float, int], tuple[float, int]]]:
-        return [(scores[index], scores[index + 1]) for index in range(0, len(scores), 2)]
-
     return {"dpo_loss": sum(losses) / len(losses) if losses else None,
-            "preference_accuracy": reward_preference_accuracy(paired(policy), paired(reference)),
-            "preference_accuracy_raw": raw_preference_accuracy(paired(policy))}
+            "preference_accuracy": reward_preference_accuracy(policy, reference),
+            "preference_accuracy_raw": raw_preference_accuracy(policy)}

@@ -3,9 +3,9 @@
 For each named adapter (e.g. {"base": None, "active": path, "candidate": path}) on one base model
 loaded once: likelihood of the owner's held-out text, preference accuracy on held-out
 (owner's text, rejected draft) pairs (as a reward model: DPO's implicit reward against the base
-model; the raw likelihood comparison beside it as `preference_accuracy_raw`), drafts sampled with fixed seeds on the held-out prompts
-and what they look like (edit distance to the kept text, attribution by the n-gram
-classifier and by LambdaG, style distance, caricature flags). Both judges learn from the owner's
+model; the raw likelihood comparison beside it as `preference_accuracy_raw`), drafts sampled with
+fixed seeds on the held-out prompts and what they look like (edit distance to the kept text,
+attribution by the n-gram classifier and by LambdaG, style distance, caricature flags). Both judges learn from the owner's
 lines without the held-out items' texts (`judge_lines`) against the other people's lines. The
 metric definitions live in training.metrics / style / attribution / lambdag_judge (docs/architecture.md,
 "Metrics"); this module only feeds them.
