@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Sequence
 
 from sqlmodel import Session
@@ -22,13 +22,6 @@ from training.datasets import FeedbackExample, WritingExample
 from training.prompt import Conversation, Turn
 
 logger = logging.getLogger(__name__)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back naive; they were stored in UTC.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
 
 
 def kept_text(feedback: Feedback, draft: Draft) -> str | None:
@@ -73,7 +66,7 @@ def feedback_examples(rows: Sequence[tuple[Feedback, Draft]],
             draft=draft.text,
             text=feedback.text,
             later_kept=later,
-            created_at=_aware(feedback.created_at) or datetime.now(timezone.utc),
+            created_at=feedback.created_at,
             thread=conversation_thread(draft.conversation_id),
         ))
     return examples
@@ -97,7 +90,7 @@ def writing_examples(samples: Sequence[WritingSample], contacts: dict[int, str] 
         else:
             thread = f"{sample.source}|{sample.sender}" if conversation is not None and sample.sender else None
         examples.append(WritingExample(kind=kind, text=sample.text, conversation=conversation,
-                                       written_at=_aware(sample.written_at), thread=thread))
+                                       written_at=sample.written_at, thread=thread))
     return examples
 
 
@@ -157,8 +150,7 @@ def collect(*, session: Session, owner_id: int, after_id: int, upto_id: int, tra
     samples = repo.writing_samples(session=session, owner_id=owner_id)
     all_rows = repo.feedback_rows(session=session, owner_id=owner_id, upto_id=upto_id)
     owner_lines, other_lines = attribution_lines(samples, all_rows)
-    since = _aware(since)
-    new_writing = sum(1 for s in samples if since is None or (_aware(s.created_at) or since) > since)
+    new_writing = sum(1 for s in samples if since is None or s.created_at > since)
     counts = Counter(feedback.kind.value for feedback, _ in rows)
     return Collected(
         feedback=feedback_examples(rows, repo.business_draft_contacts(session=session, owner_id=owner_id)),

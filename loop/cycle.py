@@ -20,7 +20,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +92,6 @@ def _holder_alive(holder: str, acquired_at: datetime) -> bool:
     return started <= acquired_at.timestamp() + 1.0
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
-
-
 def _take_lock(engine: Engine, holder: str) -> bool:
     for attempt in range(5):
         try:
@@ -103,7 +99,7 @@ def _take_lock(engine: Engine, holder: str) -> bool:
                 row = repo.get_lock(session=session, name=LOCK_NAME)
                 if row is None:
                     return repo.acquire_lock(session=session, name=LOCK_NAME, holder=holder)
-                acquired = _aware(row.acquired_at)
+                acquired = row.acquired_at
                 # Liveness decides for a holder on this host; silence decides for one elsewhere.
                 remote = row.holder.partition(":")[0] != socket.gethostname()
                 return repo.acquire_lock(session=session, name=LOCK_NAME, holder=holder,

@@ -12,7 +12,7 @@ import json
 import socket
 import os
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional, Sequence
 
 from sqlalchemy import delete, func, or_
@@ -439,8 +439,7 @@ def acquire_lock(*, session: Session, name: str, holder: str | None = None, stal
     row = session.get(Lock, name)
     if row is not None:
         now = utcnow()
-        heartbeat = row.heartbeat_at if row.heartbeat_at.tzinfo else row.heartbeat_at.replace(tzinfo=timezone.utc)
-        stale = stale_after is not None and now - heartbeat > stale_after
+        stale = stale_after is not None and now - row.heartbeat_at > stale_after
         dead = holder_alive is not None and not holder_alive(row.holder)
         if not (stale or dead):
             return False
