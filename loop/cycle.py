@@ -29,10 +29,9 @@ from sqlalchemy.engine import Engine
 
 from loop import adapters as adapter_store
 from loop.adapters import RollbackError, rollback  # noqa: F401 - part of this module's API
-from loop.child import EXAMPLES_FILE, ChildFailed, run_child, settings_to_json
-from loop.collect import Collected, collect, feedback_to_json, writing_to_json
+from loop.child import ChildFailed, run_child
+from loop.collect import Collected, collect
 from loop.config import Config
-from loop.gate import gate_rule_text
 from loop.report import cycle_report
 from loop.stats import history_chart, list_cycles, owner_stats  # noqa: F401 - part of this module's API
 from storage import repo
@@ -40,6 +39,9 @@ from storage.db import session_scope
 from storage.models import AdapterState, CycleStatus
 from training.artifacts import CorruptAdapter, remove_stale_staging
 from training.datasets import newest_distinct_writing, split_holdout, split_writing_holdout
+from training.examples import feedback_to_json, writing_to_json
+from training.gate import gate_rule_text
+from training.nightly import EXAMPLES_FILE, settings_to_json
 from training.retrieval import Budget, Split, attach_examples
 
 logger = logging.getLogger(__name__)
@@ -336,7 +338,7 @@ def _judge(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, c
            folder: Path) -> CycleOutcome:
     """Gate the candidate, record it (and activate it when it passed), finish the cycle, report."""
     metrics = result["metrics"]
-    verdict = result["gate"]  # the child gated every strength it tried (loop.ladder)
+    verdict = result["gate"]  # the child gated every strength it tried (training.ladder)
     promote, reasons = bool(verdict["promote"]), list(verdict["reasons"])
     metrics["gate"] = {**verdict, "rule": gate_rule_text(config.evaluation),
                        "tolerances": settings_to_json(config.evaluation)}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from loop.gate import caricature_flags, gate_rule_text, metric_value
-from loop.ladder import trade_off_text
+from training.gate import caricature_flags, gate_rule_text, metric_value
+from training.ladder import trade_off_text
 from storage.models import Cycle
 from training.config import EvaluationSettings
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from loop.collect import kept_by_row
 from loop.config import Config
 from loop.drafting import AdapterRef, Drafter
 from loop.errors import NotAnOwner
@@ -282,8 +283,7 @@ class Twin:
             draft = repo.get_draft(session=session, owner_id=owner_db_id, draft_id=draft_id)
             feedback = repo.record_feedback(session=session, owner_id=owner_db_id, draft_id=draft_id, kind=kind,
                                             text=text, reason=reason)
-            kept = {FeedbackKind.accept: draft.text, FeedbackKind.edit: feedback.text,
-                    FeedbackKind.reject: feedback.text}.get(kind)
+            kept = kept_by_row(feedback, draft)
             if kept:
                 repo.add_message(session=session, owner_id=owner_db_id, conversation_id=draft.conversation_id,
                                  role="owner", text=kept)

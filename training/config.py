@@ -187,7 +187,7 @@ class EvaluationSettings:
     # standard errors of the difference (1.64: one-sided 95%); 0 judges the raw numbers.
     noise_z: float = 1.64
     # A refused candidate whose held-out likelihood improved is tried at these fractions of its
-    # strength, strongest first, and the strongest that passes is promoted (loop.ladder); [] = off.
+    # strength, strongest first, and the strongest that passes is promoted (training.ladder); [] = off.
     milder_strengths: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])
 
     def __post_init__(self) -> None:

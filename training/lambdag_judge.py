@@ -8,7 +8,7 @@ of `training.attribution` but the data: no TF-IDF, no logistic regression, no tr
 
 It is reported beside the classifier (training.evaluate, the cycle report, the benchmarks), each
 with its ceiling (the owner's own held-out lines) and floor (the other people's); the promotion
-gate keeps judging by the classifier (loop/gate.py says why).
+gate keeps judging by the classifier (training/gate.py says why).
 
 How it is used here, measured on the benchmarks' owners (bench/judges.py, bench/RESULTS.md):
 
