@@ -41,6 +41,7 @@ from telegram.ext import (
 
 from bot import business, commands, handlers, keyboards, texts
 from bot.drafts import requeue_unanswered
+from bot.errors import BotConfigError
 from bot.polling import HandledFirstUpdater
 from bot.queue import DraftQueue
 from bot.services import CycleRunner, Services
@@ -58,10 +59,6 @@ NOTIFY_TIMEOUT_S = 120.0
 # Business updates come only when asked for (Telegram keeps the last list given).
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.BUSINESS_CONNECTION, Update.BUSINESS_MESSAGE,
                    Update.EDITED_BUSINESS_MESSAGE, Update.DELETED_BUSINESS_MESSAGES]
-
-
-class BotConfigError(Exception):
-    """The bot cannot start with this configuration (no token, no owners)."""
 
 
 def build_application(

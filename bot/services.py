@@ -16,6 +16,7 @@ from typing import Any, Callable
 from sqlalchemy.engine import Engine
 
 from bot import texts
+from bot.errors import ServiceError, TrainingAlreadyRunning
 from loop.config import Config
 from loop.errors import DraftAlreadyDecided
 from loop.twin import Twin, Verdict
@@ -25,14 +26,6 @@ logger = logging.getLogger(__name__)
 
 # run_cycle(config, engine, *, telegram_id, force, trigger) -> CycleOutcome; the scheduler uses the same shape.
 CycleRunner = Callable[..., Any]
-
-
-class ServiceError(Exception):
-    """Something the owner asked for cannot be done; the message is the sentence to show."""
-
-
-class TrainingAlreadyRunning(ServiceError):
-    """A cycle holds the lock (in this process or another one)."""
 
 
 # A verdict as stored, with the draft it is about and, for "another", the new draft: what the twin returns.

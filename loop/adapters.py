@@ -14,16 +14,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from loop.config import Config
+from loop.errors import RollbackError
 from storage import repo
 from storage.db import session_scope
 from storage.models import Adapter
 from training.artifacts import CorruptAdapter, verify_adapter
 
 logger = logging.getLogger(__name__)
-
-
-class RollbackError(ValueError):
-    """The requested version cannot be activated; the message says why."""
 
 
 def adapters_root(config: Config, telegram_id: int) -> Path:

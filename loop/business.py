@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+from loop.errors import NotBusinessDraft
 from loop.twin import Twin
 from storage import repo
 from storage.db import session_scope
@@ -35,10 +36,6 @@ from storage.models import (BusinessChat, BusinessDraft, Draft, Feedback, Feedba
 logger = logging.getLogger(__name__)
 
 SAMPLE_SOURCE = "telegram business"
-
-
-class NotBusinessDraft(Exception):
-    """The draft is not one of a business chat of this owner."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loop.config import TOKEN_ENV
+from loop.errors import ChildFailed
 from training.nightly import EXAMPLES_FILE, peak_rss_mb, run_job, settings_to_json
 
 __all__ = ["EXAMPLES_FILE", "ChildFailed", "child_environment", "die_with_parent", "lower_priority", "main",
@@ -39,10 +40,6 @@ LOG_TAIL_LINES = 6
 RESULT_FILE = "result.json"
 PID_FILE = "child.pid"
 EXIT_NOTHING_TO_TRAIN = 3
-
-
-class ChildFailed(Exception):
-    """The child ended without a result; the message is the reason shown to the owner."""
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

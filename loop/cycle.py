@@ -32,6 +32,7 @@ from loop.adapters import RollbackError, rollback  # noqa: F401 - part of this m
 from loop.child import ChildFailed, run_child
 from loop.collect import Collected, collect
 from loop.config import Config
+from loop.errors import CycleAlreadyRunning, CycleFailed
 from loop.report import cycle_report
 from loop.stats import history_chart, list_cycles, owner_stats  # noqa: F401 - part of this module's API
 from storage import repo
@@ -50,14 +51,6 @@ LOCK_NAME = "cycle"
 LOCK_STALE_AFTER = timedelta(hours=3)  # a holder on another host silent this long is presumed dead
 CYCLE_LOG = "cycle.log"
 RESUMABLE = "resumable"  # adapter data_counts key: a kept candidate the next cycle continues from
-
-
-class CycleAlreadyRunning(Exception):
-    """Another cycle holds the lock (in this or another process)."""
-
-
-class CycleFailed(Exception):
-    """The cycle cannot go on; the message is the reason shown to the owner."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 
 from loop.config import Config
 from loop.cycle import CycleAlreadyRunning, CycleOutcome, run_cycle
+from loop.errors import ScheduledCycleError
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ MAX_WAIT_S = 60.0
 
 Notify = Callable[[int, str, "Path | None"], None]
 CycleRunner = Callable[..., CycleOutcome]
-
-
-class ScheduledCycleError(Exception):
-    """The nightly job failed for some owners; `failures` maps their Telegram id to the error."""
-
-    def __init__(self, failures: dict[int, BaseException]):
-        super().__init__("; ".join(f"owner {tid}: {type(err).__name__}: {err}" for tid, err in failures.items()))
-        self.failures = failures
 
 
 @dataclass

@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from storage.errors import AdapterNotFound, DraftAlreadyDecided, DraftNotFound, FeedbackTextRequired, StorageError
 from storage.models import (
     Adapter,
     AdapterState,
@@ -40,30 +41,6 @@ from storage.models import (
     WritingSampleCreate,
     utcnow,
 )
-
-
-class StorageError(Exception):
-    """Base of the domain errors raised by the repository."""
-
-
-class DraftNotFound(StorageError):
-    """The draft does not exist or belongs to another owner."""
-
-
-class DraftAlreadyDecided(StorageError):
-    """The draft already has a verdict; a second one is refused."""
-
-    def __init__(self, feedback: Feedback):
-        super().__init__(f"draft {feedback.draft_id} was already answered: {feedback.kind.value}")
-        self.feedback = feedback
-
-
-class FeedbackTextRequired(StorageError):
-    """An edit needs the owner's text."""
-
-
-class AdapterNotFound(StorageError):
-    """No adapter of that version exists for the owner."""
 
 
 # Owners and conversations ---------------------------------------------------------------------

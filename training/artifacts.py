@@ -22,19 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from training.errors import ArtifactError, CorruptAdapter
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "twin_adapter.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what the checksum covers
 FORMAT_VERSION = 1
-
-
-class ArtifactError(Exception):
-    """An adapter folder cannot be written where asked."""
-
-
-class CorruptAdapter(ArtifactError):
-    """An adapter folder is incomplete or its files do not match the recorded checksum."""
 
 
 def adapter_checksum(folder: Path) -> str:

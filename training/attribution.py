@@ -16,14 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from training.errors import NotEnoughData
+
 logger = logging.getLogger(__name__)
 
 MIN_TEXTS_PER_SIDE = 5
 _FORMAT_VERSION = 1
-
-
-class NotEnoughData(ValueError):
-    """Too few texts on one side to train (or score) the classifier; the message says which."""
 
 
 def _clean(texts: Sequence[str]) -> list[str]:

@@ -9,19 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from training.errors import ConfigError
 from training.prompt import DEFAULT_SYSTEM_PROMPT
 
 # The drafting backends `generation.backend` names (training.inference.serving runs them). Kept here, with the
 # settings that are checked against it: settings are the leaf of training and import none of its code.
 BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8")
-
-
-class ConfigError(ValueError):
-    """A setting has a value that is not allowed; the message names key, value and what is allowed."""
-
-    def __init__(self, key: str, value: object, allowed: str):
-        super().__init__(f"config: {key} = {value!r} is not allowed; expected {allowed}")
-        self.key, self.value, self.allowed = key, value, allowed
 
 
 def _check(condition: bool, key: str, value: object, allowed: str) -> None:

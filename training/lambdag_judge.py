@@ -43,6 +43,7 @@ import re
 from typing import Any, Sequence
 
 from training.attribution import NotEnoughData, _clean, require_both_sides
+from training.errors import LambdaGUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ _PAD = re.compile(r"(?<!\S)<s>(?!\S)")
 
 def _texts(texts: Sequence[str]) -> list[str]:
     return [_PAD.sub("<s >", text) for text in _clean(texts)]
-
-
-class LambdaGUnavailable(RuntimeError):
-    """The `lambdag` package is not installed; the message says how to install it."""
 
 
 def lambdag_method(*, order: int = ORDER, references: int = REFERENCES, seed: int = 0) -> Any:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from training.artifacts import staged_folder, write_manifest
 from training.config import LoraSettings, ModelSettings, StageSettings, TrainingSettings
 from training.datasets import END_OF_TURN, read_datasets
+from training.errors import NothingToTrain
 
 if TYPE_CHECKING:  # pragma: no cover
     from training.stages import MemoryPlan
@@ -39,10 +40,6 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("sft", "dpo", "kto")
 ROW_NOUNS = {"sft": "SFT rows", "dpo": "DPO pairs", "kto": "KTO rows"}
-
-
-class NothingToTrain(Exception):
-    """No enabled stage has rows: there is nothing to learn from yet."""
 
 
 @dataclass

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from training.errors import GgufWriteError
+
 # gguf's writer logs its own progress at INFO ("This GGUF file is for Little Endian only"...),
 # which would land in the terminal chat between a message and its draft.
 logging.getLogger("gguf").setLevel(logging.WARNING)
@@ -38,10 +40,6 @@ MATRIX_DTYPE = "float16"
 # general.file_type: llama.cpp's LLAMA_FTYPE_ALL_F32 and LLAMA_FTYPE_MOSTLY_F16.
 _FILE_TYPES = {"float32": 0, "float16": 1}
 _GGML_TYPE_F32 = 0
-
-
-class GgufWriteError(ValueError):
-    """The model cannot be written as a llama.cpp GGUF file (not a Llama-family model)."""
 
 
 def llamacpp_installed() -> bool:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from training.errors import ServingError
+
 logger = logging.getLogger(__name__)
 
 # The weights of each converted backend: llama.cpp fp16 and CTranslate2 fp32 keep drafts identical in
@@ -43,10 +45,6 @@ COMPLETE_MARKER = "twin_serving_complete"
 # llama.cpp's context (keys and values for this many tokens, ~47 MB per 1024 on SmolLM2 in fp32); a
 # generator grows its own for a longer prompt.
 LLAMACPP_CONTEXT = 2048
-
-
-class ServingError(RuntimeError):
-    """The model could not be converted for, or run by, a drafting backend."""
 
 
 def ctranslate2_installed() -> bool:
