@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from loop.config import TOKEN_ENV
 from loop.errors import ChildFailed
+from training.artifacts import atomic_file
 from training.nightly import EXAMPLES_FILE, peak_rss_mb, run_job, settings_to_json
 
 __all__ = ["EXAMPLES_FILE", "ChildFailed", "child_environment", "die_with_parent", "lower_priority", "main",
@@ -43,9 +44,8 @@ EXIT_NOTHING_TO_TRAIN = 3
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(staging, path)
+    with atomic_file(path) as staging:
+        staging.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
 
 
 def lower_priority() -> dict[str, Any]:

@@ -100,6 +100,22 @@ def verify_adapter(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of the file `target`; replace `target` by it only if the block
+    succeeds. The one atomic file writer (result.json, the JSONL datasets, the attribution model): a
+    reader sees the old file or the new one, never half of it, and a failed write leaves nothing."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield staging
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            staging.unlink()
+
+
+@contextlib.contextmanager
 def staged_folder(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; rename it to `target` only if the block succeeds.
 

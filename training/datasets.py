@@ -16,12 +16,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from training.artifacts import atomic_file
 from training.config import ModelSettings
 from training.examples import FEEDBACK_KINDS, FeedbackExample, WritingExample, kept_text, replay_sample
 from training.prompt import EXAMPLES_HEADER, Conversation, render_prompt, system_text
@@ -279,12 +279,9 @@ def write_datasets(rows_by_name: dict[str, list[Row]], folder: Path) -> dict[str
     folder.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for name, rows in rows_by_name.items():
-        target = folder / f"{name}.jsonl"
-        staging = target.with_suffix(f".jsonl.tmp-{os.getpid()}")
-        with staging.open("w", encoding="utf-8") as handle:
+        with atomic_file(folder / f"{name}.jsonl") as staging, staging.open("w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(staging, target)
         counts[name] = len(rows)
     return counts
 
