@@ -160,12 +160,7 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     st = state(context)
 
     def read() -> str:
-        if st.scheduler is not None:  # the live job knows about runs moved or missed
-            from loop.scheduler import next_run_time
-
-            next_run = next_run_time(st.scheduler)
-        else:
-            next_run = st.services.next_run()
+        next_run = st.services.next_run(st.scheduler)
         return st.services.status(telegram_id=update.effective_user.id, next_run=next_run)
 
     await update.effective_message.reply_text(await asyncio.to_thread(read))

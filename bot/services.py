@@ -135,10 +135,13 @@ class Services:
     def status(self, *, telegram_id: int, next_run: datetime | None) -> str:
         return texts.status_text(self.twin.status(telegram_id), next_run)
 
-    def next_run(self, now: datetime | None = None) -> datetime | None:
-        """When the nightly cycle runs next, from the config (the scheduler uses the same trigger)."""
-        from loop.scheduler import upcoming_run
+    def next_run(self, scheduler: Any = None, now: datetime | None = None) -> datetime | None:
+        """When the nightly cycle runs next: the live job of a running `scheduler` (it knows about
+        runs moved or missed), else from the config (the scheduler uses the same trigger)."""
+        from loop.scheduler import next_run_time, upcoming_run
 
+        if scheduler is not None:
+            return next_run_time(scheduler)
         return upcoming_run(self.config, now)
 
     def uploads_dir(self) -> Path:
