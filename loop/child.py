@@ -34,8 +34,8 @@ from training.config import (
     GenerationSettings,
     LoraSettings,
     ModelSettings,
-    StageSettings,
     TrainingSettings,
+    training_settings_from_json,
 )
 
 logger = logging.getLogger("loop.child")  # not __name__: run with -m, that is "__main__"
@@ -61,10 +61,7 @@ def settings_to_json(value: Any) -> dict[str, Any]:
 
 
 def training_from_json(data: dict[str, Any]) -> TrainingSettings:
-    values = dict(data)
-    for stage in ("sft", "dpo", "kto"):
-        values[stage] = StageSettings(**values[stage])
-    return TrainingSettings(**values)
+    return training_settings_from_json(data)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -171,7 +168,8 @@ def _kto_rows(feedback: list[Any], writing: list[Any], training: TrainingSetting
 
 def run_job(job_path: Path) -> dict[str, Any]:
     """Everything the child does; returns the result that is written to result.json."""
-    from training.train import NothingToTrain, TrainJob, run_training
+    from training.launch import train as run_training  # in this process, or under `accelerate launch`
+    from training.train import NothingToTrain, TrainJob
 
     job = json.loads(job_path.read_text(encoding="utf-8"))
     folder = job_path.parent

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -193,6 +193,44 @@ class Cycle(SQLModel, table=True):
     pid: Optional[int] = None
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
+
+
+class CycleRequestStatus(str, Enum):
+    queued = "queued"  # waiting for a worker (from `due_at` on)
+    running = "running"  # claimed by `worker`, which beats `heartbeat_at`
+    done = "done"  # the cycle ran (its own status says how it ended: promoted, kept, skipped, failed)
+    failed = "failed"  # the cycle raised before it could record an outcome
+
+
+def _aware_column(nullable: bool) -> Any:
+    # Aware UTC in and out on PostgreSQL (timestamptz); SQLite stores the text and hands it back naive.
+    return Column(DateTime(timezone=True), nullable=nullable)
+
+
+class CycleRequest(SQLModel, table=True):
+    """One owner's cycle waiting in (or taken from) the training queue that `twin worker` drains.
+
+    Several processes on several machines share the queue through the database; a worker claims a
+    request with a conditional UPDATE, so one request is run by one worker only.
+    """
+
+    __tablename__ = "cycle_request"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    trigger: str = "manual"  # schedule | cli | telegram
+    force: bool = False
+    status: CycleRequestStatus = Field(default=CycleRequestStatus.queued, index=True)
+    requested_at: datetime = Field(default_factory=utcnow, sa_column=_aware_column(False))
+    due_at: datetime = Field(default_factory=utcnow, sa_column=_aware_column(False))
+    claimed_at: Optional[datetime] = Field(default=None, sa_column=_aware_column(True))
+    heartbeat_at: Optional[datetime] = Field(default=None, sa_column=_aware_column(True))
+    finished_at: Optional[datetime] = Field(default=None, sa_column=_aware_column(True))
+    worker: str = ""  # "<host>:<pid>" of the worker that claimed it
+    attempts: int = 0
+    cycle_id: Optional[int] = None
+    outcome: str = ""  # the cycle's status, or the error of a failed request
+    report: str = Field(default="", sa_column=Column(Text, nullable=False))
+    reported_at: Optional[datetime] = Field(default=None, sa_column=_aware_column(True))  # sent to the owner
 
 
 class Lock(SQLModel, table=True):
