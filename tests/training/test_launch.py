@@ -61,8 +61,8 @@ def test_a_config_of_ones_own_and_wrong_values(tmp_path):
         TrainingSettings(launcher="torchrun")
 
 
-def test_a_job_survives_its_json_file(tiny_model_dir, tmp_path):
-    job = make_job(tiny_model_dir, tmp_path, {"sft": []}, training=tiny_training_settings())
+def test_a_job_survives_its_json_file(tmp_path):
+    job = make_job(tmp_path / "model", tmp_path, {"sft": []}, training=tiny_training_settings())
     again = job_from_json(job_to_json(job))
     assert dataclasses.asdict(again) == dataclasses.asdict(job)
 
