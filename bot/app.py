@@ -222,6 +222,8 @@ async def _post_init(application: Application) -> None:
                          what="setMyCommands")
     except NetworkError:  # the menu is a convenience; the bot works without it
         logger.exception("could not register the bot's commands")
+    if not st.services.config.schedule.train_in_bot:
+        st.reports_task = asyncio.create_task(_send_worker_reports(application), name="twin-worker-reports")
     if st.start_scheduler and st.services.config.schedule.enabled:
         from loop.scheduler import start_scheduler
 
@@ -229,7 +231,27 @@ async def _post_init(application: Application) -> None:
                                                notify=make_notifier(application))
 
 
+async def _send_worker_reports(application: Application) -> None:
+    """schedule.train_in_bot = false: send the reports of cycles that workers finished, then mark
+    them sent; a report that could not be sent stays and is tried again on the next round."""
+    st = state_of(application)
+    while True:
+        try:
+            for request_id, telegram_id, text in await asyncio.to_thread(st.services.finished_reports):
+                await commands.send_report(application.bot, telegram_id, text)
+                await asyncio.to_thread(st.services.report_sent, request_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("could not send the reports of the training workers")
+        await asyncio.sleep(st.services.config.worker.report_poll_s)
+
+
 async def _post_stop(application: Application) -> None:
+    st = state_of(application)
+    if st.reports_task is not None:
+        st.reports_task.cancel()
+        st.reports_task = None
     business.stop(application)
     await state_of(application).queue.stop(drain_timeout=DRAIN_TIMEOUT_S)
 

@@ -119,6 +119,10 @@ async def _text_and_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, wh
 async def train(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Start a training cycle now; the report (and chart) follow when it is done."""
     st, user_id, chat_id = state(context), update.effective_user.id, update.effective_chat.id
+    if not st.services.config.schedule.train_in_bot:  # workers train (README, "Scale")
+        new = await asyncio.to_thread(st.services.queue_cycle, telegram_id=user_id)
+        await update.effective_message.reply_text(texts.TRAIN_QUEUED if new else texts.TRAIN_ALREADY_QUEUED)
+        return
     if st.training.is_set():
         await update.effective_message.reply_text(texts.TRAIN_RUNNING)
         return

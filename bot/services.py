@@ -100,6 +100,24 @@ class Services:
         except CycleAlreadyRunning as error:
             raise TrainingAlreadyRunning(f"A training cycle is already running ({error}); no second one was started.") from None
 
+    def queue_cycle(self, *, telegram_id: int) -> bool:
+        """Queue a forced cycle for `twin worker` (schedule.train_in_bot = false); False when one was
+        already waiting (the two are one request)."""
+        from loop.worker import enqueue
+
+        return enqueue(self.engine, telegram_id=telegram_id, trigger="telegram", force=True).new
+
+    def finished_reports(self) -> list[tuple[int, int, str]]:
+        """(request id, owner, report) of queued cycles that workers finished and nobody told yet."""
+        from loop.worker import take_reports
+
+        return take_reports(self.engine)
+
+    def report_sent(self, request_id: int) -> None:
+        from loop.worker import mark_reported
+
+        mark_reported(self.engine, request_id)
+
     def rollback(self, *, telegram_id: int, version: int | None = None) -> int:
         from loop.adapters import RollbackError, rollback
 

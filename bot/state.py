@@ -26,6 +26,7 @@ class BotState:
     queue: DraftQueue
     loop: asyncio.AbstractEventLoop | None = None
     scheduler: Any = None  # the nightly APScheduler, when this process runs it
+    reports_task: Any = None  # schedule.train_in_bot = false: the task that sends the workers' reports
     start_scheduler: bool = False
     refused: set[int] = field(default_factory=set)  # strangers told once; nothing else of them is kept
     regenerating: set[int] = field(default_factory=set)  # drafts whose "another" is queued or running

@@ -92,6 +92,8 @@ UNKNOWN_DRAFT = "I don't know that draft. Nothing was changed."
 WRITING_ANOTHER = "Writing another draft…"
 ALREADY_WRITING = "I'm already writing another one."
 TRAIN_RUNNING = "A training cycle is already running; I'll tell you when it's done."
+TRAIN_QUEUED = "Training is queued: a worker will run it soon. I'll send the report when it's done."
+TRAIN_ALREADY_QUEUED = "Your training is already in the queue; I'll send the report when it's done."
 ERROR_SENTENCE = "Sorry, something went wrong on my side ({what}). It's logged; please try again."
 DATABASE_BUSY = ("The database is busy (another twin command such as `twin forget` or an import holds it), "
                  "so this waits; I'll take it as soon as it is free. Nothing is lost.")

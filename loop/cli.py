@@ -315,13 +315,21 @@ def run_terminal(config: Config, twin, telegram_id: int) -> None:
 @app.command()
 def train(
     force: Annotated[bool, typer.Option(help="Train even if fewer than schedule.min_new_feedback items arrived.")] = False,
+    queue: Annotated[Optional[bool], typer.Option("--queue/--now", help="Queue the cycle for `twin worker` instead of running it here (default: --queue when schedule.train_in_bot = false, else --now).")] = None,
     owner: OwnerOption = None,
 ) -> None:
-    """Run one learning cycle now, in the foreground: train, evaluate, promote or keep."""
+    """Run one learning cycle now, in the foreground: train, evaluate, promote or keep (or queue it for a worker)."""
     from loop.cycle import CycleAlreadyRunning, run_cycle
 
     config = get_config()
     telegram_id = owner_of(config, owner)
+    if queue if queue is not None else not config.schedule.train_in_bot:
+        from loop.worker import enqueue
+
+        queued = enqueue(open_engine(config), telegram_id=telegram_id, trigger="cli", force=force)
+        console.print(f"queued as request #{queued.request_id}" if queued.new
+                      else f"already queued (request #{queued.request_id})")
+        return
     try:
         outcome = run_cycle(config, open_engine(config), telegram_id=telegram_id, force=force, trigger="cli", progress=True)
     except CycleAlreadyRunning as error:
@@ -331,6 +339,28 @@ def train(
         console.print(f"chart: {outcome.chart_path}")
     if outcome.status == "failed":
         raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-n", min=1, max=64, help="Cycles to run at once, one per owner, each in its own training process (default: worker.concurrency).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run what is due now, wait for it, then exit (instead of waiting for more).")] = False,
+) -> None:
+    """Train the queued cycles of every owner, on this machine or another one that reaches the database (README, "Scale")."""
+    from loop.worker import Worker
+
+    config = get_config()
+    runner = Worker(config, open_engine(config), concurrency=concurrency or config.worker.concurrency,
+                    poll_s=config.worker.poll_s)
+    err_console.print(f"worker {runner.id}: {runner.concurrency} cycle(s) at a time"
+                      + ("; until the queue is empty" if once else "; Ctrl-C stops"))
+    try:
+        summary = runner.run(once=once)
+    except KeyboardInterrupt:
+        runner.stop.set()
+        fail("stopped (a cycle cut short is marked failed by its owner's next cycle, its request queued again)", 130)
+    for item in summary.ran:
+        console.print(f"owner {item['owner']}: cycle #{item['cycle']} {item['status']} ({item['seconds']} s)")
 
 
 @app.command()

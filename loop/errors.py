@@ -52,6 +52,10 @@ class NotBusinessDraft(Exception):
     """The draft is not one of a business chat of this owner."""
 
 
+class AdapterStoreError(RuntimeError):
+    """The adapter store could not keep or hand out an adapter's files; the message says what failed."""
+
+
 class CycleAlreadyRunning(Exception):
     """Another cycle holds the lock (in this or another process)."""
 

@@ -6,6 +6,7 @@ the process was down (or the machine asleep) fires when it comes back, within
 `schedule.misfire_grace_hours`; several missed nights coalesce into one run. The cycle runs in
 the scheduler's worker thread (and its training in a child process), never on the bot's event
 loop. Only one cycle runs at a time across processes: `run_cycle` takes the database lock.
+With `schedule.train_in_bot = false` the job only queues the cycles for `twin worker` (loop.worker).
 
 APScheduler stores a reference to a module-level function plus picklable arguments; an engine or
 a callback cannot be pickled, so the job carries a token that names this process's context.
@@ -80,6 +81,14 @@ def _safe_notify(context: _JobContext, telegram_id: int, text: str, chart: Path 
 def run_scheduled_cycles(token: str) -> None:
     """The job: one cycle per configured owner; reports go to the owner unless the cycle was skipped."""
     context = _context_for(token)
+    if not context.config.schedule.train_in_bot:
+        # Workers train (`twin worker`, loop.worker); the bot sends their reports when they are done.
+        from loop.worker import enqueue
+
+        for telegram_id in context.owners():
+            enqueue(context.engine, telegram_id=telegram_id, trigger="schedule")
+        logger.info("nightly cycles queued for %d owner(s)", len(context.owners()))
+        return
     failures: dict[int, BaseException] = {}
     for telegram_id in context.owners():
         try:

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from loop import adapter_storage
 from loop.collect import kept_by_row
 from loop.config import Config
 from loop.drafting import AdapterRef, Drafter
@@ -123,7 +124,9 @@ class Twin:
         adapter = repo.active_adapter(session=session, owner_id=owner_db_id)
         if adapter is None:
             return None
-        return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=adapter.path)
+        # An adapter in an S3 store is downloaded on this machine's first draft with it.
+        path = str(adapter_storage.local_path(self.config, adapter.path))
+        return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=path)
 
     def warm_up(self) -> None:
         """Ready every configured owner's active adapter for drafting (conversions take seconds).

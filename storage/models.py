@@ -225,6 +225,39 @@ class Cycle(SQLModel, table=True):
     finished_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
 
 
+class CycleRequestStatus(str, Enum):
+    queued = "queued"  # waiting for a worker (from `due_at` on)
+    running = "running"  # claimed by `worker`, which beats `heartbeat_at`
+    done = "done"  # the cycle ran (its own status says how it ended: promoted, kept, skipped, failed)
+    failed = "failed"  # the cycle raised before it could record an outcome
+
+
+class CycleRequest(SQLModel, table=True):
+    """One owner's cycle waiting in (or taken from) the training queue that `twin worker` drains.
+
+    Several processes on several machines share the queue through the database; a worker claims a
+    request with a conditional UPDATE, so one request is run by one worker only.
+    """
+
+    __tablename__ = "cycle_request"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    trigger: str = "manual"  # schedule | cli | telegram
+    force: bool = False
+    status: CycleRequestStatus = Field(default=CycleRequestStatus.queued, index=True)
+    requested_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
+    due_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
+    claimed_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
+    heartbeat_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
+    finished_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
+    worker: str = ""  # "<host>:<pid>" of the worker that claimed it
+    attempts: int = 0
+    cycle_id: Optional[int] = None
+    outcome: str = ""  # the cycle's status, or the error of a failed request
+    report: str = Field(default="", sa_column=Column(Text, nullable=False))
+    reported_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)  # sent to the owner
+
+
 class Lock(SQLModel, table=True):
     """A named cross-process lock: the row exists while someone holds it."""
 

@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import delete, func, or_
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -29,6 +29,8 @@ from storage.models import (
     BusinessMessage,
     Conversation,
     Cycle,
+    CycleRequest,
+    CycleRequestStatus,
     CycleStatus,
     Draft,
     Feedback,
@@ -435,6 +437,12 @@ def release_lock(*, session: Session, name: str, holder: str | None = None) -> N
     session.exec(delete(Lock).where(col(Lock.name) == name, col(Lock.holder) == (holder or lock_holder_id())))
 
 
+def release_lock_row(*, session: Session, name: str) -> None:
+    """Delete the named lock row whoever holds it (storage.locks, once the advisory lock is ours)."""
+    session.exec(delete(Lock).where(col(Lock.name) == name))
+    session.flush()
+
+
 def get_lock(*, session: Session, name: str) -> Lock | None:
     return session.get(Lock, name)
 
@@ -485,13 +493,126 @@ def last_finished_cycle(*, session: Session, owner_id: int) -> Cycle | None:
         .order_by(col(Cycle.id).desc())).first()
 
 
-def fail_running_cycles(*, session: Session, reason: str) -> list[int]:
-    """Mark every cycle still `running` as failed (call while holding the cycle lock: they are orphans)."""
-    cycles = list(session.exec(select(Cycle).where(Cycle.status == CycleStatus.running)).all())
+def fail_running_cycles(*, session: Session, reason: str, owner_id: int | None = None) -> list[int]:
+    """Mark every cycle still `running` as failed (call while holding the cycle lock: they are orphans).
+
+    With `owner_id`, only that owner's: a worker holds one owner's lock while other owners' cycles
+    run in other workers."""
+    query = select(Cycle).where(Cycle.status == CycleStatus.running)
+    if owner_id is not None:
+        query = query.where(Cycle.owner_id == owner_id)
+    cycles = list(session.exec(query).all())
     for cycle in cycles:
         cycle.status, cycle.reason, cycle.finished_at = CycleStatus.failed, reason, utcnow()
     session.flush()
     return [cycle.id for cycle in cycles]  # type: ignore[misc]
+
+
+# The training queue (`twin worker`) ------------------------------------------------------------
+
+def enqueue_cycle(*, session: Session, owner_id: int, trigger: str, force: bool = False,
+                  due_at: datetime | None = None) -> tuple[CycleRequest, bool]:
+    """Queue a cycle for the owner; returns (the request, whether it is new).
+
+    An owner has at most one queued request: a second one merges into it (forced if either was,
+    due at the earlier time), so a night that is enqueued twice still trains once."""
+    due = due_at or utcnow()
+    waiting = session.exec(select(CycleRequest).where(
+        CycleRequest.owner_id == owner_id, CycleRequest.status == CycleRequestStatus.queued)).first()
+    if waiting is not None:
+        waiting.force = waiting.force or force
+        if due < waiting.due_at:
+            waiting.due_at = due
+        session.flush()
+        return waiting, False
+    request = CycleRequest(owner_id=owner_id, trigger=trigger, force=force, due_at=due)
+    session.add(request)
+    session.flush()
+    return request, True
+
+
+def due_cycle_requests(*, session: Session, now: datetime | None = None, limit: int = 1) -> list[CycleRequest]:
+    """Queued requests that are due, oldest first, of owners with no request running (one cycle per
+    owner at a time: the owner's cycle lock would refuse the second anyway)."""
+    busy = select(CycleRequest.owner_id).where(CycleRequest.status == CycleRequestStatus.running)
+    return list(session.exec(select(CycleRequest).where(
+        CycleRequest.status == CycleRequestStatus.queued, col(CycleRequest.due_at) <= (now or utcnow()),
+        col(CycleRequest.owner_id).not_in(busy)).order_by(col(CycleRequest.due_at), col(CycleRequest.id))
+        .limit(limit)).all())
+
+
+def claim_cycle_request(*, session: Session, request_id: int, worker: str) -> bool:
+    """Take a queued request for `worker`; False when another worker took it first.
+
+    A conditional UPDATE: of two workers racing for the same row, the database lets one change
+    it (PostgreSQL re-checks the condition after the other's commit, SQLite has one writer)."""
+    now = utcnow()
+    result = session.execute(update(CycleRequest).where(
+        col(CycleRequest.id) == request_id, col(CycleRequest.status) == CycleRequestStatus.queued).values(
+        status=CycleRequestStatus.running, worker=worker, claimed_at=now, heartbeat_at=now,
+        attempts=CycleRequest.attempts + 1))
+    return result.rowcount == 1
+
+
+def heartbeat_cycle_requests(*, session: Session, request_ids: Sequence[int], worker: str) -> None:
+    if request_ids:
+        session.execute(update(CycleRequest).where(
+            col(CycleRequest.id).in_(list(request_ids)), col(CycleRequest.worker) == worker,
+            col(CycleRequest.status) == CycleRequestStatus.running).values(heartbeat_at=utcnow()))
+
+
+def finish_cycle_request(*, session: Session, request_id: int, status: CycleRequestStatus, outcome: str,
+                         cycle_id: int | None = None, report: str = "") -> CycleRequest:
+    request = session.get(CycleRequest, request_id)
+    if request is None:
+        raise StorageError(f"cycle request {request_id} not found")
+    request.status, request.outcome, request.finished_at = status, outcome, utcnow()
+    request.cycle_id, request.report = cycle_id, report
+    session.flush()
+    return request
+
+
+def requeue_cycle_request(*, session: Session, request_id: int, due_at: datetime, note: str = "") -> None:
+    """Put a claimed request back in the queue (its owner's lock was busy, or its worker died)."""
+    request = session.get(CycleRequest, request_id)
+    if request is None or request.status != CycleRequestStatus.running:
+        return
+    waiting = session.exec(select(CycleRequest).where(
+        CycleRequest.owner_id == request.owner_id, CycleRequest.status == CycleRequestStatus.queued)).first()
+    if waiting is not None:  # enqueued again meanwhile: that one stands for both
+        waiting.force = waiting.force or request.force
+        request.status, request.outcome, request.finished_at = CycleRequestStatus.done, note or "merged", utcnow()
+    else:
+        request.status, request.due_at, request.outcome = CycleRequestStatus.queued, due_at, note
+        request.worker, request.claimed_at, request.heartbeat_at = "", None, None
+    session.flush()
+
+
+def running_cycle_requests(*, session: Session) -> list[CycleRequest]:
+    return list(session.exec(select(CycleRequest).where(
+        CycleRequest.status == CycleRequestStatus.running).order_by(col(CycleRequest.id))).all())
+
+
+def list_cycle_requests(*, session: Session, owner_id: int | None = None) -> list[CycleRequest]:
+    query = select(CycleRequest).order_by(col(CycleRequest.id))
+    if owner_id is not None:
+        query = query.where(CycleRequest.owner_id == owner_id)
+    return list(session.exec(query).all())
+
+
+def unreported_cycle_requests(*, session: Session) -> list[tuple[CycleRequest, int]]:
+    """Finished requests whose report has not reached the owner yet, with the owner's Telegram id."""
+    rows = session.exec(select(CycleRequest, Owner.telegram_id).join(Owner, col(Owner.id) == CycleRequest.owner_id)
+                        .where(col(CycleRequest.status).in_([CycleRequestStatus.done, CycleRequestStatus.failed]),
+                               col(CycleRequest.reported_at).is_(None), CycleRequest.report != "")
+                        .order_by(col(CycleRequest.id))).all()
+    return [(request, telegram_id) for request, telegram_id in rows]
+
+
+def mark_cycle_request_reported(*, session: Session, request_id: int) -> None:
+    request = session.get(CycleRequest, request_id)
+    if request is not None:
+        request.reported_at = utcnow()
 
 
 # Status and forgetting --------------------------------------------------------------------------
@@ -543,7 +664,7 @@ def forget_owner(*, session: Session, owner_id: int) -> None:
         draft.regenerated_from = None
     session.flush()
     session.exec(delete(Adapter).where(col(Adapter.owner_id) == owner_id))
-    for model in (Draft, Message, Conversation, WritingSample, Cycle):
+    for model in (Draft, Message, Conversation, WritingSample, Cycle, CycleRequest):
         session.exec(delete(model).where(col(model.owner_id) == owner_id))
     session.exec(delete(Owner).where(col(Owner.id) == owner_id))
 

@@ -148,10 +148,22 @@ class TrainingSettings:
     # Recompute activations in the backward pass to save memory: auto = on a CPU for DPO and KTO
     # rows over 256 tokens (two sequences and a reference pass per example), off otherwise; or "on" / "off".
     gradient_checkpointing: str = "auto"
+    # How the child runs the training step (training.launch): "python" in the child itself, or
+    # "accelerate": `accelerate launch` with `accelerate_config` ("ddp", "fsdp", "deepspeed": the files
+    # shipped in training/accelerate/, or a path to a yaml file of your own) over `num_processes`
+    # processes (0 = as the file says). Datasets and evaluation stay in the child, on one process.
+    launcher: str = "python"
+    accelerate_config: str = "ddp"
+    num_processes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("sft", "dpo", "kto"):
             getattr(self, name).validate(name)
+        _check(self.launcher in ("python", "accelerate"), "training.launcher", self.launcher, "python or accelerate")
+        _check(self.num_processes >= 0, "training.num_processes", self.num_processes,
+               "0 (as the accelerate config says) or a positive integer")
+        _check(bool(self.accelerate_config), "training.accelerate_config", self.accelerate_config,
+               "ddp, fsdp, deepspeed or a path to an accelerate config yaml")
         _check(self.micro_batch_size >= 0, "training.micro_batch_size", self.micro_batch_size,
                "0 (auto) or a positive integer")
         _check(self.gradient_checkpointing in ("auto", "on", "off"), "training.gradient_checkpointing",
@@ -161,6 +173,14 @@ class TrainingSettings:
         _check(0 <= self.replay_fraction <= 10, "training.replay_fraction", self.replay_fraction, "0..10")
         _check(32 <= self.monologue_chunk_tokens <= 8192, "training.monologue_chunk_tokens",
                self.monologue_chunk_tokens, "32..8192")
+
+
+def training_settings_from_json(data: dict) -> TrainingSettings:
+    """TrainingSettings from `dataclasses.asdict` of one (a job file of the cycle's child)."""
+    values = dict(data)
+    for stage in ("sft", "dpo", "kto"):
+        values[stage] = StageSettings(**values[stage])
+    return TrainingSettings(**values)
 
 
 @dataclass

@@ -49,3 +49,7 @@ class IncompatibleReference(ValueError):
 
 class NothingToTrain(Exception):
     """No enabled stage has rows: there is nothing to learn from yet."""
+
+
+class LaunchFailed(RuntimeError):
+    """`accelerate launch` ended without a training result; the message says how."""

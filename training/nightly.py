@@ -30,8 +30,8 @@ from training.config import (
     GenerationSettings,
     LoraSettings,
     ModelSettings,
-    StageSettings,
     TrainingSettings,
+    training_settings_from_json,
 )
 from training.examples import feedback_from_json, replay_sample, writing_from_json
 from training.ladder import FULL_STRENGTH, Verdict, climb
@@ -46,13 +46,6 @@ DATASETS_DIR = "datasets"
 
 def settings_to_json(value: Any) -> dict[str, Any]:
     return dataclasses.asdict(value)
-
-
-def training_from_json(data: dict[str, Any]) -> TrainingSettings:
-    values = dict(data)
-    for stage in ("sft", "dpo", "kto"):
-        values[stage] = StageSettings(**values[stage])
-    return TrainingSettings(**values)
 
 
 def peak_rss_mb() -> float:
@@ -109,13 +102,14 @@ def _kto_rows(feedback: list[Any], writing: list[Any], training: TrainingSetting
 
 def run_job(job_path: Path) -> dict[str, Any]:
     """Everything the child does; returns the result that is written to result.json."""
-    from training.train import NothingToTrain, TrainJob, run_training
+    from training.launch import train as run_training  # in this process, or under `accelerate launch`
+    from training.train import NothingToTrain, TrainJob
 
     job = json.loads(job_path.read_text(encoding="utf-8"))
     folder = job_path.parent
     model = ModelSettings(**job["model"])
     lora = LoraSettings(**job["lora"])
-    training = training_from_json(job["training"])
+    training = training_settings_from_json(job["training"])
     evaluation = EvaluationSettings(**job["evaluation"])
     generation = GenerationSettings(**job["generation"])
     result: dict[str, Any] = {"stages": {}}
