@@ -22,7 +22,7 @@ from loop.config import Config
 from loop.drafting import FakeDrafter
 from loop.twin import Twin
 from storage.models import Draft, Feedback, Message
-from tests.fakebotapi import FakeBotApi
+from bench.fakebotapi import FakeBotApi
 
 OWNER_ID = 1001  # the `config` fixture's owner
 STRANGER_ID = 4242

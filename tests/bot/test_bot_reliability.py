@@ -14,7 +14,7 @@ from sqlmodel import Session
 from loop.drafting import FakeDrafter
 from loop.twin import Twin
 from storage.models import FeedbackKind, Message
-from tests.fakebotapi import NOT_MODIFIED
+from bench.fakebotapi import NOT_MODIFIED
 from tests.reliability.bot import until
 from tests.bot.test_bot_harness import OWNER_ID, GatedDrafter, running_harness
 

@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any
 
-from tests.fakebotapi.wire import ApiError, NOT_MODIFIED, QUERY_TOO_OLD, check_markup, visible_text, without_reply
+from bench.fakebotapi.wire import ApiError, NOT_MODIFIED, QUERY_TOO_OLD, check_markup, visible_text, without_reply
 
 
 class BotApiMethods:

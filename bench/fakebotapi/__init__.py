@@ -21,7 +21,7 @@ Dates are in seconds; callback queries carry `chat_instance`. Tests inject updat
 `wait_for(predicate)`. Everything runs on the test's event loop.
 """
 
-from tests.fakebotapi.server import FakeBotApi
-from tests.fakebotapi.wire import NOT_MODIFIED, QUERY_TOO_OLD, ApiError, Call, StoredFile
+from bench.fakebotapi.server import FakeBotApi
+from bench.fakebotapi.wire import NOT_MODIFIED, QUERY_TOO_OLD, ApiError, Call, StoredFile
 
 __all__ = ["NOT_MODIFIED", "QUERY_TOO_OLD", "ApiError", "Call", "FakeBotApi", "StoredFile"]

@@ -11,9 +11,9 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from tests.fakebotapi.business import BusinessMixin
-from tests.fakebotapi.methods import BotApiMethods
-from tests.fakebotapi.wire import (
+from bench.fakebotapi.business import BusinessMixin
+from bench.fakebotapi.methods import BotApiMethods
+from bench.fakebotapi.wire import (
     NOT_MODIFIED,
     ApiError,
     Call,
