@@ -36,11 +36,11 @@ class GatedDrafter(FakeDrafter):
         self.gate = threading.Event()
         self.started = threading.Event()
 
-    def draft(self, conversation: Any, *, adapter: Any, seed: int) -> Any:
+    def draft(self, conversation: Any, *, adapter: Any, seed: int, on_text: Any = None) -> Any:
         self.started.set()
         if not self.gate.wait(timeout=60):
             raise TimeoutError("the test never opened the gate")
-        return super().draft(conversation, adapter=adapter, seed=seed)
+        return super().draft(conversation, adapter=adapter, seed=seed, on_text=on_text)
 
 
 @dataclass
