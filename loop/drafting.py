@@ -116,7 +116,8 @@ class EngineDrafter:
         and read the system text into the prompt cache, where the backend keeps one (llama.cpp)."""
         spec = (adapter.key, adapter.path) if adapter is not None else None
         self.engine.prepare(spec, settings=self.generation)
-        read = self.engine.warm_prompt(self.prompt_opening(), spec, settings=self.generation)
+        warm = getattr(self.engine, "warm_prompt", None)  # an engine without a prompt cache has none
+        read = warm(self.prompt_opening(), spec, settings=self.generation) if warm is not None else 0
         if read:
             logger.info("read the %d tokens of the system text into the prompt cache", read)
 
@@ -142,17 +143,18 @@ class EngineDrafter:
 
         prompt = self.render(conversation)
         spec = (adapter.key, adapter.path) if adapter is not None else None
+        streaming = {"on_text": on_text} if on_text is not None else {}  # engines without streaming take none
         for attempt in range(self.generation.max_attempts):
             used_seed = seed + 1000 * attempt
             try:
                 output = self.engine.generate(prompt, settings=self.generation, seed=used_seed, adapter=spec,
-                                              on_text=on_text)
+                                              **streaming)
             except CorruptAdapter as error:
                 # The owner still gets a draft; it is recorded as the base model's (version 0).
                 logger.error("adapter v%s refused, drafting with the base model: %s", adapter.version, error)
                 adapter = spec = None
                 output = self.engine.generate(prompt, settings=self.generation, seed=used_seed, adapter=None,
-                                              on_text=on_text)
+                                              **streaming)
             if output.text.strip():
                 sampling = {**self.sampling(), "attempts": attempt + 1, "new_tokens": output.new_tokens,
                             "prefill_ms": output.prefill_ms, "backend": output.backend}
