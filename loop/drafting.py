@@ -56,13 +56,15 @@ class Drafter(Protocol):
 class FakeDrafter:
     """A drafter for tests of other layers: answers from a script and records what it was asked.
 
-    With `on_text` it streams the reply word by word, `word_delay_s` apart (`delay_s` is spent
-    before the first word), as a model decoding it would.
+    With `stream` and an `on_text` it hands the reply over word by word, `word_delay_s` apart
+    (`delay_s` is spent before the first word), as a model decoding it would. Off by default: the
+    tests of other things keep the bot's calls they had (a streamed draft costs extra requests).
     """
 
     replies: list[str] = field(default_factory=list)
     delay_s: float = 0.0
     word_delay_s: float = 0.0
+    stream: bool = False
     calls: list[tuple[Conversation, AdapterRef | None, int]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -74,7 +76,7 @@ class FakeDrafter:
         with self._lock:
             self.calls.append((conversation, adapter, seed))
             text = self.replies.pop(0) if self.replies else f"draft {seed}: {conversation.incoming[:200]}"
-        if on_text is not None:
+        if on_text is not None and self.stream:
             words = text.split(" ")
             for count in range(1, len(words) + 1):
                 if count > 1 and self.word_delay_s:

@@ -23,7 +23,7 @@ async def harness(config, engine):
 
 
 def streaming_drafter(*replies: str) -> FakeDrafter:
-    return FakeDrafter(replies=list(replies), word_delay_s=0.03)
+    return FakeDrafter(replies=list(replies), word_delay_s=0.03, stream=True)
 
 
 def draft_texts(harness: Any, chat_id: int = OWNER_ID) -> list[str]:

@@ -128,6 +128,7 @@ def test_terminal_chat_prints_the_draft_as_it_is_written_and_stores_the_final_te
     import io
 
     twin.drafter.replies = ["see you [at] nine then"]
+    twin.drafter.stream = True
     answers = iter(["dinner?", "s"])
 
     def ask(_prompt: str) -> str:
