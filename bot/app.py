@@ -46,6 +46,7 @@ from bot.polling import HandledFirstUpdater
 from bot.queue import DraftQueue
 from bot.services import CycleRunner, Services
 from bot.state import STATE_KEY, BotState, state, state_of
+from bot.streaming import Streamer
 from bot.telegram_io import answer_query, is_not_modified, with_retry
 from loop.config import TOKEN_ENV, Config
 from loop.errors import DatabaseBusy
@@ -100,7 +101,8 @@ def build_application(
     queue = DraftQueue(config.telegram.draft_queue_size,
                        error_callback=lambda update, error: application.process_error(update, error),
                        typing=lambda chat_id: application.bot.send_chat_action(chat_id, ChatAction.TYPING))
-    application.bot_data[STATE_KEY] = BotState(services=services, queue=queue, start_scheduler=run_scheduler)
+    application.bot_data[STATE_KEY] = BotState(services=services, queue=queue, start_scheduler=run_scheduler,
+                                               streamer=Streamer.from_settings(config.telegram))
     add_handlers(application)
     return application
 

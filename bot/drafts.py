@@ -9,6 +9,9 @@ Telegram has no idempotent send, so a draft is noted as "sending" (committed) be
 as shown after. A draft found "sending" at start may be in the chat already (killed after Telegram
 took it, before it was noted): it is not sent again, which could show it twice; the owner gets a
 line under their message instead, saying it may be above and to send the message again if not.
+
+While a draft is written its partial text may show in the chat (`bot.streaming`); the final
+message is sent, or the growing preview message edited into it, only once the draft is stored.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from functools import partial
 from typing import Any
 
 from telegram import Bot, ReplyParameters
-from telegram.error import BadRequest, Forbidden
+from telegram.error import BadRequest, Forbidden, TelegramError
 
 from bot import keyboards, texts
 from bot.queue import DraftJob, DraftQueue
 from bot.services import Services
-from bot.telegram_io import send_text
+from bot.streaming import DraftStream, delete_quietly
+from bot.telegram_io import edit_text, send_text
 from loop.errors import DatabaseBusy, DraftingError
 from loop.views import DraftView
 
@@ -37,40 +41,62 @@ RECOVERY_WINDOW = timedelta(hours=24)
 
 def draft_job(bot: Bot, services: Services, *, telegram_id: int, chat_id: int, message_id: int,
               reply_to: int | None, update: Any = None, draft: DraftView | None = None,
-              maybe_shown: bool = False) -> DraftJob[DraftView]:
+              maybe_shown: bool = False, stream: DraftStream | None = None) -> DraftJob[DraftView]:
     """The queue job that drafts a reply to the stored message `message_id` (or takes `draft`,
     written before a restart) and shows it in `chat_id` as a reply to Telegram message `reply_to`
-    (`maybe_shown`: its send was interrupted; the owner is told instead)."""
+    (`maybe_shown`: its send was interrupted; the owner is told instead). With `stream`, the draft's
+    partial text shows while it is written."""
     if draft is not None:
         work: Any = lambda: draft  # noqa: E731 - nothing to write, only to show
+        stream = None
     else:
         work = partial(services.twin.draft_for_message, telegram_id=telegram_id, message_id=message_id,
-                       chat_id=chat_id)
+                       chat_id=chat_id, on_text=stream.on_text if stream is not None else None)
     return DraftJob(chat_id=chat_id, work=work, update=update, owner=telegram_id,
-                    deliver=partial(deliver_maybe_shown if maybe_shown else deliver_draft, bot, services,
-                                    telegram_id, reply_to=reply_to),
-                    on_error=partial(drafting_failed, bot, chat_id))
+                    deliver=partial(deliver_maybe_shown, bot, services, telegram_id, reply_to=reply_to)
+                    if maybe_shown else partial(deliver_draft, bot, services, telegram_id, reply_to=reply_to,
+                                                stream=stream),
+                    on_error=partial(drafting_failed, bot, chat_id, stream=stream))
 
 
 async def deliver_draft(bot: Bot, services: Services, telegram_id: int, draft: DraftView, *,
-                        reply_to: int | None = None) -> None:
+                        reply_to: int | None = None, stream: DraftStream | None = None) -> None:
     """Show a stored draft with its buttons, then remember the message so replies to it count as edits.
 
     "sending" is committed first: a kill before the draft is noted as shown then does not send it
     twice (see the module's docstring). A send Telegram refused is noted as not sent (the next start
-    sends it); after a timeout or a cancel it may have arrived, so it stays "sending".
+    sends it); after a timeout or a cancel it may have arrived, so it stays "sending". A streamed
+    preview message ("edit") becomes the draft; if it cannot be edited, the draft is sent anew.
     """
     twin = services.twin
+    preview = await stream.finish() if stream is not None else None
     await asyncio.to_thread(twin.note_delivery, telegram_id=telegram_id, draft_id=draft.id, delivery="sending")
     try:
-        sent = await send_text(bot, draft.chat_id, draft.text,
-                               reply_markup=keyboards.draft_keyboard(draft.id, draft.text),
-                               reply_parameters=_reply(reply_to))
+        sent = await _into_preview(bot, preview, draft) if preview is not None else None
+        if sent is None:
+            sent = await send_text(bot, draft.chat_id, draft.text,
+                                   reply_markup=keyboards.draft_keyboard(draft.id, draft.text),
+                                   reply_parameters=_reply(reply_to))
     except (BadRequest, Forbidden):
         await asyncio.to_thread(twin.note_delivery, telegram_id=telegram_id, draft_id=draft.id, delivery=None)
         raise
     await asyncio.to_thread(twin.mark_shown, telegram_id=telegram_id, draft_id=draft.id,
                             chat_id=sent.chat_id, shown_message_id=sent.message_id)
+
+
+async def _into_preview(bot: Bot, preview: Any, draft: DraftView) -> Any:
+    """Edit the streamed preview into the final draft with its buttons; None (the preview taken
+    away where possible) when it cannot be: the caller sends the draft as a new message."""
+    if len(texts.split_message(draft.text)) == 1:
+        try:
+            await edit_text(bot, chat_id=preview.chat_id, message_id=preview.message_id, text=draft.text,
+                            reply_markup=keyboards.draft_keyboard(draft.id, draft.text))
+            return preview
+        except TelegramError as error:
+            logger.warning("could not turn the preview %s into the draft (%s); sending it anew",
+                           preview.message_id, error)
+    await delete_quietly(bot, preview)
+    return None
 
 
 async def deliver_maybe_shown(bot: Bot, services: Services, telegram_id: int, draft: DraftView, *,
@@ -85,9 +111,11 @@ def _reply(reply_to: int | None) -> ReplyParameters | None:
     return ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
 
 
-async def drafting_failed(bot: Bot, chat_id: int, error: BaseException) -> bool:
+async def drafting_failed(bot: Bot, chat_id: int, error: BaseException, *, stream: DraftStream | None = None) -> bool:
     """The model gave nothing usable, or the database stayed locked: say so; other errors go to the
-    error handler."""
+    error handler. A half-written preview is taken away first."""
+    if stream is not None:
+        await stream.abandon()
     if isinstance(error, DraftingError):
         await send_text(bot, chat_id, f"I couldn't write a draft for that ({error}). Please send it again.")
         return True

@@ -46,11 +46,13 @@ class Services:
 
     # Drafts and verdicts -----------------------------------------------------------------
     def decide(self, *, telegram_id: int, draft_id: int, kind: FeedbackKind | str, text: str | None = None,
-               reason: str | None = None) -> Decision:
-        """Store a verdict (committed on return; "regenerate" also writes the new draft)."""
+               reason: str | None = None, on_text: Callable[[str], None] | None = None) -> Decision:
+        """Store a verdict (committed on return; "regenerate" also writes the new draft, which
+        `on_text` follows as it is written)."""
+        streaming = {"on_text": on_text} if on_text is not None else {}
         try:
             return self.twin.record_verdict(telegram_id=telegram_id, draft_id=draft_id, kind=kind, text=text,
-                                            reason=reason)
+                                            reason=reason, **streaming)
         except DraftAlreadyDecided:
             raise self._decided(telegram_id, draft_id) from None
 

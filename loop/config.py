@@ -29,6 +29,9 @@ CONFIG_ENV = "TWIN_CONFIG"
 LOCAL_OWNER_ID = 0  # the owner of the terminal when no Telegram owner is configured
 
 
+STREAM_MODES = ("draft", "edit", "off")
+
+
 @dataclass
 class TelegramSettings:
     mode: str = "polling"  # polling | webhook
@@ -41,8 +44,16 @@ class TelegramSettings:
     draft_queue_size: int = 50  # drafts waiting per process; beyond it the owner is told "busy"
     allow_groups: bool = False
     business_quiet_s: float = 3.0  # a business chat is drafted once its contact has been quiet this long
+    # The draft shown while it is written: "draft" (sendMessageDraft, falling back to "edit" where
+    # refused), "edit" (one message edited as it grows) or "off" (the final message only).
+    stream: str = "draft"
+    stream_interval_s: float = 0.3  # at most one update of the partial text this often (edits: 1 s at least)
 
     def __post_init__(self) -> None:
+        if self.stream not in STREAM_MODES:
+            raise ConfigError("telegram.stream", self.stream, " | ".join(STREAM_MODES))
+        if not 0.05 <= self.stream_interval_s <= 60:
+            raise ConfigError("telegram.stream_interval_s", self.stream_interval_s, "0.05..60 seconds")
         if not 0 <= self.business_quiet_s <= 600:
             raise ConfigError("telegram.business_quiet_s", self.business_quiet_s, "0..600 seconds")
         if self.mode not in ("polling", "webhook"):

@@ -26,7 +26,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from training.errors import GgufWriteError
 
@@ -167,8 +167,29 @@ class LlamaGenerator:
         self.llama.n_tokens = shared  # eval() drops the cache beyond this point
         self.llama.eval(list(prompt_ids[shared:]))
 
-    def generate(self, prompt_ids: Sequence[int], *, settings: Any, seed: int, stop_ids: Sequence[int]) -> LlamaOutput:
-        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned)."""
+    def warm(self, prefix_ids: Sequence[int]) -> int:
+        """Read `prefix_ids` (the system text every prompt opens with) into the cache now, so the
+        first draft reads only its own part; returns how many tokens were evaluated.
+
+        The cache holds one sequence: a later prompt keeps what it shares with the one before, and
+        every prompt opens with the system text, so it stays read across chats from then on.
+        """
+        cached = self.llama.input_ids[:self.llama.n_tokens]
+        shared = 0
+        while shared < min(len(cached), len(prefix_ids)) and cached[shared] == prefix_ids[shared]:
+            shared += 1
+        if shared == len(prefix_ids):
+            return 0
+        self.llama.n_tokens = shared
+        self.llama.eval(list(prefix_ids[shared:]))
+        return len(prefix_ids) - shared
+
+    def generate(self, prompt_ids: Sequence[int], *, settings: Any, seed: int, stop_ids: Sequence[int],
+                 on_token: Callable[[list[int]], None] | None = None) -> LlamaOutput:
+        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned).
+
+        `on_token(ids so far)` is called after each sampled token (streaming); the caller keeps it cheap.
+        """
         import llama_cpp
 
         needed = len(prompt_ids) + settings.max_new_tokens
@@ -195,6 +216,8 @@ class LlamaGenerator:
                 if token in stops:
                     break
                 new_ids.append(token)
+                if on_token is not None:
+                    on_token(list(new_ids))
                 if len(new_ids) < settings.max_new_tokens:
                     self.llama.eval([token])
         finally:

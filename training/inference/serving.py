@@ -30,7 +30,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from training.errors import ServingError
 
@@ -260,21 +260,34 @@ class ServingCache:
         # "default" keeps the converted weight type; "auto" would silently pick int8 or bf16 on CPUs that have them.
         return ctranslate2.Generator(str(target), device="cpu", compute_type="default", intra_threads=self.threads)
 
+    def warm(self, prefix_ids: Sequence[int], *, adapter_folder: str | Path | None, backend: str) -> int:
+        """Read the prompts' common opening into llama.cpp's cache (no-op elsewhere); tokens evaluated."""
+        generator = self.generator(adapter_folder, backend)
+        return generator.warm(prefix_ids) if backend == "llamacpp" else 0
+
     def generate(self, prompt_ids: Sequence[int], *, adapter_folder: str | Path | None, backend: str,
-                 settings: Any, seed: int, stop_ids: Sequence[int]) -> ServingOutput:
-        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned)."""
+                 settings: Any, seed: int, stop_ids: Sequence[int],
+                 on_token: Callable[[list[int]], None] | None = None) -> ServingOutput:
+        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned).
+        `on_token(ids so far)` follows the decoding token by token (streamed drafts)."""
         generator = self.generator(adapter_folder, backend)
         if backend == "llamacpp":
-            output = generator.generate(prompt_ids, settings=settings, seed=seed, stop_ids=stop_ids)
+            output = generator.generate(prompt_ids, settings=settings, seed=seed, stop_ids=stop_ids,
+                                        on_token=on_token)
             return ServingOutput(new_ids=output.new_ids, prefill_ms=output.prefill_ms)
         import ctranslate2
 
         started = time.perf_counter()
         first_step: list[float] = []
+        streamed: list[int] = []
+        stops = set(stop_ids)
 
         def on_step(step: Any) -> bool:
             if not first_step:
                 first_step.append(time.perf_counter())
+            if on_token is not None and step.token_id not in stops:
+                streamed.append(step.token_id)
+                on_token(list(streamed))
             return False
 
         # CTranslate2 seeds a sampler per worker thread when the thread first samples: the seed
