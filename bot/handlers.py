@@ -92,7 +92,7 @@ async def queue_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, text: 
                     message.message_id, message.chat_id)
         return
     job = draft_job(context.bot, st.services, telegram_id=user.id, chat_id=message.chat_id,
-                    message_id=stored.message_id, reply_to=message.message_id, update=update)
+                    message_id=stored.message_id, reply_to=message.message_id, update=update, queue=st.queue)
     try:
         st.queue.submit(job)
     except QueueFull:  # not expected after the check above; the stored message is queued at the next start

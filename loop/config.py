@@ -258,4 +258,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     config.data_dir = (base / config.data_dir).resolve()
     if config.model.base not in ("embedded",) and (base / config.model.base).exists():
         config.model.base = str((base / config.model.base).resolve())
+    generation = config.generation
+    if generation.server_models_config:
+        generation.server_models_config = str((base / generation.server_models_config).resolve())
+    if generation.server_kind == "llama_cpp" and generation.server_base_model \
+            and (base / generation.server_base_model).exists():
+        generation.server_base_model = str((base / generation.server_base_model).resolve())
     return config

@@ -17,6 +17,7 @@ __all__ = [
     "DraftAlreadyDecided",
     "DraftNotFound",
     "DraftingError",
+    "DraftingUnavailable",
     "FeedbackTextRequired",
     "NotAnOwner",
     "StorageError",
@@ -29,3 +30,8 @@ class NotAnOwner(Exception):
 
 class DraftingError(Exception):
     """No usable draft could be produced (every attempt came back empty)."""
+
+
+class DraftingUnavailable(DraftingError):
+    """The drafting server (generation.backend = "openai") is down, refused, or does not serve the
+    owner's adapter yet: the incoming message is kept and drafted again when the server is back."""

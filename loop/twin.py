@@ -122,7 +122,8 @@ class Twin:
         adapter = repo.active_adapter(session=session, owner_id=owner_db_id)
         if adapter is None:
             return None
-        return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=adapter.path)
+        return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=adapter.path,
+                          owner_id=owner_db_id, checksum=adapter.checksum or "")
 
     def warm_up(self) -> None:
         """Ready every configured owner's active adapter for drafting (conversions take seconds).
