@@ -135,7 +135,7 @@ class ServedAdapters:
         from training.inference.openai_server import ServerUnavailable, owner_of_name
 
         name = self.name_for(adapter)
-        if name in self.client.models():
+        if name in self.client.models() or name in self.client.models(refresh=True):  # a restart may have added it
             return name
         if self.client.loads_at_run_time:
             from training.artifacts import verify_adapter
