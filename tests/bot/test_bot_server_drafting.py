@@ -27,7 +27,7 @@ async def test_a_draft_the_server_could_not_write_is_retried_and_shown_when_the_
     config.owners = [OWNER_ID]
     config.model = tiny_model_settings(tiny_model_dir)
     config.generation = replace(config.generation, backend="openai", server_kind="llama_cpp",
-                                server_url=f"http://127.0.0.1:{free_port()}", server_timeout_s=120,
+                                server_url=f"http://127.0.0.1:{free_port()}", server_timeout_s=600,
                                 server_base_model=str(embedded_gguf_path()), max_new_tokens=8)
     [adapter] = build_random_gguf_adapters(embedded_gguf_path(), tmp_path / "adapters", 1, seed=31)
     promote(engine, OWNER_ID, 1, adapter)

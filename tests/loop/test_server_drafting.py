@@ -47,10 +47,11 @@ def owner_adapters(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture
 def server_config(config: Config, tiny_model_dir: Path) -> Config:
     # The tiny model's folder holds the SmolLM2 tokenizer (the renderer's); the server runs the real GGUF.
+    # A generous timeout: on a starved CI machine a server's switch to another alias can take minutes.
     config.owners = [OWNER_A, OWNER_B]
     config.model = tiny_model_settings(tiny_model_dir)
     config.generation = replace(config.generation, backend="openai", server_kind="llama_cpp",
-                                server_url=f"http://127.0.0.1:{free_port()}", server_timeout_s=120,
+                                server_url=f"http://127.0.0.1:{free_port()}", server_timeout_s=600,
                                 server_base_model=str(embedded_gguf_path()), max_new_tokens=8)
     return config
 
