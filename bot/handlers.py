@@ -94,7 +94,8 @@ async def queue_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, text: 
     stream = st.streamer.open(context.bot, message.chat_id, reply_to=message.message_id,
                               private=message.chat.type == "private")
     job = draft_job(context.bot, st.services, telegram_id=user.id, chat_id=message.chat_id,
-                    message_id=stored.message_id, reply_to=message.message_id, update=update, stream=stream)
+                    message_id=stored.message_id, reply_to=message.message_id, update=update, stream=stream,
+                    queue=st.queue)
     try:
         st.queue.submit(job)
     except QueueFull:  # not expected after the check above; the stored message is queued at the next start

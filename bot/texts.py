@@ -99,6 +99,11 @@ DATABASE_BUSY = ("The database is busy (another twin command such as `twin forge
                  "so this waits; I'll take it as soon as it is free. Nothing is lost.")
 DRAFT_DATABASE_BUSY = ("The database stayed busy while I wrote the draft for this (another twin command "
                        "holds it). Your message is stored; I'll draft it at my next start, or send it again.")
+# generation.backend = "openai": the drafting server is down or refused (loop.errors.DraftingUnavailable).
+DRAFT_SERVER_RETRYING = ("The drafting server isn't answering right now. Your message is kept; I'll draft it "
+                         "as soon as the server is back.")
+DRAFT_SERVER_UNAVAILABLE = ("The drafting server isn't answering right now. Your message is kept; I'll draft "
+                            "it at my next start, or send it again later.")
 # After a restart: the draft for this message was being sent when the bot stopped; resending it
 # could show it twice, so the owner is told instead.
 DRAFT_MAYBE_SHOWN = ("I was showing you my draft for this message when I was restarted, so it may be above "

@@ -84,4 +84,7 @@ def rollback(config: Config, engine: Engine, *, telegram_id: int, version: int |
         except CorruptAdapter as error:
             raise RollbackError(f"adapter v{version} cannot be used: {error}") from None
     logger.info("owner %s rolled back to v%s", telegram_id, version)
+    from loop.server_drafting import sync_served_adapters
+
+    sync_served_adapters(config, engine)  # a shared drafting server follows (generation.backend = "openai")
     return version

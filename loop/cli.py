@@ -240,6 +240,10 @@ def _make_twin(config: Config):
     from loop.twin import Twin
 
     engine = open_engine(config)
+    if config.generation.backend == "openai":  # drafts come from a shared server; only the tokenizer is loaded
+        from loop.server_drafting import ServerDrafter
+
+        return Twin(config, engine, ServerDrafter.from_config(config))
     with err_console.status("loading the model…"):
         drafter = EngineDrafter.from_config(config)
     return Twin(config, engine, drafter)
@@ -398,6 +402,33 @@ def rollback(
     except (AdapterNotFound, ValueError) as error:
         fail(str(error))
     console.print(f"active adapter: v{active}" if active else "active: the base model (v0)")
+
+
+@app.command("register-adapters")
+def register_adapters() -> None:
+    """Have the drafting server (generation.backend = "openai") serve every owner's active adapter
+    and no retired one: vLLM loads and unloads them now; for llama.cpp's server the models file is
+    written, and the server serves it after a restart."""
+    from loop.server_drafting import ServedAdapters, active_adapter_refs, make_client
+    from training.inference.openai_server import ServerError
+
+    config = get_config()
+    if config.generation.backend != "openai":
+        fail('drafts are made here, not by a server: set generation.backend = "openai" and generation.server_url')
+    client = make_client(config)
+    try:
+        report = ServedAdapters(config, client).sync(active_adapter_refs(open_engine(config)))
+    except ServerError as error:
+        fail(str(error))
+    finally:
+        client.close()
+    console.print(f"{len(report.served)} active adapters: {', '.join(report.served) or 'none'}")
+    console.print(f"loaded: {', '.join(report.loaded) or 'none'}; unloaded: {', '.join(report.unloaded) or 'none'}")
+    if report.models_file is not None:
+        console.print(f"models file: {report.models_file}")
+        if report.restart_needed:
+            console.print("(re)start the server to apply it: python -m llama_cpp.server --config_file "
+                          f"{report.models_file}")
 
 
 def entry() -> None:  # pragma: no cover - console script shim

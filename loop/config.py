@@ -311,4 +311,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         config.model.base = str((base / config.model.base).resolve())
     if (base / config.training.accelerate_config).is_file():  # a yaml of the owner's, next to the config
         config.training.accelerate_config = str((base / config.training.accelerate_config).resolve())
+    generation = config.generation
+    if generation.server_models_config:
+        generation.server_models_config = str((base / generation.server_models_config).resolve())
+    if generation.server_kind == "llama_cpp" and generation.server_base_model \
+            and (base / generation.server_base_model).exists():
+        generation.server_base_model = str((base / generation.server_base_model).resolve())
     return config

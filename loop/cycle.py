@@ -373,6 +373,10 @@ def _judge(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, c
         cycle = repo.finish_cycle(session=session, cycle_id=cycle_id, status=status, reason=reason,
                                   candidate_version=version, counts=counts, metrics=metrics, durations=durations)
     logger.info("cycle %s: %s v%s (%s)", cycle_id, status.value, version, reason)
+    if promote:  # a shared drafting server serves the new version and drops the retired one
+        from loop.server_drafting import sync_served_adapters
+
+        sync_served_adapters(config, engine)
     chart: Path | None = None
     try:
         chart = history_chart(config, engine, telegram_id=telegram_id, path=folder / "history.png")

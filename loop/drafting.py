@@ -27,11 +27,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """Which adapter a draft uses: `key` names it uniquely across owners (e.g. "42-v3")."""
+    """Which adapter a draft uses: `key` names it uniquely across owners (e.g. "42-v3"). `owner_id`
+    and `checksum` name it on a drafting server (loop.server_drafting); 0 and "" when unknown."""
 
     key: str
     version: int
     path: str
+    owner_id: int = 0
+    checksum: str = ""
 
 
 @dataclass

@@ -24,6 +24,7 @@ __all__ = [
     "DraftAlreadyDecided",
     "DraftNotFound",
     "DraftingError",
+    "DraftingUnavailable",
     "FeedbackTextRequired",
     "ImportFormatError",
     "ImporterError",
@@ -42,6 +43,11 @@ class NotAnOwner(Exception):
 
 class DraftingError(Exception):
     """No usable draft could be produced (every attempt came back empty)."""
+
+
+class DraftingUnavailable(DraftingError):
+    """The drafting server (generation.backend = "openai") is down, refused, or does not serve the
+    owner's adapter yet: the incoming message is kept and drafted again when the server is back."""
 
 
 class RollbackError(ValueError):

@@ -126,7 +126,8 @@ class Twin:
             return None
         # An adapter in an S3 store is downloaded on this machine's first draft with it.
         path = str(adapter_storage.local_path(self.config, adapter.path))
-        return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=path)
+        return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=path,
+                          owner_id=owner_db_id, checksum=adapter.checksum or "")
 
     def warm_up(self) -> None:
         """Ready every configured owner's active adapter for drafting (conversions take seconds).

@@ -358,6 +358,12 @@ def active_adapter(*, session: Session, owner_id: int) -> Adapter | None:
                                               Adapter.state == AdapterState.active)).first()
 
 
+def active_adapters(*, session: Session) -> list[Adapter]:
+    """Every owner's active adapter (a drafting server serves exactly these)."""
+    return list(session.exec(select(Adapter).where(Adapter.state == AdapterState.active)
+                             .order_by(col(Adapter.owner_id))).all())
+
+
 def active_version(*, session: Session, owner_id: int) -> int:
     adapter = active_adapter(session=session, owner_id=owner_id)
     return adapter.version if adapter else 0

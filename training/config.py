@@ -14,7 +14,10 @@ from training.prompt import DEFAULT_SYSTEM_PROMPT
 
 # The drafting backends `generation.backend` names (training.inference.serving runs them). Kept here, with the
 # settings that are checked against it: settings are the leaf of training and import none of its code.
-BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8")
+BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8", "openai")
+# The OpenAI-compatible servers `generation.backend = "openai"` drafts through (training.inference.openai_server
+# keeps what differs between them in one table).
+SERVER_KINDS = ("vllm", "llama_cpp")
 
 
 def _check(condition: bool, key: str, value: object, allowed: str) -> None:
@@ -58,7 +61,13 @@ class GenerationSettings:
     repetition_penalty: float = 1.15
     seed: int = 0  # base seed; "another draft" adds one
     max_attempts: int = 3  # a draft that comes back empty is retried with another seed
-    backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.inference.serving)
+    backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.inference.serving) | openai
+    # backend = "openai": drafts come from a multi-LoRA completions server (training.inference.openai_server).
+    server_url: str = ""  # e.g. "http://127.0.0.1:8000" (the /v1 prefix is added)
+    server_kind: str = "vllm"  # vllm | llama_cpp
+    server_base_model: str = ""  # vLLM: the served base model's name; llama_cpp: its GGUF file ("" = the twin's own)
+    server_timeout_s: float = 30.0
+    server_models_config: str = ""  # llama_cpp: the --config_file the twin writes ("" = data_dir/server/llama_cpp_models.json)
     # The owner's own words in every prompt, at training and drafting time alike (training.retrieval),
     # off at 0: replies to the most similar past messages (BM25), and the newest earlier replies in the
     # same conversation, each clipped to `retrieved_max_chars`.
@@ -78,6 +87,10 @@ class GenerationSettings:
         _check(1 <= self.repetition_penalty <= 3, "generation.repetition_penalty", self.repetition_penalty, "1..3")
         _check(self.max_attempts >= 1, "generation.max_attempts", self.max_attempts, "1 or more")
         _check(self.backend in BACKENDS, "generation.backend", self.backend, ", ".join(BACKENDS))
+        _check(self.server_kind in SERVER_KINDS, "generation.server_kind", self.server_kind, ", ".join(SERVER_KINDS))
+        _check(self.backend != "openai" or self.server_url.startswith(("http://", "https://")),
+               "generation.server_url", self.server_url, 'an http(s) URL when backend = "openai"')
+        _check(self.server_timeout_s > 0, "generation.server_timeout_s", self.server_timeout_s, "seconds above 0")
 
 
 @dataclass

@@ -61,6 +61,8 @@ def resolve_backend(requested: str, device: str, *, gguf_source: Path | None = N
     """
     from training.inference.llamacpp import llamacpp_installed
 
+    if requested == "openai":  # drafts come from a server; a local engine (evaluations, benchmarks) picks as "auto"
+        requested = "auto"
     if requested != "auto":
         return requested
     if str(device) != "cpu":
@@ -309,10 +311,12 @@ def prepare_for_drafting(model_settings: Any, backend: str, models_dir: Path,
     """Convert the base model (`twin init`), or base + adapter (a candidate about to be promoted),
     for drafting now, so the first draft does not wait for it.
 
-    Returns the converted folder, or None when drafting will use transformers.
+    Returns the converted folder, or None when drafting will use transformers or a server ("openai").
     """
     from training.model import load_tokenizer, resolve_base_model, select_device
 
+    if backend == "openai":  # the drafting server's files are written when adapters are registered
+        return None
     base_path = resolve_base_model(model_settings, Path(models_dir))
     cache = ServingCache.in_models_dir(base_path, Path(models_dir), tokenizer=load_tokenizer(base_path),
                                        threads=model_settings.threads)
