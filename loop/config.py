@@ -18,6 +18,7 @@ from training.config import (
     ConfigError,
     EvaluationSettings,
     GenerationSettings,
+    InsightSettings,
     LoraSettings,
     ModelSettings,
     StageSettings,
@@ -130,6 +131,7 @@ class Config:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    insight: InsightSettings = field(default_factory=InsightSettings)
 
     def __post_init__(self) -> None:
         for owner in self.owners:
