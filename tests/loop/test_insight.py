@@ -44,6 +44,8 @@ def active_version(engine) -> int:
 
 def test_a_promoted_cycle_reports_what_the_adapter_learnt(cycle_config, engine, tmp_path):
     import_writing(engine)
+    # Generous: a shared test machine is slow; what a budget that is too short does is tested below.
+    cycle_config.insight.cycle_budget_s = 900
     outcome = run_cycle(cycle_config, engine, telegram_id=OWNER)
     assert outcome.status == "promoted", outcome.report_text
     assert "What v1 changed, against the base model" in outcome.report_text
