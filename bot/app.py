@@ -125,6 +125,7 @@ def add_handlers(application: Application) -> None:
     # Charts and imports take seconds: they run beside the update loop (block=False), not in its way.
     application.add_handler(CommandHandler("stats", commands.stats, block=False))
     application.add_handler(CommandHandler("style", commands.style, block=False))
+    application.add_handler(CommandHandler("insight", commands.insight, block=False))
     application.add_handler(CallbackQueryHandler(handlers.on_draft_button, pattern=keyboards.FEEDBACK_PATTERN))
     application.add_handler(CallbackQueryHandler(commands.on_forget_button, pattern=keyboards.FORGET_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.on_unknown_button))

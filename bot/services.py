@@ -147,6 +147,19 @@ class Services:
             chart = None
         return text, chart
 
+    def insight(self, *, telegram_id: int, folder: Path, version: int | None = None,
+                against: int | None = None) -> tuple[str, list[Path]]:
+        """What a version learnt (loop.insight): a short text and the charts written into `folder`."""
+        from loop.errors import InsightUnavailable
+        from loop.insight import run_insight
+
+        try:
+            report = run_insight(self.config, self.engine, telegram_id=telegram_id, folder=folder, version=version,
+                                 against=against)
+        except InsightUnavailable as error:
+            raise ServiceError(str(error)) from None
+        return report.text, report.charts
+
     def forget(self, *, telegram_id: int) -> bool:
         from loop.forget import forget_owner
 

@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("import", "Import your writing from a file"),
     ("stats", "Accept rate and edit distance per version, with a chart"),
     ("style", "Your style profile"),
+    ("insight", "What your twin learnt from you, with charts"),
     ("train", "Start a training cycle now"),
     ("status", "Active version, last cycle, next run"),
     ("rollback", "Go back to the previous version"),
@@ -71,6 +72,7 @@ HELP_TEXT = (
     "Commands:\n" + "\n".join(f"/{name}: {about}" for name, about in COMMANDS)
 )
 
+INSIGHT_WORKING = "Looking into what your twin learnt (under a minute; drafts keep coming meanwhile)…"
 REFUSAL = "Sorry, this twin only answers its owner."
 PRIVATE_ONLY = "I work in private chats only."
 ONLY_TEXT = "I can only draft replies to text. Send a file to /import it."

@@ -218,6 +218,42 @@ def style(
 
 
 @app.command()
+def insight(
+    version: Annotated[Optional[int], typer.Argument(help="Adapter version to look into (default: the active one).")] = None,
+    against: Annotated[Optional[int], typer.Option("--against", help="Compare with this earlier version instead of the base model.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG charts (default: <data>/owners/<id>/insight/v<VERSION>).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every number as JSON instead of the summary.")] = False,
+    owner: OwnerOption = None,
+) -> None:
+    """What a version learnt from you: where it changed the model, the words it now favours, how its attention moved.
+
+    Pure measurement on your held-out replies (under a minute on the embedded model and a CPU); it never trains and
+    keeps the active version as it is.
+    """
+    from loop.errors import InsightUnavailable
+    from loop.insight import run_insight
+
+    config = get_config()
+    telegram_id = owner_of(config, owner)
+    engine = open_engine(config)
+    folder = out or config.owner_dir(telegram_id) / "insight" / (f"v{version}" if version else "active")
+    try:
+        with err_console.status("measuring what the adapter changed (under a minute)…"):
+            report = run_insight(config, engine, telegram_id=telegram_id, folder=folder, version=version,
+                                 against=against)
+    except InsightUnavailable as error:
+        fail(str(error))
+    if as_json:
+        print(json.dumps({**report.insight.to_json(), "charts": [str(p) for p in report.charts],
+                          "total_seconds": report.seconds}, indent=2, default=str))
+        return
+    print(report.text)  # plain: rich would wrap the long lines and paths
+    for chart in report.charts:
+        print(f"chart: {chart}")
+    err_console.print(f"[dim]measured in {report.seconds:.0f} s[/dim]")
+
+
+@app.command()
 def forget(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     owner: OwnerOption = None,

@@ -18,6 +18,7 @@ from training.config import (
     ConfigError,
     EvaluationSettings,
     GenerationSettings,
+    InsightSettings,
     LoraSettings,
     ModelSettings,
     StageSettings,
@@ -181,6 +182,7 @@ class Config:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     adapter_store: AdapterStoreSettings = field(default_factory=AdapterStoreSettings)
+    insight: InsightSettings = field(default_factory=InsightSettings)
 
     def __post_init__(self) -> None:
         for owner in self.owners:

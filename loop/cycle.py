@@ -323,7 +323,8 @@ def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int,
     job = {
         "model": settings_to_json(config.model), "lora": settings_to_json(config.lora),
         "training": settings_to_json(config.training), "evaluation": settings_to_json(config.evaluation),
-        "generation": settings_to_json(config.generation), "models_dir": str(config.models_dir.resolve()),
+        "generation": settings_to_json(config.generation), "insight": settings_to_json(config.insight),
+        "models_dir": str(config.models_dir.resolve()),
         "init_adapter": init_path, "active_adapter": active_path, "output_dir": str(output_dir.resolve()),
         "metadata": {"cycle_id": cycle_id, "owner": telegram_id, "version": version}, "progress": progress,
     }
@@ -355,6 +356,8 @@ def _judge(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, c
     promote, reasons = bool(verdict["promote"]), list(verdict["reasons"])
     metrics["gate"] = {**verdict, "rule": gate_rule_text(config.evaluation),
                        "tolerances": settings_to_json(config.evaluation)}
+    if result.get("insight"):  # measured by the child for a promoted candidate (loop.insight)
+        metrics["insight"] = result["insight"]
     status = CycleStatus.promoted if promote else CycleStatus.kept
     reason = reasons[0] if reasons else ""
     output_dir = Path(result["train"]["adapter_dir"])

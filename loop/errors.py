@@ -25,6 +25,7 @@ __all__ = [
     "DraftNotFound",
     "DraftingError",
     "DraftingUnavailable",
+    "InsightUnavailable",
     "FeedbackTextRequired",
     "ImportFormatError",
     "ImporterError",
@@ -118,3 +119,7 @@ class OwnerUnknownError(ImporterError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class InsightUnavailable(Exception):
+    """There is nothing to measure (no adapter, no held-out text); the message says what to do."""

@@ -231,4 +231,23 @@ class EvaluationSettings:
         _check(0 <= self.noise_z <= 5, "evaluation.noise_z", self.noise_z, "a number in [0, 5]")
 
 
+@dataclass
+class InsightSettings:
+    """What `twin insight` and the cycle report's insight section measure (training.insight)."""
+
+    cycle_budget_s: float = 60.0  # the cycle report carries the insight only if it is measured within this; 0 = never
+    max_items: int = 16  # held-out replies whose tokens are scored under both models
+    drafts: int = 6  # drafts per model for the style profile before/after
+    attention_items: int = 4  # held-out replies run with eager attention
+    top_words: int = 8  # words per list (rose, fell)
+    min_count: int = 2  # a word must occur this often to be listed
+    max_new_tokens: int = 40  # per insight draft; shorter than a real draft, it only feeds the style profile
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.cycle_budget_s <= 3600, "insight.cycle_budget_s", self.cycle_budget_s,
+               "0 (never in the report) .. 3600 seconds")
+        for key in ("max_items", "drafts", "attention_items", "top_words", "min_count", "max_new_tokens"):
+            _check(1 <= getattr(self, key) <= 1000, f"insight.{key}", getattr(self, key), "1..1000")
+
+
 Stage = Literal["sft", "dpo", "kto"]

@@ -53,3 +53,7 @@ class NothingToTrain(Exception):
 
 class LaunchFailed(RuntimeError):
     """`accelerate launch` ended without a training result; the message says how."""
+
+
+class OverBudget(Exception):
+    """The measurement passed its deadline; what was measured so far is dropped."""

@@ -153,6 +153,12 @@ def run_job(job_path: Path) -> dict[str, Any]:
         serving = _ready_for_drafting(model, generation, Path(job["models_dir"]), trained.adapter_dir)
         if serving is not None:
             result["stages"]["serving"] = serving
+        # What the promoted adapter learnt, for the report, if it fits insight.cycle_budget_s (issue 19).
+        from training.insight import insight_for_cycle
+
+        result["insight"] = insight_for_cycle(job, folder=folder, adapter_dir=trained.adapter_dir)
+        if "seconds" in result["insight"]:
+            result["stages"]["insight"] = {"seconds": result["insight"]["seconds"], "peak_rss_mb": peak_rss_mb()}
     return result
 
 
