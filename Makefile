@@ -8,8 +8,9 @@ BIN    := $(VENV)/bin
 # Users with a GPU: make TORCH_SPEC=torch (or keep the torch already in the venv).
 TORCH_SPEC ?= torch==2.13.0
 # llamacpp: the fast CPU drafting backend, compiled once (needs a C++ compiler and cmake; pip keeps the
-# wheel). Without a compiler: make EXTRAS=dev (drafts then use CTranslate2).
-EXTRAS ?= dev,llamacpp
+# wheel). Without a compiler: make EXTRAS=dev (drafts then use CTranslate2). server: llama-cpp-python's
+# OpenAI-compatible server, the shared drafting server of the tests (README, "Scale").
+EXTRAS ?= dev,llamacpp,server
 # Only the text model of llama.cpp: its multimodal library would double the build time.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 STAMP  := $(VENV)/.twin-installed

@@ -41,10 +41,12 @@ from telegram.ext import (
 
 from bot import business, commands, handlers, keyboards, texts
 from bot.drafts import requeue_unanswered
+from bot.errors import BotConfigError
 from bot.polling import HandledFirstUpdater
 from bot.queue import DraftQueue
 from bot.services import CycleRunner, Services
 from bot.state import STATE_KEY, BotState, state, state_of
+from bot.streaming import Streamer
 from bot.telegram_io import answer_query, is_not_modified, with_retry
 from loop.config import TOKEN_ENV, Config
 from loop.errors import DatabaseBusy
@@ -58,10 +60,6 @@ NOTIFY_TIMEOUT_S = 120.0
 # Business updates come only when asked for (Telegram keeps the last list given).
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.BUSINESS_CONNECTION, Update.BUSINESS_MESSAGE,
                    Update.EDITED_BUSINESS_MESSAGE, Update.DELETED_BUSINESS_MESSAGES]
-
-
-class BotConfigError(Exception):
-    """The bot cannot start with this configuration (no token, no owners)."""
 
 
 def build_application(
@@ -103,7 +101,8 @@ def build_application(
     queue = DraftQueue(config.telegram.draft_queue_size,
                        error_callback=lambda update, error: application.process_error(update, error),
                        typing=lambda chat_id: application.bot.send_chat_action(chat_id, ChatAction.TYPING))
-    application.bot_data[STATE_KEY] = BotState(services=services, queue=queue, start_scheduler=run_scheduler)
+    application.bot_data[STATE_KEY] = BotState(services=services, queue=queue, start_scheduler=run_scheduler,
+                                               streamer=Streamer.from_settings(config.telegram))
     add_handlers(application)
     return application
 
@@ -126,6 +125,7 @@ def add_handlers(application: Application) -> None:
     # Charts and imports take seconds: they run beside the update loop (block=False), not in its way.
     application.add_handler(CommandHandler("stats", commands.stats, block=False))
     application.add_handler(CommandHandler("style", commands.style, block=False))
+    application.add_handler(CommandHandler("insight", commands.insight, block=False))
     application.add_handler(CallbackQueryHandler(handlers.on_draft_button, pattern=keyboards.FEEDBACK_PATTERN))
     application.add_handler(CallbackQueryHandler(commands.on_forget_button, pattern=keyboards.FORGET_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.on_unknown_button))
@@ -225,6 +225,8 @@ async def _post_init(application: Application) -> None:
                          what="setMyCommands")
     except NetworkError:  # the menu is a convenience; the bot works without it
         logger.exception("could not register the bot's commands")
+    if not st.services.config.schedule.train_in_bot:
+        st.reports_task = asyncio.create_task(_send_worker_reports(application), name="twin-worker-reports")
     if st.start_scheduler and st.services.config.schedule.enabled:
         from loop.scheduler import start_scheduler
 
@@ -232,7 +234,27 @@ async def _post_init(application: Application) -> None:
                                                notify=make_notifier(application))
 
 
+async def _send_worker_reports(application: Application) -> None:
+    """schedule.train_in_bot = false: send the reports of cycles that workers finished, then mark
+    them sent; a report that could not be sent stays and is tried again on the next round."""
+    st = state_of(application)
+    while True:
+        try:
+            for request_id, telegram_id, text in await asyncio.to_thread(st.services.finished_reports):
+                await commands.send_report(application.bot, telegram_id, text)
+                await asyncio.to_thread(st.services.report_sent, request_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("could not send the reports of the training workers")
+        await asyncio.sleep(st.services.config.worker.report_poll_s)
+
+
 async def _post_stop(application: Application) -> None:
+    st = state_of(application)
+    if st.reports_task is not None:
+        st.reports_task.cancel()
+        st.reports_task = None
     business.stop(application)
     await state_of(application).queue.stop(drain_timeout=DRAIN_TIMEOUT_S)
 

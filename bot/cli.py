@@ -17,7 +17,11 @@ __all__ = ["app"]
 
 @app.command()
 def run(owner: OwnerOption = None) -> None:
-    """Run the twin: the Telegram bot if TWIN_TELEGRAM_TOKEN is set (else the terminal chat), with the nightly scheduler."""
+    """Run the twin: the Telegram bot if TWIN_TELEGRAM_TOKEN is set (else the terminal chat), with the nightly scheduler.
+
+    Drafts are written in this process, or with generation.backend = "openai" by a shared drafting
+    server at generation.server_url (API key from TWIN_SERVER_API_KEY; see `twin register-adapters`).
+    """
     config = get_config()
     telegram_id, twin = prepare_run(config, owner)
     if not config.telegram_token:

@@ -1,4 +1,4 @@
-"""Command handlers: /start /help /import (and the file it takes) /stats /style /train /status
+"""Command handlers: /start /help /import (and the file it takes) /stats /style /insight /train /status
 /rollback /forget /cancel, plus the answer to anything the twin cannot draft from.
 
 Slow work (imports, charts, training) runs in worker threads, an upload's parsing in a child
@@ -116,9 +116,38 @@ async def _text_and_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, wh
         shutil.rmtree(folder, ignore_errors=True)
 
 
+INSIGHT_USAGE = "Use /insight for the active version, /insight 3 for v3, or /insight 3 2 to compare v3 with v2."
+
+
+async def insight(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """What a version learnt: where it changed the model, the words it favours, how its attention moved."""
+    args, st, chat_id = context.args or [], state(context), update.effective_chat.id
+    if len(args) > 2 or not all(re.fullmatch(r"v?\d+", arg) for arg in args):
+        await update.effective_message.reply_text(INSIGHT_USAGE)
+        return
+    version, against = ([int(arg.lstrip("v")) for arg in args] + [None, None])[:2]
+    await update.effective_message.reply_text(texts.INSIGHT_WORKING)
+    folder = st.services.uploads_dir() / uuid.uuid4().hex
+    folder.mkdir(mode=0o700)
+    try:
+        text, charts = await asyncio.to_thread(st.services.insight, telegram_id=update.effective_user.id,
+                                               folder=folder, version=version, against=against)
+        await send_text(context.bot, chat_id, text)
+        for chart in charts:
+            await send_photo(context.bot, chat_id, chart)
+    except ServiceError as error:
+        await send_text(context.bot, chat_id, str(error))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 async def train(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Start a training cycle now; the report (and chart) follow when it is done."""
     st, user_id, chat_id = state(context), update.effective_user.id, update.effective_chat.id
+    if not st.services.config.schedule.train_in_bot:  # workers train (README, "Scale")
+        new = await asyncio.to_thread(st.services.queue_cycle, telegram_id=user_id)
+        await update.effective_message.reply_text(texts.TRAIN_QUEUED if new else texts.TRAIN_ALREADY_QUEUED)
+        return
     if st.training.is_set():
         await update.effective_message.reply_text(texts.TRAIN_RUNNING)
         return
@@ -160,12 +189,7 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     st = state(context)
 
     def read() -> str:
-        if st.scheduler is not None:  # the live job knows about runs moved or missed
-            from loop.scheduler import next_run_time
-
-            next_run = next_run_time(st.scheduler)
-        else:
-            next_run = st.services.next_run()
+        next_run = st.services.next_run(st.scheduler)
         return st.services.status(telegram_id=update.effective_user.id, next_run=next_run)
 
     await update.effective_message.reply_text(await asyncio.to_thread(read))

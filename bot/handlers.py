@@ -91,8 +91,11 @@ async def queue_draft(update: Update, context: ContextTypes.DEFAULT_TYPE, text: 
         logger.info("message %s in chat %s was taken before a restart; not drafted again",
                     message.message_id, message.chat_id)
         return
+    stream = st.streamer.open(context.bot, message.chat_id, reply_to=message.message_id,
+                              private=message.chat.type == "private")
     job = draft_job(context.bot, st.services, telegram_id=user.id, chat_id=message.chat_id,
-                    message_id=stored.message_id, reply_to=message.message_id, update=update)
+                    message_id=stored.message_id, reply_to=message.message_id, update=update, stream=stream,
+                    queue=st.queue)
     try:
         st.queue.submit(job)
     except QueueFull:  # not expected after the check above; the stored message is queued at the next start
@@ -294,16 +297,20 @@ async def _another(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id:
     if await _undecided_draft(update, context, draft_id) is None:
         return
     user_id, bot = update.effective_user.id, context.bot
+    stream = st.streamer.open(bot, query.message.chat_id, reply_to=query.message.message_id,
+                              private=query.message.chat.type == "private")
 
     async def deliver(decision: Decision) -> None:
         st.regenerating.discard(draft_id)
         await show_verdict(bot, decision.draft, decision.feedback)
         assert decision.new_draft is not None
         await deliver_draft(bot, st.services, user_id, decision.new_draft,
-                            reply_to=decision.draft.shown_message_id)
+                            reply_to=decision.draft.shown_message_id, stream=stream)
 
     async def failed(error: BaseException) -> bool:
         st.regenerating.discard(draft_id)
+        if stream is not None:
+            await stream.abandon()
         if isinstance(error, (DraftAlreadyDecided, DraftNotFound)):
             text = texts.already_decided(error.feedback.kind) if isinstance(error, DraftAlreadyDecided) else texts.UNKNOWN_DRAFT
             await send_text(bot, query.message.chat_id, text)
@@ -312,7 +319,7 @@ async def _another(update: Update, context: ContextTypes.DEFAULT_TYPE, draft_id:
 
     job = DraftJob(chat_id=query.message.chat_id, update=update, deliver=deliver, on_error=failed, owner=user_id,
                    work=partial(st.services.decide, telegram_id=user_id, draft_id=draft_id,
-                                kind=FeedbackKind.regenerate))
+                                kind=FeedbackKind.regenerate, on_text=stream.on_text if stream else None))
     await submit_another(st, query, draft_id, job)
 
 

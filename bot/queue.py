@@ -19,14 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
+from bot.errors import QueueFull
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TYPING_INTERVAL_S = 4.0  # Telegram shows "typing…" for about 5 s per chat action
-
-
-class QueueFull(Exception):
-    """Too many drafts of this owner are waiting; the job was not taken."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from sqlalchemy.engine import Engine
 
 from bot import texts
+from bot.errors import ServiceError, TrainingAlreadyRunning
 from loop.config import Config
 from loop.errors import DraftAlreadyDecided
 from loop.twin import Twin, Verdict
@@ -25,14 +26,6 @@ logger = logging.getLogger(__name__)
 
 # run_cycle(config, engine, *, telegram_id, force, trigger) -> CycleOutcome; the scheduler uses the same shape.
 CycleRunner = Callable[..., Any]
-
-
-class ServiceError(Exception):
-    """Something the owner asked for cannot be done; the message is the sentence to show."""
-
-
-class TrainingAlreadyRunning(ServiceError):
-    """A cycle holds the lock (in this process or another one)."""
 
 
 # A verdict as stored, with the draft it is about and, for "another", the new draft: what the twin returns.
@@ -53,11 +46,13 @@ class Services:
 
     # Drafts and verdicts -----------------------------------------------------------------
     def decide(self, *, telegram_id: int, draft_id: int, kind: FeedbackKind | str, text: str | None = None,
-               reason: str | None = None) -> Decision:
-        """Store a verdict (committed on return; "regenerate" also writes the new draft)."""
+               reason: str | None = None, on_text: Callable[[str], None] | None = None) -> Decision:
+        """Store a verdict (committed on return; "regenerate" also writes the new draft, which
+        `on_text` follows as it is written)."""
+        streaming = {"on_text": on_text} if on_text is not None else {}
         try:
             return self.twin.record_verdict(telegram_id=telegram_id, draft_id=draft_id, kind=kind, text=text,
-                                            reason=reason)
+                                            reason=reason, **streaming)
         except DraftAlreadyDecided:
             raise self._decided(telegram_id, draft_id) from None
 
@@ -107,6 +102,24 @@ class Services:
         except CycleAlreadyRunning as error:
             raise TrainingAlreadyRunning(f"A training cycle is already running ({error}); no second one was started.") from None
 
+    def queue_cycle(self, *, telegram_id: int) -> bool:
+        """Queue a forced cycle for `twin worker` (schedule.train_in_bot = false); False when one was
+        already waiting (the two are one request)."""
+        from loop.worker import enqueue
+
+        return enqueue(self.engine, telegram_id=telegram_id, trigger="telegram", force=True).new
+
+    def finished_reports(self) -> list[tuple[int, int, str]]:
+        """(request id, owner, report) of queued cycles that workers finished and nobody told yet."""
+        from loop.worker import take_reports
+
+        return take_reports(self.engine)
+
+    def report_sent(self, request_id: int) -> None:
+        from loop.worker import mark_reported
+
+        mark_reported(self.engine, request_id)
+
     def rollback(self, *, telegram_id: int, version: int | None = None) -> int:
         from loop.adapters import RollbackError, rollback
 
@@ -134,6 +147,19 @@ class Services:
             chart = None
         return text, chart
 
+    def insight(self, *, telegram_id: int, folder: Path, version: int | None = None,
+                against: int | None = None) -> tuple[str, list[Path]]:
+        """What a version learnt (loop.insight): a short text and the charts written into `folder`."""
+        from loop.errors import InsightUnavailable
+        from loop.insight import run_insight
+
+        try:
+            report = run_insight(self.config, self.engine, telegram_id=telegram_id, folder=folder, version=version,
+                                 against=against)
+        except InsightUnavailable as error:
+            raise ServiceError(str(error)) from None
+        return report.text, report.charts
+
     def forget(self, *, telegram_id: int) -> bool:
         from loop.forget import forget_owner
 
@@ -142,10 +168,13 @@ class Services:
     def status(self, *, telegram_id: int, next_run: datetime | None) -> str:
         return texts.status_text(self.twin.status(telegram_id), next_run)
 
-    def next_run(self, now: datetime | None = None) -> datetime | None:
-        """When the nightly cycle runs next, from the config (the scheduler uses the same trigger)."""
-        from loop.scheduler import upcoming_run
+    def next_run(self, scheduler: Any = None, now: datetime | None = None) -> datetime | None:
+        """When the nightly cycle runs next: the live job of a running `scheduler` (it knows about
+        runs moved or missed), else from the config (the scheduler uses the same trigger)."""
+        from loop.scheduler import next_run_time, upcoming_run
 
+        if scheduler is not None:
+            return next_run_time(scheduler)
         return upcoming_run(self.config, now)
 
     def uploads_dir(self) -> Path:

@@ -2,7 +2,7 @@
 
 Only what must not be lost lives in the database; what is here is process state: the worker
 queue, the event loop the scheduler thread hops onto, strangers already refused, "another"
-presses in flight, and whether this process runs a training cycle.
+presses in flight, whether this process runs a training cycle, and how drafts stream.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from telegram.ext import Application, ContextTypes
 
 from bot.queue import DraftQueue
 from bot.services import Services
+from bot.streaming import Streamer
 
 STATE_KEY = "twin"
 
@@ -26,11 +27,13 @@ class BotState:
     queue: DraftQueue
     loop: asyncio.AbstractEventLoop | None = None
     scheduler: Any = None  # the nightly APScheduler, when this process runs it
+    reports_task: Any = None  # schedule.train_in_bot = false: the task that sends the workers' reports
     start_scheduler: bool = False
     refused: set[int] = field(default_factory=set)  # strangers told once; nothing else of them is kept
     regenerating: set[int] = field(default_factory=set)  # drafts whose "another" is queued or running
     told_busy: set[int] = field(default_factory=set)  # update ids the owner was told met a busy database
     training: threading.Event = field(default_factory=threading.Event)  # a /train cycle runs in this process
+    streamer: Streamer = field(default_factory=Streamer)  # how drafts show while written (telegram.stream)
 
 
 def state_of(application: Application) -> BotState:

@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("import", "Import your writing from a file"),
     ("stats", "Accept rate and edit distance per version, with a chart"),
     ("style", "Your style profile"),
+    ("insight", "What your twin learnt from you, with charts"),
     ("train", "Start a training cycle now"),
     ("status", "Active version, last cycle, next run"),
     ("rollback", "Go back to the previous version"),
@@ -71,6 +72,7 @@ HELP_TEXT = (
     "Commands:\n" + "\n".join(f"/{name}: {about}" for name, about in COMMANDS)
 )
 
+INSIGHT_WORKING = "Looking into what your twin learnt (under a minute; drafts keep coming meanwhile)…"
 REFUSAL = "Sorry, this twin only answers its owner."
 PRIVATE_ONLY = "I work in private chats only."
 ONLY_TEXT = "I can only draft replies to text. Send a file to /import it."
@@ -92,11 +94,18 @@ UNKNOWN_DRAFT = "I don't know that draft. Nothing was changed."
 WRITING_ANOTHER = "Writing another draft…"
 ALREADY_WRITING = "I'm already writing another one."
 TRAIN_RUNNING = "A training cycle is already running; I'll tell you when it's done."
+TRAIN_QUEUED = "Training is queued: a worker will run it soon. I'll send the report when it's done."
+TRAIN_ALREADY_QUEUED = "Your training is already in the queue; I'll send the report when it's done."
 ERROR_SENTENCE = "Sorry, something went wrong on my side ({what}). It's logged; please try again."
 DATABASE_BUSY = ("The database is busy (another twin command such as `twin forget` or an import holds it), "
                  "so this waits; I'll take it as soon as it is free. Nothing is lost.")
 DRAFT_DATABASE_BUSY = ("The database stayed busy while I wrote the draft for this (another twin command "
                        "holds it). Your message is stored; I'll draft it at my next start, or send it again.")
+# generation.backend = "openai": the drafting server is down or refused (loop.errors.DraftingUnavailable).
+DRAFT_SERVER_RETRYING = ("The drafting server isn't answering right now. Your message is kept; I'll draft it "
+                         "as soon as the server is back.")
+DRAFT_SERVER_UNAVAILABLE = ("The drafting server isn't answering right now. Your message is kept; I'll draft "
+                            "it at my next start, or send it again later.")
 # After a restart: the draft for this message was being sent when the bot stopped; resending it
 # could show it twice, so the owner is told instead.
 DRAFT_MAYBE_SHOWN = ("I was showing you my draft for this message when I was restarted, so it may be above "

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+from loop.errors import NotBusinessDraft
 from loop.twin import Twin
 from storage import repo
 from storage.db import session_scope
@@ -35,10 +36,6 @@ from storage.models import (BusinessChat, BusinessDraft, Draft, Feedback, Feedba
 logger = logging.getLogger(__name__)
 
 SAMPLE_SOURCE = "telegram business"
-
-
-class NotBusinessDraft(Exception):
-    """The draft is not one of a business chat of this owner."""
 
 
 @dataclass(frozen=True)
@@ -157,15 +154,9 @@ class ChatsOverview:
     chats: list[ChatState] = field(default_factory=list)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:  # SQLite hands datetimes back naive (UTC)
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
-
-
 def _chat_ref(chat: BusinessChat) -> ChatRef:
     return ChatRef(id=chat.id, chat_id=chat.chat_id, contact=chat.contact_name or "your contact",  # type: ignore[arg-type]
-                   muted=chat.muted, last_contact_at=_aware(chat.last_contact_at))
+                   muted=chat.muted, last_contact_at=chat.last_contact_at)
 
 
 def _shown(draft: Draft) -> Shown | None:
@@ -558,7 +549,7 @@ class Business:
                     continue
                 for chat in repo.business_chats(session=session, owner_id=owner.id):  # type: ignore[union-attr, arg-type]
                     last = repo.latest_message(session=session, conversation_id=chat.conversation_id)
-                    if (last is None or last.role != "other" or (_aware(last.created_at) or since) < since
+                    if (last is None or last.role != "other" or last.created_at < since
                             or chat.muted or connection.paused):
                         continue
                     if not any(draft.message_id == last.id

@@ -1,11 +1,12 @@
-"""The training subprocess of a cycle, both sides: `run_child` starts and watches it from the
-cycle; `main` is the child, `python -m loop.child <cycle folder>/job.json`.
+"""The training subprocess of a cycle, supervised: `run_child` starts and watches it from the cycle;
+`main` is the process, `python -m loop.child <cycle folder>/job.json`.
 
-The child builds the datasets from the collected examples, trains (training.train), evaluates the
-candidate against the active adapter and the base model (training.evaluate), and writes
-`result.json` atomically. The parent (the bot or the CLI) never loads a model: if this process
-dies (killed, out of memory, a crash) the parent sees the exit status, the adapter folder was
-never renamed into place, and the active adapter is untouched.
+The job itself (datasets, training, evaluation, the gate's verdict) is training's:
+`training.nightly.run_job`. This module only supervises it: it spawns the process, lowers its CPU
+priority, asks the kernel to kill it with its parent, keeps the bot token out of its environment,
+watches it with heartbeats, writes `result.json` atomically and turns a death (killed, out of
+memory, a crash) into a reason. The parent (the bot or the CLI) never loads a model: if the child
+dies, the adapter folder was never renamed into place, and the active adapter is untouched.
 
 The job file is plain JSON (settings as dicts, examples as dicts) so it can be read by a person
 and re-run by hand: `python -m loop.child data/owners/<id>/cycles/<cycle>/job.json`.
@@ -13,12 +14,9 @@ and re-run by hand: `python -m loop.child data/owners/<id>/cycles/<cycle>/job.js
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,15 +26,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loop.config import TOKEN_ENV
-from loop.ladder import FULL_STRENGTH, Verdict, climb
-from training.config import (
-    EvaluationSettings,
-    GenerationSettings,
-    LoraSettings,
-    ModelSettings,
-    StageSettings,
-    TrainingSettings,
-)
+from loop.errors import ChildFailed
+from training.artifacts import atomic_file
+from training.nightly import EXAMPLES_FILE, peak_rss_mb, run_job, settings_to_json
+
+__all__ = ["EXAMPLES_FILE", "ChildFailed", "child_environment", "die_with_parent", "lower_priority", "main",
+           "peak_rss_mb", "run_child", "settings_to_json", "write_json_atomic"]
 
 logger = logging.getLogger("loop.child")  # not __name__: run with -m, that is "__main__"
 
@@ -44,51 +39,13 @@ HEARTBEAT_EVERY_S = 30.0
 POLL_S = 0.5
 LOG_TAIL_LINES = 6
 RESULT_FILE = "result.json"
-EXAMPLES_FILE = "examples.json"
-DATASETS_DIR = "datasets"
 PID_FILE = "child.pid"
 EXIT_NOTHING_TO_TRAIN = 3
 
 
-class ChildFailed(Exception):
-    """The child ended without a result; the message is the reason shown to the owner."""
-
-
-# Settings <-> JSON ------------------------------------------------------------------------------
-
-def settings_to_json(value: Any) -> dict[str, Any]:
-    return dataclasses.asdict(value)
-
-
-def training_from_json(data: dict[str, Any]) -> TrainingSettings:
-    values = dict(data)
-    for stage in ("sft", "dpo", "kto"):
-        values[stage] = StageSettings(**values[stage])
-    return TrainingSettings(**values)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(staging, path)
-
-
-def peak_rss_mb() -> float:
-    """The peak resident memory of this process so far, in MB.
-
-    On Linux this is VmHWM: `ru_maxrss` survives exec, so a child started by a parent holding a
-    model would report the parent's memory as its own (measured: 1.5 GB parent, 13 MB child,
-    ru_maxrss 1513 MB). Elsewhere ru_maxrss (macOS reports bytes).
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+    with atomic_file(path) as staging:
+        staging.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
 
 
 def lower_priority() -> dict[str, Any]:
@@ -129,192 +86,6 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # pragma: no cover - unusual libc
         logger.debug("prctl unavailable; the child may outlive a killed parent")
-
-
-# The work ------------------------------------------------------------------------------------
-
-def build_datasets(job: dict[str, Any], model: ModelSettings, training: TrainingSettings, folder: Path) -> dict[str, int]:
-    """Render the collected examples into trl rows with the one prompt renderer and write them."""
-    from loop.collect import feedback_from_json, writing_from_json
-    from training.datasets import build_dpo_rows, build_sft_rows, make_renderer, write_datasets
-    from training.model import load_tokenizer, resolve_base_model
-
-    examples = json.loads((folder / EXAMPLES_FILE).read_text(encoding="utf-8"))
-    feedback = [feedback_from_json(item) for item in examples["train_feedback"]]
-    writing = [writing_from_json(item) for item in examples["train_writing"]]
-    tokenizer = load_tokenizer(resolve_base_model(model, Path(job["models_dir"])))
-    render = make_renderer(tokenizer, model)
-    rows = {
-        "sft": build_sft_rows(feedback, writing, render=render, replay_fraction=training.replay_fraction,
-                              seed=training.seed, tokenizer=tokenizer, chunk_tokens=training.monologue_chunk_tokens,
-                              first_cycle_writing=training.first_cycle_writing),
-        "dpo": build_dpo_rows(feedback, render=render),
-        "kto": _kto_rows(feedback, writing, training, render) if feedback else [],
-    }
-    return write_datasets(rows, folder / DATASETS_DIR)
-
-
-def _kto_rows(feedback: list[Any], writing: list[Any], training: TrainingSettings, render: Any) -> list[dict[str, Any]]:
-    """KTO learns the verdicts DPO cannot use (accepts, rejects without a replacement), or all of
-    them when DPO is off; plus imported replies as desirable texts (docs/architecture.md), but only a
-    replay-sized sample: all of a large import in every cycle would drown the verdicts and cost hours."""
-    import random
-
-    from training.datasets import build_kto_rows
-
-    verdict_rows = build_kto_rows(feedback, [], render=render, paired=not training.dpo.enabled)
-    replies = [item for item in writing if item.kind == "reply" and item.conversation is not None]
-    size = min(len(replies), round(training.replay_fraction * len(verdict_rows)))
-    replay = random.Random(training.seed).sample(replies, size)
-    return build_kto_rows([], replay, render=render) + verdict_rows
-
-
-def run_job(job_path: Path) -> dict[str, Any]:
-    """Everything the child does; returns the result that is written to result.json."""
-    from training.train import NothingToTrain, TrainJob, run_training
-
-    job = json.loads(job_path.read_text(encoding="utf-8"))
-    folder = job_path.parent
-    model = ModelSettings(**job["model"])
-    lora = LoraSettings(**job["lora"])
-    training = training_from_json(job["training"])
-    evaluation = EvaluationSettings(**job["evaluation"])
-    generation = GenerationSettings(**job["generation"])
-    result: dict[str, Any] = {"stages": {}}
-
-    started = time.perf_counter()
-    result["datasets"] = build_datasets(job, model, training, folder)
-    result["stages"]["datasets"] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb()}
-    logger.info("datasets: %s", result["datasets"])
-
-    train_job = TrainJob(model=model, lora=lora, training=training, models_dir=Path(job["models_dir"]),
-                         datasets_dir=folder / DATASETS_DIR,
-                         init_adapter=Path(job["init_adapter"]) if job["init_adapter"] else None,
-                         output_dir=Path(job["output_dir"]), log_file=folder / "train.log",
-                         metadata=job.get("metadata", {}))
-    started = time.perf_counter()
-    try:
-        trained = run_training(train_job, progress=job.get("progress", False))
-    except NothingToTrain as error:
-        result["nothing_to_train"] = str(error)
-        return result
-    for stage, stats in trained.stages.items():
-        result["stages"][stage] = {"seconds": round(float(stats.get("seconds", 0.0)), 2),
-                                   "peak_rss_mb": stats.get("peak_rss_mb"), "steps": stats.get("steps"),
-                                   "train_loss": stats.get("train_loss"), "examples": stats.get("examples")}
-    result["train"] = {"adapter_dir": str(trained.adapter_dir), "checksum": trained.checksum,
-                       "skipped": trained.skipped, "seconds": round(time.perf_counter() - started, 2)}
-
-    examples = json.loads((folder / EXAMPLES_FILE).read_text(encoding="utf-8"))
-    active_dir = Path(job["active_adapter"]) if job["active_adapter"] else None
-    started = time.perf_counter()
-    metrics, verdict = _evaluate_and_judge(job, model, generation, evaluation, examples,
-                                           candidate_dir=trained.adapter_dir, active_dir=active_dir)
-    result["stages"]["evaluate"] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb(),
-                                    "strengths_tried": len(verdict.rungs)}
-    if verdict.strength < FULL_STRENGTH:
-        result["train"]["checksum"] = _put_milder_in_place(trained.adapter_dir, verdict.strength)
-    _remove_milder_versions(trained.adapter_dir)
-    result["metrics"] = metrics
-    result["gate"] = verdict.to_json()
-    if verdict.promote:
-        serving = _ready_for_drafting(model, generation, Path(job["models_dir"]), trained.adapter_dir)
-        if serving is not None:
-            result["stages"]["serving"] = serving
-    return result
-
-
-def _milder_dir(candidate_dir: Path, strength: float) -> Path:
-    # Named like a staging folder, so a killed child's leftovers go with the others (cycle._clean_leftovers).
-    return candidate_dir.parent / f".{candidate_dir.name}.tmp-strength-{round(strength * 100)}"
-
-
-def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: GenerationSettings,
-                        evaluation: EvaluationSettings, examples: dict[str, Any], *, candidate_dir: Path,
-                        active_dir: Path | None) -> tuple[dict[str, Any], Verdict]:
-    """Evaluate candidate, active and base on the held-out data, then climb the strength ladder
-    (loop.ladder) on the same loaded model; returns (metrics by name, the verdict)."""
-    from functools import partial
-
-    from loop.collect import feedback_from_json, writing_from_json
-    from training.inference.engine import Engine
-    from training.evaluate import evaluate
-    from training.strength import reference_fits, write_milder_adapter
-
-    models_dir = Path(job["models_dir"])
-    adapters: dict[str, Path | None] = {"candidate": candidate_dir}
-    if active_dir is not None:
-        adapters["active"] = active_dir
-    adapters["base"] = None
-    engine = Engine.load(model, models_dir, max_adapters=len(adapters) + 1)
-    run = partial(evaluate, model_settings=model, generation=generation, models_dir=models_dir,
-                  heldout_feedback=[feedback_from_json(item) for item in examples["heldout_feedback"]],
-                  heldout_writing=[writing_from_json(item) for item in examples["heldout_writing"]],
-                  owner_lines=examples["owner_lines"], other_lines=examples["other_lines"],
-                  eval_settings=evaluation, seed=generation.seed, engine=engine)
-    metrics = run(adapters=adapters)
-    if "active" not in metrics:  # the base model is the active one (version 0)
-        metrics["active"] = metrics.get("base", {})
-    # Towards the active adapter when the candidate continued from one of the same shape, else towards the base.
-    reference = active_dir if active_dir is not None and reference_fits(candidate_dir, active_dir) else None
-
-    def evaluate_at(strength: float) -> dict[str, Any]:
-        folder = write_milder_adapter(candidate_dir, reference, strength, _milder_dir(candidate_dir, strength))
-        name = f"strength-{round(strength * 100)}"
-        measured = run(adapters={name: folder})
-        engine.unload_adapter(f"eval-{name}")
-        return measured[name]
-
-    verdict = climb(candidate=metrics["candidate"], active=metrics["active"], settings=evaluation,
-                    strengths=evaluation.milder_strengths, evaluate_at=evaluate_at)
-    if verdict.strength < FULL_STRENGTH:
-        metrics["full_strength"] = metrics["candidate"]
-        metrics["candidate"] = verdict.metrics
-    return metrics, verdict
-
-
-def _put_milder_in_place(candidate_dir: Path, strength: float) -> str:
-    """Replace the candidate's folder by its version at `strength`; returns that version's checksum.
-
-    The full-strength folder steps aside under a staging name first, so a kill in between leaves
-    only staging folders, which the next cycle removes, and no adapter row points here yet.
-    """
-    from training.artifacts import read_manifest
-
-    milder = _milder_dir(candidate_dir, strength)
-    aside = candidate_dir.parent / f".{candidate_dir.name}.tmp-full-{os.getpid()}"
-    os.rename(candidate_dir, aside)
-    os.rename(milder, candidate_dir)
-    shutil.rmtree(aside, ignore_errors=True)
-    return str(read_manifest(candidate_dir)["checksum"])
-
-
-def _remove_milder_versions(candidate_dir: Path) -> None:
-    for folder in candidate_dir.parent.glob(f".{candidate_dir.name}.tmp-strength-*"):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _ready_for_drafting(model: ModelSettings, generation: GenerationSettings, models_dir: Path,
-                        adapter_dir: Path) -> dict[str, Any] | None:
-    """Convert a candidate the gate promotes for fast drafting (llama.cpp or CTranslate2), here
-    and now: otherwise the owner's first draft after the promotion waits for it (on SmolLM2, 2 cores,
-    about 5 s for llama.cpp, 10-13 s for CTranslate2). A milder version evaluated on a converted
-    backend already carries its copy.
-
-    A failure is logged, not raised: the drafter then converts on its first draft. None when
-    nothing was done.
-    """
-    from training.inference.serving import prepare_for_drafting
-
-    started = time.perf_counter()
-    try:
-        folder = prepare_for_drafting(model, generation.backend, models_dir, adapter_folder=adapter_dir)
-    except Exception as error:  # noqa: BLE001 - drafting converts on demand instead
-        logger.warning("converting the candidate for drafting failed (the first draft will do it): %s", error)
-        return None
-    if folder is None:  # drafting uses transformers: nothing to convert
-        return None
-    return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb()}
 
 
 # The parent's side -------------------------------------------------------------------------

@@ -218,6 +218,42 @@ def style(
 
 
 @app.command()
+def insight(
+    version: Annotated[Optional[int], typer.Argument(help="Adapter version to look into (default: the active one).")] = None,
+    against: Annotated[Optional[int], typer.Option("--against", help="Compare with this earlier version instead of the base model.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG charts (default: <data>/owners/<id>/insight/v<VERSION>).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every number as JSON instead of the summary.")] = False,
+    owner: OwnerOption = None,
+) -> None:
+    """What a version learnt from you: where it changed the model, the words it now favours, how its attention moved.
+
+    Pure measurement on your held-out replies (under a minute on the embedded model and a CPU); it never trains and
+    keeps the active version as it is.
+    """
+    from loop.errors import InsightUnavailable
+    from loop.insight import run_insight
+
+    config = get_config()
+    telegram_id = owner_of(config, owner)
+    engine = open_engine(config)
+    folder = out or config.owner_dir(telegram_id) / "insight" / (f"v{version}" if version else "active")
+    try:
+        with err_console.status("measuring what the adapter changed (under a minute)…"):
+            report = run_insight(config, engine, telegram_id=telegram_id, folder=folder, version=version,
+                                 against=against)
+    except InsightUnavailable as error:
+        fail(str(error))
+    if as_json:
+        print(json.dumps({**report.insight.to_json(), "charts": [str(p) for p in report.charts],
+                          "total_seconds": report.seconds}, indent=2, default=str))
+        return
+    print(report.text)  # plain: rich would wrap the long lines and paths
+    for chart in report.charts:
+        print(f"chart: {chart}")
+    err_console.print(f"[dim]measured in {report.seconds:.0f} s[/dim]")
+
+
+@app.command()
 def forget(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     owner: OwnerOption = None,
@@ -240,6 +276,10 @@ def _make_twin(config: Config):
     from loop.twin import Twin
 
     engine = open_engine(config)
+    if config.generation.backend == "openai":  # drafts come from a shared server; only the tokenizer is loaded
+        from loop.server_drafting import ServerDrafter
+
+        return Twin(config, engine, ServerDrafter.from_config(config))
     with err_console.status("loading the model…"):
         drafter = EngineDrafter.from_config(config)
     return Twin(config, engine, drafter)
@@ -315,13 +355,21 @@ def run_terminal(config: Config, twin, telegram_id: int) -> None:
 @app.command()
 def train(
     force: Annotated[bool, typer.Option(help="Train even if fewer than schedule.min_new_feedback items arrived.")] = False,
+    queue: Annotated[Optional[bool], typer.Option("--queue/--now", help="Queue the cycle for `twin worker` instead of running it here (default: --queue when schedule.train_in_bot = false, else --now).")] = None,
     owner: OwnerOption = None,
 ) -> None:
-    """Run one learning cycle now, in the foreground: train, evaluate, promote or keep."""
+    """Run one learning cycle now, in the foreground: train, evaluate, promote or keep (or queue it for a worker)."""
     from loop.cycle import CycleAlreadyRunning, run_cycle
 
     config = get_config()
     telegram_id = owner_of(config, owner)
+    if queue if queue is not None else not config.schedule.train_in_bot:
+        from loop.worker import enqueue
+
+        queued = enqueue(open_engine(config), telegram_id=telegram_id, trigger="cli", force=force)
+        console.print(f"queued as request #{queued.request_id}" if queued.new
+                      else f"already queued (request #{queued.request_id})")
+        return
     try:
         outcome = run_cycle(config, open_engine(config), telegram_id=telegram_id, force=force, trigger="cli", progress=True)
     except CycleAlreadyRunning as error:
@@ -331,6 +379,28 @@ def train(
         console.print(f"chart: {outcome.chart_path}")
     if outcome.status == "failed":
         raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-n", min=1, max=64, help="Cycles to run at once, one per owner, each in its own training process (default: worker.concurrency).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run what is due now, wait for it, then exit (instead of waiting for more).")] = False,
+) -> None:
+    """Train the queued cycles of every owner, on this machine or another one that reaches the database (README, "Scale")."""
+    from loop.worker import Worker
+
+    config = get_config()
+    runner = Worker(config, open_engine(config), concurrency=concurrency or config.worker.concurrency,
+                    poll_s=config.worker.poll_s)
+    err_console.print(f"worker {runner.id}: {runner.concurrency} cycle(s) at a time"
+                      + ("; until the queue is empty" if once else "; Ctrl-C stops"))
+    try:
+        summary = runner.run(once=once)
+    except KeyboardInterrupt:
+        runner.stop.set()
+        fail("stopped (a cycle cut short is marked failed by its owner's next cycle, its request queued again)", 130)
+    for item in summary.ran:
+        console.print(f"owner {item['owner']}: cycle #{item['cycle']} {item['status']} ({item['seconds']} s)")
 
 
 @app.command()
@@ -368,6 +438,33 @@ def rollback(
     except (AdapterNotFound, ValueError) as error:
         fail(str(error))
     console.print(f"active adapter: v{active}" if active else "active: the base model (v0)")
+
+
+@app.command("register-adapters")
+def register_adapters() -> None:
+    """Have the drafting server (generation.backend = "openai") serve every owner's active adapter
+    and no retired one: vLLM loads and unloads them now; for llama.cpp's server the models file is
+    written, and the server serves it after a restart."""
+    from loop.server_drafting import ServedAdapters, active_adapter_refs, make_client
+    from training.inference.openai_server import ServerError
+
+    config = get_config()
+    if config.generation.backend != "openai":
+        fail('drafts are made here, not by a server: set generation.backend = "openai" and generation.server_url')
+    client = make_client(config)
+    try:
+        report = ServedAdapters(config, client).sync(active_adapter_refs(open_engine(config)))
+    except ServerError as error:
+        fail(str(error))
+    finally:
+        client.close()
+    console.print(f"{len(report.served)} active adapters: {', '.join(report.served) or 'none'}")
+    console.print(f"loaded: {', '.join(report.loaded) or 'none'}; unloaded: {', '.join(report.unloaded) or 'none'}")
+    if report.models_file is not None:
+        console.print(f"models file: {report.models_file}")
+        if report.restart_needed:
+            console.print("(re)start the server to apply it: python -m llama_cpp.server --config_file "
+                          f"{report.models_file}")
 
 
 def entry() -> None:  # pragma: no cover - console script shim

@@ -1,9 +1,9 @@
-"""From database rows to training inputs: feedback and writing as `training.datasets` examples.
+"""From database rows to training inputs: feedback and writing as `training.examples` examples.
 
 The cycle reads rows through `storage.repo` and turns them into the frozen `FeedbackExample` /
-`WritingExample` of `training.datasets`, plus the owner's and other people's lines that the
+`WritingExample` of `training.examples`, plus the owner's and other people's lines that the
 attribution classifier learns from. Nothing here trains or renders prompts; everything is
-plain data that can be written to JSON for the training child.
+plain data that `training.examples` writes to JSON for the training child.
 """
 
 from __future__ import annotations
@@ -11,40 +11,30 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from datetime import datetime
+from typing import Sequence
 
 from sqlmodel import Session
 
 from storage import repo
 from storage.models import Draft, Feedback, FeedbackKind, WritingSample
-from training.datasets import FeedbackExample, WritingExample
-from training.prompt import Conversation, Turn
+from training.examples import FeedbackExample, WritingExample, kept_by_verdict
+from training.prompt import Conversation
 
 logger = logging.getLogger(__name__)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back naive; they were stored in UTC.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
-
-
-def kept_text(feedback: Feedback, draft: Draft) -> str | None:
-    """What the owner kept for a draft's message by this verdict (None: nothing kept)."""
-    if feedback.kind == FeedbackKind.accept:
-        return draft.text
-    if feedback.kind in (FeedbackKind.edit, FeedbackKind.reject):
-        return feedback.text or None
-    return None
+def kept_by_row(feedback: Feedback, draft: Draft) -> str | None:
+    """What the owner kept for a draft's message by this verdict (None: nothing kept): the rows
+    handed to `training.examples.kept_by_verdict`, the one rule."""
+    return kept_by_verdict(feedback.kind.value, draft.text, feedback.text)
 
 
 def kept_by_message(rows: Sequence[tuple[Feedback, Draft]]) -> dict[int, str]:
     """For each incoming message, the text the owner finally kept (the newest verdict that kept one)."""
     kept: dict[int, str] = {}
     for feedback, draft in sorted(rows, key=lambda pair: pair[0].id or 0):
-        text = kept_text(feedback, draft)
+        text = kept_by_row(feedback, draft)
         if text:
             kept[draft.message_id] = text
     return kept
@@ -73,7 +63,7 @@ def feedback_examples(rows: Sequence[tuple[Feedback, Draft]],
             draft=draft.text,
             text=feedback.text,
             later_kept=later,
-            created_at=_aware(feedback.created_at) or datetime.now(timezone.utc),
+            created_at=feedback.created_at,
             thread=conversation_thread(draft.conversation_id),
         ))
     return examples
@@ -97,7 +87,7 @@ def writing_examples(samples: Sequence[WritingSample], contacts: dict[int, str] 
         else:
             thread = f"{sample.source}|{sample.sender}" if conversation is not None and sample.sender else None
         examples.append(WritingExample(kind=kind, text=sample.text, conversation=conversation,
-                                       written_at=_aware(sample.written_at), thread=thread))
+                                       written_at=sample.written_at, thread=thread))
     return examples
 
 
@@ -120,7 +110,7 @@ def attribution_lines(samples: Sequence[WritingSample],
             if text:
                 (owner if turn.get("role") == "owner" else other)[text] = None
     for feedback, draft in rows:
-        text = kept_text(feedback, draft)
+        text = kept_by_row(feedback, draft)
         if text and text.strip():
             owner[text.strip()] = None
         if draft.incoming.strip():
@@ -157,8 +147,7 @@ def collect(*, session: Session, owner_id: int, after_id: int, upto_id: int, tra
     samples = repo.writing_samples(session=session, owner_id=owner_id)
     all_rows = repo.feedback_rows(session=session, owner_id=owner_id, upto_id=upto_id)
     owner_lines, other_lines = attribution_lines(samples, all_rows)
-    since = _aware(since)
-    new_writing = sum(1 for s in samples if since is None or (_aware(s.created_at) or since) > since)
+    new_writing = sum(1 for s in samples if since is None or s.created_at > since)
     counts = Counter(feedback.kind.value for feedback, _ in rows)
     return Collected(
         feedback=feedback_examples(rows, repo.business_draft_contacts(session=session, owner_id=owner_id)),
@@ -172,46 +161,3 @@ def collect(*, session: Session, owner_id: int, after_id: int, upto_id: int, tra
         counts_by_kind={kind.value: counts.get(kind.value, 0) for kind in FeedbackKind},
         upto_id=upto_id,
     )
-
-
-# JSON for the training child ----------------------------------------------------------------
-
-def conversation_to_json(conversation: Conversation | None) -> dict[str, Any] | None:
-    if conversation is None:
-        return None
-    data = {"incoming": conversation.incoming, "context": [t.to_dict() for t in conversation.context]}
-    if conversation.contact:
-        data["contact"] = conversation.contact
-    if conversation.examples:
-        data["examples"] = list(conversation.examples)
-    return data
-
-
-def conversation_from_json(data: dict[str, Any] | None) -> Conversation | None:
-    if data is None:
-        return None
-    return Conversation(context=tuple(Turn.from_dict(t) for t in data["context"]), incoming=data["incoming"],
-                        contact=data.get("contact"), examples=tuple(data.get("examples", ())))
-
-
-def feedback_to_json(item: FeedbackExample) -> dict[str, Any]:
-    return {"kind": item.kind, "conversation": conversation_to_json(item.conversation), "draft": item.draft,
-            "text": item.text, "later_kept": item.later_kept, "created_at": item.created_at.isoformat(),
-            "thread": item.thread}
-
-
-def feedback_from_json(data: dict[str, Any]) -> FeedbackExample:
-    return FeedbackExample(kind=data["kind"], conversation=conversation_from_json(data["conversation"]),  # type: ignore[arg-type]
-                           draft=data["draft"], text=data["text"], later_kept=data["later_kept"],
-                           created_at=datetime.fromisoformat(data["created_at"]), thread=data.get("thread"))
-
-
-def writing_to_json(item: WritingExample) -> dict[str, Any]:
-    return {"kind": item.kind, "text": item.text, "conversation": conversation_to_json(item.conversation),
-            "written_at": item.written_at.isoformat() if item.written_at else None, "thread": item.thread}
-
-
-def writing_from_json(data: dict[str, Any]) -> WritingExample:
-    return WritingExample(kind=data["kind"], text=data["text"], conversation=conversation_from_json(data["conversation"]),
-                          written_at=datetime.fromisoformat(data["written_at"]) if data["written_at"] else None,
-                          thread=data.get("thread"))

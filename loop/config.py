@@ -18,6 +18,7 @@ from training.config import (
     ConfigError,
     EvaluationSettings,
     GenerationSettings,
+    InsightSettings,
     LoraSettings,
     ModelSettings,
     StageSettings,
@@ -27,6 +28,9 @@ from training.config import (
 TOKEN_ENV = "TWIN_TELEGRAM_TOKEN"
 CONFIG_ENV = "TWIN_CONFIG"
 LOCAL_OWNER_ID = 0  # the owner of the terminal when no Telegram owner is configured
+
+
+STREAM_MODES = ("draft", "edit", "off")
 
 
 @dataclass
@@ -41,8 +45,16 @@ class TelegramSettings:
     draft_queue_size: int = 50  # drafts waiting per process; beyond it the owner is told "busy"
     allow_groups: bool = False
     business_quiet_s: float = 3.0  # a business chat is drafted once its contact has been quiet this long
+    # The draft shown while it is written: "draft" (sendMessageDraft, falling back to "edit" where
+    # refused), "edit" (one message edited as it grows) or "off" (the final message only).
+    stream: str = "draft"
+    stream_interval_s: float = 0.3  # at most one update of the partial text this often (edits: 1 s at least)
 
     def __post_init__(self) -> None:
+        if self.stream not in STREAM_MODES:
+            raise ConfigError("telegram.stream", self.stream, " | ".join(STREAM_MODES))
+        if not 0.05 <= self.stream_interval_s <= 60:
+            raise ConfigError("telegram.stream_interval_s", self.stream_interval_s, "0.05..60 seconds")
         if not 0 <= self.business_quiet_s <= 600:
             raise ConfigError("telegram.business_quiet_s", self.business_quiet_s, "0..600 seconds")
         if self.mode not in ("polling", "webhook"):
@@ -81,6 +93,9 @@ class ScheduleSettings:
     timezone: str = "local"  # "local" or an IANA name such as "Europe/Berlin"
     min_new_feedback: int = 20
     misfire_grace_hours: float = 12.0
+    # True: the bot (or terminal) process trains, as on a laptop. False: its scheduler and /train only
+    # queue cycles for `twin worker` processes (README, "Scale"), and the bot sends their reports.
+    train_in_bot: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -112,6 +127,41 @@ class ScheduleSettings:
 
 
 @dataclass
+class WorkerSettings:
+    """`twin worker`: how many cycles it runs at once and how often it looks at the queue."""
+
+    concurrency: int = 1  # cycles at once (each trains in its own child process); --concurrency overrides
+    poll_s: float = 15.0  # seconds between looks at the queue while idle
+    report_poll_s: float = 30.0  # the bot (schedule.train_in_bot = false): how often it sends finished reports
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 64:
+            raise ConfigError("worker.concurrency", self.concurrency, "1..64")
+        for name in ("poll_s", "report_poll_s"):
+            if not 0.1 <= getattr(self, name) <= 3600:
+                raise ConfigError(f"worker.{name}", getattr(self, name), "0.1..3600 seconds")
+
+
+@dataclass
+class AdapterStoreSettings:
+    """Where adapter folders are kept (loop.adapter_store): "local" (under data_dir, the default) or
+    "s3", an S3-compatible bucket that a drafting server and workers on other machines all see.
+    Credentials come from the usual AWS environment variables or files, never from this file."""
+
+    kind: str = "local"  # local | s3
+    bucket: str = ""
+    prefix: str = "twin"  # key prefix inside the bucket
+    endpoint_url: str = ""  # empty: AWS; else e.g. "http://127.0.0.1:9000" for MinIO or another S3-compatible server
+    region: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "s3"):
+            raise ConfigError("adapter_store.kind", self.kind, "local or s3")
+        if self.kind == "s3" and not self.bucket:
+            raise ConfigError("adapter_store.bucket", self.bucket, "a bucket name when adapter_store.kind = s3")
+
+
+@dataclass
 class Config:
     path: Path | None = None  # the file it came from
     data_dir: Path = Path("data")
@@ -130,6 +180,9 @@ class Config:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    adapter_store: AdapterStoreSettings = field(default_factory=AdapterStoreSettings)
+    insight: InsightSettings = field(default_factory=InsightSettings)
 
     def __post_init__(self) -> None:
         for owner in self.owners:
@@ -258,4 +311,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     config.data_dir = (base / config.data_dir).resolve()
     if config.model.base not in ("embedded",) and (base / config.model.base).exists():
         config.model.base = str((base / config.model.base).resolve())
+    if (base / config.training.accelerate_config).is_file():  # a yaml of the owner's, next to the config
+        config.training.accelerate_config = str((base / config.training.accelerate_config).resolve())
+    generation = config.generation
+    if generation.server_models_config:
+        generation.server_models_config = str((base / generation.server_models_config).resolve())
+    if generation.server_kind == "llama_cpp" and generation.server_base_model \
+            and (base / generation.server_base_model).exists():
+        generation.server_base_model = str((base / generation.server_base_model).resolve())
     return config

@@ -6,8 +6,10 @@ process (`python -m loop.child`), so the bot never loads a second model and a ki
 child (SIGKILL, out of memory) only marks the cycle failed. The adapter folder is written under
 a temporary name and renamed when complete; a failed cycle removes what its child left.
 
-One cycle at a time across processes: a lock row in the database, taken over only when its
-holder is dead (a pid on this host that is gone) or silent for hours (another host).
+One cycle per owner at a time across processes, and (unless a `twin worker` runs it) one cycle at a
+time on the machine: named locks in the database (storage.locks). On SQLite a lock row, taken over
+only when its holder is dead (a pid on this host that is gone) or silent for hours (another host);
+on PostgreSQL an advisory lock, which the server frees when its holder's connection ends.
 """
 
 from __future__ import annotations
@@ -20,26 +22,30 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import Engine
 
+from loop import adapter_storage
 from loop import adapters as adapter_store
 from loop.adapters import RollbackError, rollback  # noqa: F401 - part of this module's API
-from loop.child import EXAMPLES_FILE, ChildFailed, run_child, settings_to_json
-from loop.collect import Collected, collect, feedback_to_json, writing_to_json
+from loop.child import ChildFailed, run_child
+from loop.collect import Collected, collect
 from loop.config import Config
-from loop.gate import gate_rule_text
+from loop.errors import CycleAlreadyRunning, CycleFailed
 from loop.report import cycle_report
 from loop.stats import history_chart, list_cycles, owner_stats  # noqa: F401 - part of this module's API
-from storage import repo
+from storage import locks, repo
 from storage.db import session_scope
 from storage.models import AdapterState, CycleStatus
 from training.artifacts import CorruptAdapter, remove_stale_staging
 from training.datasets import newest_distinct_writing, split_holdout, split_writing_holdout
+from training.examples import feedback_to_json, writing_to_json
+from training.gate import gate_rule_text
+from training.nightly import EXAMPLES_FILE, settings_to_json
 from training.retrieval import Budget, Split, attach_examples
 
 logger = logging.getLogger(__name__)
@@ -48,14 +54,6 @@ LOCK_NAME = "cycle"
 LOCK_STALE_AFTER = timedelta(hours=3)  # a holder on another host silent this long is presumed dead
 CYCLE_LOG = "cycle.log"
 RESUMABLE = "resumable"  # adapter data_counts key: a kept candidate the next cycle continues from
-
-
-class CycleAlreadyRunning(Exception):
-    """Another cycle holds the lock (in this or another process)."""
-
-
-class CycleFailed(Exception):
-    """The cycle cannot go on; the message is the reason shown to the owner."""
 
 
 @dataclass
@@ -92,41 +90,40 @@ def _holder_alive(holder: str, acquired_at: datetime) -> bool:
     return started <= acquired_at.timestamp() + 1.0
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
+def owner_lock_name(telegram_id: int) -> str:
+    """The lock that keeps one owner's cycles one at a time, whichever process runs them."""
+    return f"{LOCK_NAME}:{telegram_id}"
 
 
-def _take_lock(engine: Engine, holder: str) -> bool:
+def _take_lock(engine: Engine, holder: str, name: str = LOCK_NAME) -> locks.HeldLock | None:
     for attempt in range(5):
         try:
-            with session_scope(engine) as session:
-                row = repo.get_lock(session=session, name=LOCK_NAME)
-                if row is None:
-                    return repo.acquire_lock(session=session, name=LOCK_NAME, holder=holder)
-                acquired = _aware(row.acquired_at)
-                # Liveness decides for a holder on this host; silence decides for one elsewhere.
-                remote = row.holder.partition(":")[0] != socket.gethostname()
-                return repo.acquire_lock(session=session, name=LOCK_NAME, holder=holder,
-                                         stale_after=LOCK_STALE_AFTER if remote else None,
-                                         holder_alive=lambda h: _holder_alive(h, acquired))
+            row = locks.describe(engine, name)
+            if row is None:
+                return locks.try_lock(engine, name, holder)
+            acquired = row.acquired_at
+            # Liveness decides for a holder on this host; silence decides for one elsewhere
+            # (SQLite; on PostgreSQL the advisory lock decides, storage.locks).
+            remote = row.holder.partition(":")[0] != socket.gethostname()
+            return locks.try_lock(engine, name, holder, stale_after=LOCK_STALE_AFTER if remote else None,
+                                  holder_alive=lambda h: _holder_alive(h, acquired))
         except OperationalError:  # SQLite: another writer won the race for the file; look again
             logger.debug("lock attempt %d met a busy database", attempt + 1, exc_info=True)
             time.sleep(0.2 * (attempt + 1))
-    return False
+    return None
 
 
-def _lock_description(engine: Engine) -> str:
-    with session_scope(engine) as session:
-        row = repo.get_lock(session=session, name=LOCK_NAME)
-        if row is None:
-            return "a learning cycle is already running"
-        return f"a learning cycle is already running (process {row.holder.rsplit(':', 1)[0]} since {row.acquired_at:%H:%M})"
+def _lock_description(engine: Engine, name: str = LOCK_NAME) -> str:
+    row = locks.describe(engine, name)
+    if row is None:
+        return "a learning cycle is already running"
+    return f"a learning cycle is already running (process {row.holder.rsplit(':', 1)[0]} since {row.acquired_at:%H:%M})"
 
 
-def _heartbeat(engine: Engine, holder: str) -> None:
+def _heartbeat(engine: Engine, held: list[locks.HeldLock]) -> None:
     try:
-        with session_scope(engine) as session:
-            repo.heartbeat_lock(session=session, name=LOCK_NAME, holder=holder)
+        for lock in held:
+            locks.heartbeat(engine, lock)
     except OperationalError:  # a busy database must not kill a cycle; the next beat will do
         logger.warning("could not refresh the cycle lock", exc_info=True)
 
@@ -134,21 +131,29 @@ def _heartbeat(engine: Engine, holder: str) -> None:
 # The cycle ------------------------------------------------------------------------------------
 
 def run_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bool = False, trigger: str = "manual",
-              progress: bool = False) -> CycleOutcome:
+              progress: bool = False, exclusive: bool = True) -> CycleOutcome:
     """Run one cycle for the owner and return what happened; raises CycleAlreadyRunning when locked.
+
+    The owner's lock is always taken. `exclusive` (the bot, the scheduler, `twin train`) also takes
+    the machine-wide lock, one cycle at a time as on a laptop; `twin worker` runs without it, as many
+    cycles at once as its `--concurrency`, one per owner.
 
     A failure of the training child is an outcome ("failed", with the reason); anything else
     unexpected marks the cycle failed and is raised.
     """
     holder = f"{repo.lock_holder_id()}:{uuid.uuid4().hex[:8]}"
-    if not _take_lock(engine, holder):
-        raise CycleAlreadyRunning(_lock_description(engine))
+    held: list[locks.HeldLock] = []
     try:
+        for name in [LOCK_NAME, owner_lock_name(telegram_id)] if exclusive else [owner_lock_name(telegram_id)]:
+            lock = _take_lock(engine, holder, name)
+            if lock is None:
+                raise CycleAlreadyRunning(_lock_description(engine, name))
+            held.append(lock)
         return _locked_cycle(config, engine, telegram_id=telegram_id, force=force, trigger=trigger,
-                             progress=progress, holder=holder)
+                             progress=progress, held=held)
     finally:
-        with session_scope(engine) as session:
-            repo.release_lock(session=session, name=LOCK_NAME, holder=holder)
+        for lock in reversed(held):
+            locks.release(engine, lock)
 
 
 def _clean_leftovers(config: Config, telegram_id: int) -> None:
@@ -163,7 +168,7 @@ def _clean_leftovers(config: Config, telegram_id: int) -> None:
         logger.info("removed leftovers of interrupted training: %s", ", ".join(p.name for p in removed))
 
 
-def _resumable(session: Any, owner_id: int, active_version: int) -> Any:
+def _resumable(session: Any, owner_id: int, active_version: int, config: Config) -> Any:
     """The newest kept candidate that the next cycle continues from instead of the active adapter:
     one the strength ladder marked resumable (it learnt, but no strength of it passed the gate),
     judged against the adapter that is still active, and whose files are intact."""
@@ -172,7 +177,7 @@ def _resumable(session: Any, owner_id: int, active_version: int) -> Any:
             and (adapter.data_counts or {}).get(RESUMABLE)]
     for adapter in sorted(kept, key=lambda a: a.version, reverse=True):
         try:
-            adapter_store.verify(adapter)
+            adapter_store.verify(adapter, config)
         except CorruptAdapter as error:
             logger.warning("kept candidate v%s cannot be continued from: %s", adapter.version, error)
             continue
@@ -190,19 +195,22 @@ def _skip_reason(config: Config, collected: Collected, force: bool) -> str | Non
 
 
 def _locked_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bool, trigger: str, progress: bool,
-                  holder: str) -> CycleOutcome:
+                  held: list[locks.HeldLock]) -> CycleOutcome:
     started = time.perf_counter()
     with session_scope(engine) as session:
-        orphans = repo.fail_running_cycles(
-            session=session, reason="interrupted: the process running this cycle stopped before it finished")
         owner_id: int = repo.get_or_create_owner(session=session, telegram_id=telegram_id).id  # type: ignore[assignment]
+        # Holding the owner's lock, a `running` cycle of this owner is an orphan; other owners'
+        # cycles may be running in other workers.
+        orphans = repo.fail_running_cycles(
+            session=session, reason="interrupted: the process running this cycle stopped before it finished",
+            owner_id=owner_id)
         active = repo.active_adapter(session=session, owner_id=owner_id)
-        active_version, active_path = (active.version, active.path) if active else (0, None)
+        active_version, active_location = (active.version, active.path) if active else (0, None)
         after_id = int((active.data_counts or {}).get("trained_feedback_upto", 0)) if active else 0
-        resumed = _resumable(session, owner_id, active_version)
-        init_path = active_path
+        resumed = _resumable(session, owner_id, active_version, config)
+        init_location = active_location
         if resumed is not None:
-            init_path = resumed.path
+            init_location = resumed.path
             after_id = int((resumed.data_counts or {}).get("trained_feedback_upto", after_id))
             logger.info("continuing from v%s, kept by an earlier cycle, instead of v%s", resumed.version, active_version)
         finished = repo.last_finished_cycle(session=session, owner_id=owner_id)
@@ -234,9 +242,12 @@ def _locked_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bo
         folder.mkdir(parents=True, exist_ok=True)
         with session_scope(engine) as session:
             repo.get_cycle(session=session, cycle_id=cycle_id).log_path = str(log_path)  # type: ignore[union-attr]
+        # The child reads local folders: adapters in an S3 store are downloaded here (once per machine).
+        active_path = str(adapter_storage.local_path(config, active_location)) if active_location else None
+        init_path = str(adapter_storage.local_path(config, init_location)) if init_location else None
         if active is not None:
             try:
-                adapter_store.verify(active)
+                adapter_store.verify(active, config)
             except CorruptAdapter as error:
                 raise CycleFailed(f"the active adapter v{active_version} is damaged ({error}); "
                                   f"`twin rollback` to an earlier version first") from None
@@ -246,9 +257,9 @@ def _locked_cycle(config: Config, engine: Engine, *, telegram_id: int, force: bo
                                              progress=progress)
         if resumed is not None:
             counts["continued_from"] = resumed.version
-        result = run_child(job_path, log_path=log_path, heartbeat=lambda: _heartbeat(engine, holder),
+        result = run_child(job_path, log_path=log_path, heartbeat=lambda: _heartbeat(engine, held),
                            progress=progress, threads=config.model.threads)
-    except (CycleFailed, ChildFailed) as failure:
+    except (CycleFailed, ChildFailed, adapter_storage.AdapterStoreError) as failure:
         return _finish_failed(config, engine, telegram_id=telegram_id, cycle_id=cycle_id, reason=str(failure),
                               stages=stages, started=started, active_version=active_version)
     except BaseException as error:
@@ -312,7 +323,8 @@ def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int,
     job = {
         "model": settings_to_json(config.model), "lora": settings_to_json(config.lora),
         "training": settings_to_json(config.training), "evaluation": settings_to_json(config.evaluation),
-        "generation": settings_to_json(config.generation), "models_dir": str(config.models_dir.resolve()),
+        "generation": settings_to_json(config.generation), "insight": settings_to_json(config.insight),
+        "models_dir": str(config.models_dir.resolve()),
         "init_adapter": init_path, "active_adapter": active_path, "output_dir": str(output_dir.resolve()),
         "metadata": {"cycle_id": cycle_id, "owner": telegram_id, "version": version}, "progress": progress,
     }
@@ -340,15 +352,19 @@ def _judge(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, c
            folder: Path) -> CycleOutcome:
     """Gate the candidate, record it (and activate it when it passed), finish the cycle, report."""
     metrics = result["metrics"]
-    verdict = result["gate"]  # the child gated every strength it tried (loop.ladder)
+    verdict = result["gate"]  # the child gated every strength it tried (training.ladder)
     promote, reasons = bool(verdict["promote"]), list(verdict["reasons"])
     metrics["gate"] = {**verdict, "rule": gate_rule_text(config.evaluation),
                        "tolerances": settings_to_json(config.evaluation)}
+    if result.get("insight"):  # measured by the child for a promoted candidate (loop.insight)
+        metrics["insight"] = result["insight"]
     status = CycleStatus.promoted if promote else CycleStatus.kept
     reason = reasons[0] if reasons else ""
     output_dir = Path(result["train"]["adapter_dir"])
+    # The one place an adapter enters the store (local: stays where it is; S3: uploaded now).
+    location = adapter_storage.store_for(config).publish(output_dir, telegram_id=telegram_id, version=version)
     with session_scope(engine) as session:
-        repo.add_adapter(session=session, owner_id=owner_id, version=version, path=str(output_dir),
+        repo.add_adapter(session=session, owner_id=owner_id, version=version, path=location,
                          parent_version=active_version, cycle_id=cycle_id, checksum=result["train"]["checksum"],
                          data_counts={**counts["datasets"], "trained_feedback_upto": counts["trained_feedback_upto"],
                                       "train_feedback": counts["train_feedback"],
@@ -356,10 +372,14 @@ def _judge(config: Config, engine: Engine, *, owner_id: int, telegram_id: int, c
                                       "strength": verdict["strength"], RESUMABLE: bool(verdict["resumable"])},
                          metrics=metrics.get("candidate", {}))
         if promote:
-            adapter_store.activate(session=session, owner_id=owner_id, version=version)
+            adapter_store.activate(session=session, owner_id=owner_id, version=version, config=config)
         cycle = repo.finish_cycle(session=session, cycle_id=cycle_id, status=status, reason=reason,
                                   candidate_version=version, counts=counts, metrics=metrics, durations=durations)
     logger.info("cycle %s: %s v%s (%s)", cycle_id, status.value, version, reason)
+    if promote:  # a shared drafting server serves the new version and drops the retired one
+        from loop.server_drafting import sync_served_adapters
+
+        sync_served_adapters(config, engine)
     chart: Path | None = None
     try:
         chart = history_chart(config, engine, telegram_id=telegram_id, path=folder / "history.png")
@@ -394,7 +414,7 @@ def _finish_failed(config: Config, engine: Engine, *, telegram_id: int, cycle_id
             # The child may have renamed the adapter into place and died during evaluation:
             # a folder that no adapter row records is removed.
             output = Path(json.loads(job_path.read_text(encoding="utf-8"))["output_dir"])
-            recorded = any(Path(a.path) == output for a in repo.list_adapters(
+            recorded = any(adapter_storage.cache_path(config, a.path) == output for a in repo.list_adapters(
                 session=session, owner_id=repo.get_cycle(session=session, cycle_id=cycle_id).owner_id))  # type: ignore[union-attr]
             if output.exists() and not recorded:
                 shutil.rmtree(output, ignore_errors=True)

@@ -28,6 +28,10 @@ def forget_owner(config: Config, engine: Engine, *, telegram_id: int) -> bool:
             repo.forget_owner(session=session, owner_id=owner.id)  # type: ignore[arg-type]
     if engine.dialect.name == "sqlite":
         _scrub_sqlite(engine)
+    if config.adapter_store.kind != "local":  # the adapters kept beyond data_dir go too
+        from loop.adapter_storage import store_for
+
+        store_for(config).remove_owner(telegram_id)
     folder = config.owner_dir(telegram_id)
     existed = folder.exists()
     if existed:

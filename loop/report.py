@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from loop.gate import caricature_flags, gate_rule_text, metric_value
-from loop.ladder import trade_off_text
+from training.gate import caricature_flags, gate_rule_text, metric_value
+from training.ladder import trade_off_text
 from storage.models import Cycle
 from training.config import EvaluationSettings
 
@@ -139,4 +139,13 @@ def cycle_report(cycle: Cycle, settings: EvaluationSettings) -> str:
              "Why: " + ("; ".join(reasons) if reasons else cycle.reason),
              "Rule: " + gate_info.get("rule", gate_rule_text(settings)) + ".",
              timing_text(cycle.durations or {})]
-    return "\n".join(lines)
+    if status == "promoted":
+        lines.append(insight_text((cycle.metrics or {}).get("insight")))
+    return "\n".join(line for line in lines if line)
+
+
+def insight_text(data: dict[str, Any] | None) -> str:
+    """What the promoted adapter learnt (loop.insight), or where to see it when the cycle did not measure it."""
+    from loop.insight import cycle_insight_text
+
+    return cycle_insight_text(data) or "What it learnt: `twin insight` (or /insight) shows it."

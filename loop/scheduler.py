@@ -6,6 +6,7 @@ the process was down (or the machine asleep) fires when it comes back, within
 `schedule.misfire_grace_hours`; several missed nights coalesce into one run. The cycle runs in
 the scheduler's worker thread (and its training in a child process), never on the bot's event
 loop. Only one cycle runs at a time across processes: `run_cycle` takes the database lock.
+With `schedule.train_in_bot = false` the job only queues the cycles for `twin worker` (loop.worker).
 
 APScheduler stores a reference to a module-level function plus picklable arguments; an engine or
 a callback cannot be pickled, so the job carries a token that names this process's context.
@@ -31,6 +32,7 @@ from sqlalchemy.engine import Engine
 
 from loop.config import Config
 from loop.cycle import CycleAlreadyRunning, CycleOutcome, run_cycle
+from loop.errors import ScheduledCycleError
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +42,6 @@ MAX_WAIT_S = 60.0
 
 Notify = Callable[[int, str, "Path | None"], None]
 CycleRunner = Callable[..., CycleOutcome]
-
-
-class ScheduledCycleError(Exception):
-    """The nightly job failed for some owners; `failures` maps their Telegram id to the error."""
-
-    def __init__(self, failures: dict[int, BaseException]):
-        super().__init__("; ".join(f"owner {tid}: {type(err).__name__}: {err}" for tid, err in failures.items()))
-        self.failures = failures
 
 
 @dataclass
@@ -87,6 +81,14 @@ def _safe_notify(context: _JobContext, telegram_id: int, text: str, chart: Path 
 def run_scheduled_cycles(token: str) -> None:
     """The job: one cycle per configured owner; reports go to the owner unless the cycle was skipped."""
     context = _context_for(token)
+    if not context.config.schedule.train_in_bot:
+        # Workers train (`twin worker`, loop.worker); the bot sends their reports when they are done.
+        from loop.worker import enqueue
+
+        for telegram_id in context.owners():
+            enqueue(context.engine, telegram_id=telegram_id, trigger="schedule")
+        logger.info("nightly cycles queued for %d owner(s)", len(context.owners()))
+        return
     failures: dict[int, BaseException] = {}
     for telegram_id in context.owners():
         try:

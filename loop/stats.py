@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from loop.collect import kept_by_message, kept_text
+from loop.collect import kept_by_message, kept_by_row
 from loop.config import Config
-from loop.gate import metric_value
+from training.gate import metric_value
 from storage import repo
 from storage.db import session_scope
 from storage.models import FeedbackKind
@@ -51,7 +51,7 @@ def owner_stats(engine: Engine, *, telegram_id: int) -> list[dict[str, Any]]:
         if feedback is None:
             continue
         row["kinds"][feedback.kind.value] += 1
-        kept = kept_text(feedback, draft)
+        kept = kept_by_row(feedback, draft)
         if kept is None and feedback.kind == FeedbackKind.regenerate:
             kept = finally_kept.get(draft.message_id)
         if kept:

@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from loop.collect import kept_by_row
 from storage import repo
 from storage.db import session_scope
-from storage.models import FeedbackKind
 
 
 def owner_texts(engine: Engine, *, telegram_id: int) -> list[str]:
@@ -23,10 +23,9 @@ def owner_texts(engine: Engine, *, telegram_id: int) -> list[str]:
             return []
         texts = [sample.text for sample in repo.writing_samples(session=session, owner_id=owner.id)]
         for feedback, draft in repo.feedback_rows(session=session, owner_id=owner.id):
-            if feedback.kind == FeedbackKind.accept:
-                texts.append(draft.text)
-            elif feedback.text and feedback.kind in (FeedbackKind.edit, FeedbackKind.reject):
-                texts.append(feedback.text)
+            kept = kept_by_row(feedback, draft)
+            if kept:
+                texts.append(kept)
     return [text for text in texts if text.strip()]
 
 

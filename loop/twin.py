@@ -21,8 +21,10 @@ from typing import Any, Iterator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from loop import adapter_storage
+from loop.collect import kept_by_row
 from loop.config import Config
-from loop.drafting import AdapterRef, Drafter
+from loop.drafting import AdapterRef, Drafter, TextCallback
 from loop.errors import NotAnOwner
 from loop.examples import OwnWords
 from loop.views import DraftView, FeedbackKind, FeedbackView, VersionPromptView
@@ -122,7 +124,10 @@ class Twin:
         adapter = repo.active_adapter(session=session, owner_id=owner_db_id)
         if adapter is None:
             return None
-        return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=adapter.path)
+        # An adapter in an S3 store is downloaded on this machine's first draft with it.
+        path = str(adapter_storage.local_path(self.config, adapter.path))
+        return AdapterRef(key=f"{owner_db_id}-v{adapter.version}", version=adapter.version, path=path,
+                          owner_id=owner_db_id, checksum=adapter.checksum or "")
 
     def warm_up(self) -> None:
         """Ready every configured owner's active adapter for drafting (conversions take seconds).
@@ -148,11 +153,14 @@ class Twin:
         sender: str | None = None,
         chat_id: int | None = None,
         telegram_message_id: int | None = None,
+        on_text: TextCallback | None = None,
     ) -> DraftView:
-        """Store the incoming message, draft a reply with the active adapter, store the draft (two commits)."""
+        """Store the incoming message, draft a reply with the active adapter, store the draft (two commits).
+        `on_text` follows the draft as it is written; what is stored is the final text."""
         stored = self.record_incoming(telegram_id=telegram_id, chat_key=chat_key, incoming=incoming, sender=sender,
                                       chat_id=chat_id, telegram_message_id=telegram_message_id)
-        return self.draft_for_message(telegram_id=telegram_id, message_id=stored.message_id, chat_id=chat_id)
+        return self.draft_for_message(telegram_id=telegram_id, message_id=stored.message_id, chat_id=chat_id,
+                                      on_text=on_text)
 
     def record_incoming(
         self,
@@ -185,8 +193,10 @@ class Twin:
             return repo.find_telegram_message(session=session, owner_id=owner_db_id, chat_id=chat_id,
                                               telegram_message_id=telegram_message_id) is not None
 
-    def draft_for_message(self, *, telegram_id: int, message_id: int, chat_id: int | None = None) -> DraftView:
-        """Draft a reply to a stored incoming message with the active adapter; the draft is committed.
+    def draft_for_message(self, *, telegram_id: int, message_id: int, chat_id: int | None = None,
+                          on_text: TextCallback | None = None) -> DraftView:
+        """Draft a reply to a stored incoming message with the active adapter; the draft is committed
+        before this returns (`on_text` sees it being written, nothing of that is stored).
 
         The context is read now: the turns before the message and the owner's replies given since.
         """
@@ -200,7 +210,7 @@ class Twin:
             adapter = self.active_adapter_ref(owner_db_id, session=session)
         return self._draft(owner_db_id=owner_db_id, conversation_id=conversation_id, message_id=message_id,
                            incoming=incoming, context=context, seed=self.config.generation.seed, chat_id=chat_id,
-                           adapter=adapter)
+                           adapter=adapter, on_text=on_text)
 
     def unanswered(self, *, since: datetime) -> list[Unanswered]:
         """What a crash left undone since `since`, oldest first: incoming Telegram messages without a
@@ -222,7 +232,7 @@ class Twin:
     def _draft(self, *, owner_db_id: int, conversation_id: int, message_id: int, incoming: str,
                context: list[dict[str, Any]], seed: int, chat_id: int | None,
                adapter: AdapterRef | None, regenerated_from: int | None = None,
-               contact: str | None = None) -> DraftView:
+               contact: str | None = None, on_text: TextCallback | None = None) -> DraftView:
         """Draft with `adapter` (the active one, read by the caller) and store the draft: one commit.
 
         `contact`: the person written to, when known (loop.business); the dataset builders put the
@@ -231,7 +241,9 @@ class Twin:
         conversation = self.own_words.for_draft(
             Conversation.of(incoming[:MAX_INCOMING_CHARS], context, contact=contact), owner_db_id=owner_db_id,
             conversation_id=conversation_id, generation=self.config.generation)
-        result = self.drafter.draft(conversation, adapter=adapter, seed=seed)
+        # Drafters written before streamed drafts take no `on_text`: it is passed only when wanted.
+        streaming = {"on_text": on_text} if on_text is not None else {}
+        result = self.drafter.draft(conversation, adapter=adapter, seed=seed, **streaming)
         with session_scope(self.engine) as session:
             return DraftView.of(repo.add_draft(
                 session=session, owner_id=owner_db_id, conversation_id=conversation_id, message_id=message_id,
@@ -270,6 +282,7 @@ class Twin:
         kind: FeedbackKind | str,
         text: str | None = None,
         reason: str | None = None,
+        on_text: TextCallback | None = None,
     ) -> Verdict:
         """Store a verdict in one transaction (committed before returning); "regenerate" then drafts
         anew with another seed (a second commit, after the model's time).
@@ -282,8 +295,7 @@ class Twin:
             draft = repo.get_draft(session=session, owner_id=owner_db_id, draft_id=draft_id)
             feedback = repo.record_feedback(session=session, owner_id=owner_db_id, draft_id=draft_id, kind=kind,
                                             text=text, reason=reason)
-            kept = {FeedbackKind.accept: draft.text, FeedbackKind.edit: feedback.text,
-                    FeedbackKind.reject: feedback.text}.get(kind)
+            kept = kept_by_row(feedback, draft)
             if kept:
                 repo.add_message(session=session, owner_id=owner_db_id, conversation_id=draft.conversation_id,
                                  role="owner", text=kept)
@@ -294,7 +306,7 @@ class Twin:
         new_draft = self._draft(owner_db_id=owner_db_id, conversation_id=old.conversation_id,
                                 message_id=old.message_id, incoming=old.incoming, context=old.context,
                                 seed=old.seed + 1, chat_id=old.chat_id, regenerated_from=old.id,
-                                adapter=self.active_adapter_ref(owner_db_id))
+                                adapter=self.active_adapter_ref(owner_db_id), on_text=on_text)
         return Verdict(draft=old, feedback=decided.feedback, new_draft=new_draft)
 
     def verdict_of(self, *, telegram_id: int, draft_id: int) -> FeedbackView | None:

@@ -25,23 +25,12 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
+from storage.errors import DatabaseBusy
+
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
-
-
-class DatabaseBusy(OperationalError):
-    """Another connection held SQLite's lock for longer than the busy timeout; nothing was written."""
-
-    def __init__(self, statement: str | None, params: object, orig: BaseException, *, timeout_s: float):
-        super().__init__(statement, params, orig, hide_parameters=True)  # parameters hold private text
-        self.timeout_s = timeout_s
-
-    def __str__(self) -> str:
-        return (f"the database was locked by another connection for more than {self.timeout_s:g} s "
-                "(a `twin forget`, an import or a cycle of another twin process?); nothing was written, "
-                "try again when it is done (or raise database_busy_timeout_s)")
 
 
 def _is_locked(error: BaseException | None) -> bool:

@@ -12,12 +12,42 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class AwareDateTime(TypeDecorator[datetime]):
+    """`DateTime(timezone=True)` that hands back aware UTC datetimes on every database.
+
+    PostgreSQL stores `timestamptz` and returns aware values itself. SQLite has no time-zone type:
+    SQLAlchemy writes the wall-clock digits and reads them back naive. So the value is converted to
+    UTC before it is written, and SQLite's naive result is UTC by construction; this is the only
+    place that knows it (migration 0006 made every timestamp column this type). A naive value is
+    refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # a bug of the caller: which zone is it in? (SQLite would not say)
+            raise ValueError(f"a naive datetime {value.isoformat()} cannot be stored; give it a time zone")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # SQLite: written as UTC above
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)  # PostgreSQL answers in the session's time zone
 
 
 class FeedbackKind(str, Enum):
@@ -51,7 +81,7 @@ class Owner(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     telegram_id: int = Field(sa_column=Column(BigInteger, unique=True, nullable=False))
     name: Optional[str] = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class Conversation(SQLModel, table=True):
@@ -60,7 +90,7 @@ class Conversation(SQLModel, table=True):
     owner_id: int = Field(foreign_key="owner.id", index=True)
     chat_key: str  # "tg:<chat id>", "cli", ...
     title: Optional[str] = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class Message(SQLModel, table=True):
@@ -72,7 +102,7 @@ class Message(SQLModel, table=True):
     text: str = Field(sa_column=Column(Text, nullable=False))
     telegram_message_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
     chat_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))  # the Telegram chat it came in
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class DraftBase(SQLModel):
@@ -98,7 +128,7 @@ class Draft(DraftBase, table=True):
     # that finds it (and no shown_message_id) knows the draft may already be in the chat and does not
     # send it again; "uncertain": the owner was told so. None: never sent (or its send failed).
     delivery: Optional[str] = Field(default=None, sa_column=Column(String(16)))
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class Feedback(SQLModel, table=True):
@@ -110,7 +140,7 @@ class Feedback(SQLModel, table=True):
     kind: FeedbackKind
     text: Optional[str] = Field(default=None, sa_column=Column(Text))  # the owner's edit or replacement
     reason: Optional[str] = Field(default=None, sa_column=Column(Text))
-    created_at: datetime = Field(default_factory=utcnow, index=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=AwareDateTime)
 
 
 class VersionPrompt(SQLModel, table=True):
@@ -129,7 +159,7 @@ class VersionPrompt(SQLModel, table=True):
     chat_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     prompt_message_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     open: bool = True
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class WritingSampleCreate(SQLModel):
@@ -154,10 +184,10 @@ class WritingSample(SQLModel, table=True):
     prompt: Optional[str] = Field(default=None, sa_column=Column(Text))
     context: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     sender: Optional[str] = None
-    written_at: Optional[datetime] = None
+    written_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
     source: str = ""
     content_hash: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class Adapter(SQLModel, table=True):
@@ -172,8 +202,8 @@ class Adapter(SQLModel, table=True):
     checksum: str = ""
     data_counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow)
-    activated_at: Optional[datetime] = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
+    activated_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
 
 
 class Cycle(SQLModel, table=True):
@@ -191,8 +221,41 @@ class Cycle(SQLModel, table=True):
     durations: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     log_path: str = ""
     pid: Optional[int] = None
-    started_at: datetime = Field(default_factory=utcnow)
-    finished_at: Optional[datetime] = None
+    started_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
+    finished_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
+
+
+class CycleRequestStatus(str, Enum):
+    queued = "queued"  # waiting for a worker (from `due_at` on)
+    running = "running"  # claimed by `worker`, which beats `heartbeat_at`
+    done = "done"  # the cycle ran (its own status says how it ended: promoted, kept, skipped, failed)
+    failed = "failed"  # the cycle raised before it could record an outcome
+
+
+class CycleRequest(SQLModel, table=True):
+    """One owner's cycle waiting in (or taken from) the training queue that `twin worker` drains.
+
+    Several processes on several machines share the queue through the database; a worker claims a
+    request with a conditional UPDATE, so one request is run by one worker only.
+    """
+
+    __tablename__ = "cycle_request"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    trigger: str = "manual"  # schedule | cli | telegram
+    force: bool = False
+    status: CycleRequestStatus = Field(default=CycleRequestStatus.queued, index=True)
+    requested_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
+    due_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
+    claimed_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
+    heartbeat_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
+    finished_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
+    worker: str = ""  # "<host>:<pid>" of the worker that claimed it
+    attempts: int = 0
+    cycle_id: Optional[int] = None
+    outcome: str = ""  # the cycle's status, or the error of a failed request
+    report: str = Field(default="", sa_column=Column(Text, nullable=False))
+    reported_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)  # sent to the owner
 
 
 class Lock(SQLModel, table=True):
@@ -200,8 +263,8 @@ class Lock(SQLModel, table=True):
 
     name: str = Field(primary_key=True)
     holder: str  # "<hostname>:<pid>"
-    acquired_at: datetime = Field(default_factory=utcnow)
-    heartbeat_at: datetime = Field(default_factory=utcnow)
+    acquired_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 Index("ix_draft_owner_created", Draft.owner_id, Draft.created_at)  # type: ignore[arg-type]
@@ -228,8 +291,8 @@ class BusinessConnection(SQLModel, table=True):
     enabled: bool = True
     paused: bool = False
     rights: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class BusinessChat(SQLModel, table=True):
@@ -246,8 +309,9 @@ class BusinessChat(SQLModel, table=True):
     conversation_id: int = Field(foreign_key="conversation.id")
     contact_name: Optional[str] = None
     muted: bool = False
-    last_contact_at: Optional[datetime] = None  # the contact's last message: Telegram's 24-hour reply window
-    created_at: datetime = Field(default_factory=utcnow)
+    last_contact_at: Optional[datetime] = Field(default=None, sa_type=AwareDateTime)
+    # the contact's last message: Telegram's 24-hour reply window
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class BusinessMessage(SQLModel, table=True):
@@ -263,7 +327,7 @@ class BusinessMessage(SQLModel, table=True):
     message_id: Optional[int] = Field(default=None, foreign_key="message.id")
     sample_id: Optional[int] = Field(default=None, foreign_key="writing_sample.id")
     feedback_id: Optional[int] = Field(default=None, foreign_key="feedback.id")
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)
 
 
 class BusinessDraft(SQLModel, table=True):
@@ -286,4 +350,4 @@ class BusinessDraft(SQLModel, table=True):
     sent_message_id: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
     owner_message_id: Optional[int] = Field(default=None, foreign_key="message.id")
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=AwareDateTime)

@@ -12,13 +12,14 @@ import json
 import socket
 import os
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import delete, func, or_
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from storage.errors import AdapterNotFound, DraftAlreadyDecided, DraftNotFound, FeedbackTextRequired, StorageError
 from storage.models import (
     Adapter,
     AdapterState,
@@ -28,6 +29,8 @@ from storage.models import (
     BusinessMessage,
     Conversation,
     Cycle,
+    CycleRequest,
+    CycleRequestStatus,
     CycleStatus,
     Draft,
     Feedback,
@@ -40,30 +43,6 @@ from storage.models import (
     WritingSampleCreate,
     utcnow,
 )
-
-
-class StorageError(Exception):
-    """Base of the domain errors raised by the repository."""
-
-
-class DraftNotFound(StorageError):
-    """The draft does not exist or belongs to another owner."""
-
-
-class DraftAlreadyDecided(StorageError):
-    """The draft already has a verdict; a second one is refused."""
-
-    def __init__(self, feedback: Feedback):
-        super().__init__(f"draft {feedback.draft_id} was already answered: {feedback.kind.value}")
-        self.feedback = feedback
-
-
-class FeedbackTextRequired(StorageError):
-    """An edit needs the owner's text."""
-
-
-class AdapterNotFound(StorageError):
-    """No adapter of that version exists for the owner."""
 
 
 # Owners and conversations ---------------------------------------------------------------------
@@ -379,6 +358,12 @@ def active_adapter(*, session: Session, owner_id: int) -> Adapter | None:
                                               Adapter.state == AdapterState.active)).first()
 
 
+def active_adapters(*, session: Session) -> list[Adapter]:
+    """Every owner's active adapter (a drafting server serves exactly these)."""
+    return list(session.exec(select(Adapter).where(Adapter.state == AdapterState.active)
+                             .order_by(col(Adapter.owner_id))).all())
+
+
 def active_version(*, session: Session, owner_id: int) -> int:
     adapter = active_adapter(session=session, owner_id=owner_id)
     return adapter.version if adapter else 0
@@ -439,8 +424,7 @@ def acquire_lock(*, session: Session, name: str, holder: str | None = None, stal
     row = session.get(Lock, name)
     if row is not None:
         now = utcnow()
-        heartbeat = row.heartbeat_at if row.heartbeat_at.tzinfo else row.heartbeat_at.replace(tzinfo=timezone.utc)
-        stale = stale_after is not None and now - heartbeat > stale_after
+        stale = stale_after is not None and now - row.heartbeat_at > stale_after
         dead = holder_alive is not None and not holder_alive(row.holder)
         if not (stale or dead):
             return False
@@ -457,6 +441,12 @@ def heartbeat_lock(*, session: Session, name: str, holder: str | None = None) ->
 
 def release_lock(*, session: Session, name: str, holder: str | None = None) -> None:
     session.exec(delete(Lock).where(col(Lock.name) == name, col(Lock.holder) == (holder or lock_holder_id())))
+
+
+def release_lock_row(*, session: Session, name: str) -> None:
+    """Delete the named lock row whoever holds it (storage.locks, once the advisory lock is ours)."""
+    session.exec(delete(Lock).where(col(Lock.name) == name))
+    session.flush()
 
 
 def get_lock(*, session: Session, name: str) -> Lock | None:
@@ -509,13 +499,126 @@ def last_finished_cycle(*, session: Session, owner_id: int) -> Cycle | None:
         .order_by(col(Cycle.id).desc())).first()
 
 
-def fail_running_cycles(*, session: Session, reason: str) -> list[int]:
-    """Mark every cycle still `running` as failed (call while holding the cycle lock: they are orphans)."""
-    cycles = list(session.exec(select(Cycle).where(Cycle.status == CycleStatus.running)).all())
+def fail_running_cycles(*, session: Session, reason: str, owner_id: int | None = None) -> list[int]:
+    """Mark every cycle still `running` as failed (call while holding the cycle lock: they are orphans).
+
+    With `owner_id`, only that owner's: a worker holds one owner's lock while other owners' cycles
+    run in other workers."""
+    query = select(Cycle).where(Cycle.status == CycleStatus.running)
+    if owner_id is not None:
+        query = query.where(Cycle.owner_id == owner_id)
+    cycles = list(session.exec(query).all())
     for cycle in cycles:
         cycle.status, cycle.reason, cycle.finished_at = CycleStatus.failed, reason, utcnow()
     session.flush()
     return [cycle.id for cycle in cycles]  # type: ignore[misc]
+
+
+# The training queue (`twin worker`) ------------------------------------------------------------
+
+def enqueue_cycle(*, session: Session, owner_id: int, trigger: str, force: bool = False,
+                  due_at: datetime | None = None) -> tuple[CycleRequest, bool]:
+    """Queue a cycle for the owner; returns (the request, whether it is new).
+
+    An owner has at most one queued request: a second one merges into it (forced if either was,
+    due at the earlier time), so a night that is enqueued twice still trains once."""
+    due = due_at or utcnow()
+    waiting = session.exec(select(CycleRequest).where(
+        CycleRequest.owner_id == owner_id, CycleRequest.status == CycleRequestStatus.queued)).first()
+    if waiting is not None:
+        waiting.force = waiting.force or force
+        if due < waiting.due_at:
+            waiting.due_at = due
+        session.flush()
+        return waiting, False
+    request = CycleRequest(owner_id=owner_id, trigger=trigger, force=force, due_at=due)
+    session.add(request)
+    session.flush()
+    return request, True
+
+
+def due_cycle_requests(*, session: Session, now: datetime | None = None, limit: int = 1) -> list[CycleRequest]:
+    """Queued requests that are due, oldest first, of owners with no request running (one cycle per
+    owner at a time: the owner's cycle lock would refuse the second anyway)."""
+    busy = select(CycleRequest.owner_id).where(CycleRequest.status == CycleRequestStatus.running)
+    return list(session.exec(select(CycleRequest).where(
+        CycleRequest.status == CycleRequestStatus.queued, col(CycleRequest.due_at) <= (now or utcnow()),
+        col(CycleRequest.owner_id).not_in(busy)).order_by(col(CycleRequest.due_at), col(CycleRequest.id))
+        .limit(limit)).all())
+
+
+def claim_cycle_request(*, session: Session, request_id: int, worker: str) -> bool:
+    """Take a queued request for `worker`; False when another worker took it first.
+
+    A conditional UPDATE: of two workers racing for the same row, the database lets one change
+    it (PostgreSQL re-checks the condition after the other's commit, SQLite has one writer)."""
+    now = utcnow()
+    result = session.execute(update(CycleRequest).where(
+        col(CycleRequest.id) == request_id, col(CycleRequest.status) == CycleRequestStatus.queued).values(
+        status=CycleRequestStatus.running, worker=worker, claimed_at=now, heartbeat_at=now,
+        attempts=CycleRequest.attempts + 1))
+    return result.rowcount == 1
+
+
+def heartbeat_cycle_requests(*, session: Session, request_ids: Sequence[int], worker: str) -> None:
+    if request_ids:
+        session.execute(update(CycleRequest).where(
+            col(CycleRequest.id).in_(list(request_ids)), col(CycleRequest.worker) == worker,
+            col(CycleRequest.status) == CycleRequestStatus.running).values(heartbeat_at=utcnow()))
+
+
+def finish_cycle_request(*, session: Session, request_id: int, status: CycleRequestStatus, outcome: str,
+                         cycle_id: int | None = None, report: str = "") -> CycleRequest:
+    request = session.get(CycleRequest, request_id)
+    if request is None:
+        raise StorageError(f"cycle request {request_id} not found")
+    request.status, request.outcome, request.finished_at = status, outcome, utcnow()
+    request.cycle_id, request.report = cycle_id, report
+    session.flush()
+    return request
+
+
+def requeue_cycle_request(*, session: Session, request_id: int, due_at: datetime, note: str = "") -> None:
+    """Put a claimed request back in the queue (its owner's lock was busy, or its worker died)."""
+    request = session.get(CycleRequest, request_id)
+    if request is None or request.status != CycleRequestStatus.running:
+        return
+    waiting = session.exec(select(CycleRequest).where(
+        CycleRequest.owner_id == request.owner_id, CycleRequest.status == CycleRequestStatus.queued)).first()
+    if waiting is not None:  # enqueued again meanwhile: that one stands for both
+        waiting.force = waiting.force or request.force
+        request.status, request.outcome, request.finished_at = CycleRequestStatus.done, note or "merged", utcnow()
+    else:
+        request.status, request.due_at, request.outcome = CycleRequestStatus.queued, due_at, note
+        request.worker, request.claimed_at, request.heartbeat_at = "", None, None
+    session.flush()
+
+
+def running_cycle_requests(*, session: Session) -> list[CycleRequest]:
+    return list(session.exec(select(CycleRequest).where(
+        CycleRequest.status == CycleRequestStatus.running).order_by(col(CycleRequest.id))).all())
+
+
+def list_cycle_requests(*, session: Session, owner_id: int | None = None) -> list[CycleRequest]:
+    query = select(CycleRequest).order_by(col(CycleRequest.id))
+    if owner_id is not None:
+        query = query.where(CycleRequest.owner_id == owner_id)
+    return list(session.exec(query).all())
+
+
+def unreported_cycle_requests(*, session: Session) -> list[tuple[CycleRequest, int]]:
+    """Finished requests whose report has not reached the owner yet, with the owner's Telegram id."""
+    rows = session.exec(select(CycleRequest, Owner.telegram_id).join(Owner, col(Owner.id) == CycleRequest.owner_id)
+                        .where(col(CycleRequest.status).in_([CycleRequestStatus.done, CycleRequestStatus.failed]),
+                               col(CycleRequest.reported_at).is_(None), CycleRequest.report != "")
+                        .order_by(col(CycleRequest.id))).all()
+    return [(request, telegram_id) for request, telegram_id in rows]
+
+
+def mark_cycle_request_reported(*, session: Session, request_id: int) -> None:
+    request = session.get(CycleRequest, request_id)
+    if request is not None:
+        request.reported_at = utcnow()
 
 
 # Status and forgetting --------------------------------------------------------------------------
@@ -567,7 +670,7 @@ def forget_owner(*, session: Session, owner_id: int) -> None:
         draft.regenerated_from = None
     session.flush()
     session.exec(delete(Adapter).where(col(Adapter.owner_id) == owner_id))
-    for model in (Draft, Message, Conversation, WritingSample, Cycle):
+    for model in (Draft, Message, Conversation, WritingSample, Cycle, CycleRequest):
         session.exec(delete(model).where(col(model.owner_id) == owner_id))
     session.exec(delete(Owner).where(col(Owner.id) == owner_id))
 

@@ -22,19 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from training.errors import ArtifactError, CorruptAdapter
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "twin_adapter.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what the checksum covers
 FORMAT_VERSION = 1
-
-
-class ArtifactError(Exception):
-    """An adapter folder cannot be written where asked."""
-
-
-class CorruptAdapter(ArtifactError):
-    """An adapter folder is incomplete or its files do not match the recorded checksum."""
 
 
 def adapter_checksum(folder: Path) -> str:
@@ -103,6 +97,22 @@ def verify_adapter(path: Path) -> None:
     if actual != manifest.get("checksum"):
         raise CorruptAdapter(f"adapter {folder} does not match its checksum "
                              f"(recorded {str(manifest.get('checksum'))[:12]}…, found {actual[:12]}…)")
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of the file `target`; replace `target` by it only if the block
+    succeeds. The one atomic file writer (result.json, the JSONL datasets, the attribution model): a
+    reader sees the old file or the new one, never half of it, and a failed write leaves nothing."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield staging
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            staging.unlink()
 
 
 @contextlib.contextmanager

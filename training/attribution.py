@@ -10,20 +10,17 @@ lines) and the floor (the other people's held-out lines).
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from training.artifacts import atomic_file
+from training.errors import NotEnoughData
 
 logger = logging.getLogger(__name__)
 
 MIN_TEXTS_PER_SIDE = 5
 _FORMAT_VERSION = 1
-
-
-class NotEnoughData(ValueError):
-    """Too few texts on one side to train (or score) the classifier; the message says which."""
 
 
 def _clean(texts: Sequence[str]) -> list[str]:
@@ -99,15 +96,8 @@ class AttributionClassifier:
 
         self._require_fitted()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic_file(path) as temporary:
             joblib.dump({"version": _FORMAT_VERSION, "pipeline": self.pipeline, "counts": self.counts}, temporary)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
         return path
 
     @classmethod

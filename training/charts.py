@@ -35,7 +35,7 @@ CYCLE_REFERENCES = {
 }
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,13 +70,16 @@ def style_table_rows(profile: StyleProfile) -> list[tuple[str, str]]:
     return rows
 
 
-def plot_style(profile: StyleProfile, path: str | Path, *, compare: dict[str, StyleProfile] | None = None) -> Path:
-    """A grid of small panels, one per feature: the owner's mean ± spread and each compared profile."""
-    plt = _pyplot()
+def plot_style(profile: StyleProfile, path: str | Path, *, compare: dict[str, StyleProfile] | None = None,
+               features: list[str] | None = None, title: str | None = None) -> Path:
+    """A grid of small panels, one per feature: the owner's mean ± spread and each compared profile.
+
+    `features`: only these (in this order; default every feature the owner's profile has data for)."""
+    plt = pyplot()
     path = Path(path)
     profiles = {"owner": profile, **(compare or {})}
-    names = [name for name in FEATURES if (profile.features.get(name) or _EMPTY).n]
-    columns = 4
+    names = [name for name in (features or FEATURES) if name in FEATURES and (profile.features.get(name) or _EMPTY).n]
+    columns = 4 if features is None else max(1, min(3, len(names)))  # a chosen few: phone-sized
     rows = max(1, math.ceil(len(names) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.2 * rows + 0.6), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -104,10 +107,10 @@ def plot_style(profile: StyleProfile, path: str | Path, *, compare: dict[str, St
         axis.tick_params(axis="y", labelsize=7)
         if FEATURES[name].kind == "share":
             axis.set_ylim(0, 1.05)
-    figure.suptitle(f"Style profile: {profile.n_texts} messages, {profile.n_words} words (bars: mean ± spread)",
+    figure.suptitle(title or f"Style profile: {profile.n_texts} messages, {profile.n_words} words (bars: mean ± spread)",
                     fontsize=10)
     figure.tight_layout()
-    return _save(figure, plt, path)
+    return save_figure(figure, plt, path)
 
 
 def _number(value: Any) -> float:
@@ -132,7 +135,7 @@ def plot_cycle_history(rows: list[dict[str, Any]], path: str | Path) -> Path:
     None or non-numeric values are skipped (the line joins the cycles that have one); a panel
     with no values at all says so.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
@@ -164,10 +167,10 @@ def plot_cycle_history(rows: list[dict[str, Any]], path: str | Path) -> Path:
     axes[-1, 0].set_xlabel(x_key or "cycle")
     axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
-    return _save(figure, plt, path)
+    return save_figure(figure, plt, path)
 
 
-def _save(figure: Any, plt: Any, path: Path) -> Path:
+def save_figure(figure: Any, plt: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         figure.savefig(path, format="png", dpi=100)

@@ -9,19 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from training.errors import ConfigError
 from training.prompt import DEFAULT_SYSTEM_PROMPT
 
 # The drafting backends `generation.backend` names (training.inference.serving runs them). Kept here, with the
 # settings that are checked against it: settings are the leaf of training and import none of its code.
-BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8")
-
-
-class ConfigError(ValueError):
-    """A setting has a value that is not allowed; the message names key, value and what is allowed."""
-
-    def __init__(self, key: str, value: object, allowed: str):
-        super().__init__(f"config: {key} = {value!r} is not allowed; expected {allowed}")
-        self.key, self.value, self.allowed = key, value, allowed
+BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8", "openai")
+# The OpenAI-compatible servers `generation.backend = "openai"` drafts through (training.inference.openai_server
+# keeps what differs between them in one table).
+SERVER_KINDS = ("vllm", "llama_cpp")
 
 
 def _check(condition: bool, key: str, value: object, allowed: str) -> None:
@@ -65,7 +61,13 @@ class GenerationSettings:
     repetition_penalty: float = 1.15
     seed: int = 0  # base seed; "another draft" adds one
     max_attempts: int = 3  # a draft that comes back empty is retried with another seed
-    backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.inference.serving)
+    backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.inference.serving) | openai
+    # backend = "openai": drafts come from a multi-LoRA completions server (training.inference.openai_server).
+    server_url: str = ""  # e.g. "http://127.0.0.1:8000" (the /v1 prefix is added)
+    server_kind: str = "vllm"  # vllm | llama_cpp
+    server_base_model: str = ""  # vLLM: the served base model's name; llama_cpp: its GGUF file ("" = the twin's own)
+    server_timeout_s: float = 30.0
+    server_models_config: str = ""  # llama_cpp: the --config_file the twin writes ("" = data_dir/server/llama_cpp_models.json)
     # The owner's own words in every prompt, at training and drafting time alike (training.retrieval),
     # off at 0: replies to the most similar past messages (BM25), and the newest earlier replies in the
     # same conversation, each clipped to `retrieved_max_chars`.
@@ -85,6 +87,10 @@ class GenerationSettings:
         _check(1 <= self.repetition_penalty <= 3, "generation.repetition_penalty", self.repetition_penalty, "1..3")
         _check(self.max_attempts >= 1, "generation.max_attempts", self.max_attempts, "1 or more")
         _check(self.backend in BACKENDS, "generation.backend", self.backend, ", ".join(BACKENDS))
+        _check(self.server_kind in SERVER_KINDS, "generation.server_kind", self.server_kind, ", ".join(SERVER_KINDS))
+        _check(self.backend != "openai" or self.server_url.startswith(("http://", "https://")),
+               "generation.server_url", self.server_url, 'an http(s) URL when backend = "openai"')
+        _check(self.server_timeout_s > 0, "generation.server_timeout_s", self.server_timeout_s, "seconds above 0")
 
 
 @dataclass
@@ -155,10 +161,22 @@ class TrainingSettings:
     # Recompute activations in the backward pass to save memory: auto = on a CPU for DPO and KTO
     # rows over 256 tokens (two sequences and a reference pass per example), off otherwise; or "on" / "off".
     gradient_checkpointing: str = "auto"
+    # How the child runs the training step (training.launch): "python" in the child itself, or
+    # "accelerate": `accelerate launch` with `accelerate_config` ("ddp", "fsdp", "deepspeed": the files
+    # shipped in training/accelerate/, or a path to a yaml file of your own) over `num_processes`
+    # processes (0 = as the file says). Datasets and evaluation stay in the child, on one process.
+    launcher: str = "python"
+    accelerate_config: str = "ddp"
+    num_processes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("sft", "dpo", "kto"):
             getattr(self, name).validate(name)
+        _check(self.launcher in ("python", "accelerate"), "training.launcher", self.launcher, "python or accelerate")
+        _check(self.num_processes >= 0, "training.num_processes", self.num_processes,
+               "0 (as the accelerate config says) or a positive integer")
+        _check(bool(self.accelerate_config), "training.accelerate_config", self.accelerate_config,
+               "ddp, fsdp, deepspeed or a path to an accelerate config yaml")
         _check(self.micro_batch_size >= 0, "training.micro_batch_size", self.micro_batch_size,
                "0 (auto) or a positive integer")
         _check(self.gradient_checkpointing in ("auto", "on", "off"), "training.gradient_checkpointing",
@@ -168,6 +186,14 @@ class TrainingSettings:
         _check(0 <= self.replay_fraction <= 10, "training.replay_fraction", self.replay_fraction, "0..10")
         _check(32 <= self.monologue_chunk_tokens <= 8192, "training.monologue_chunk_tokens",
                self.monologue_chunk_tokens, "32..8192")
+
+
+def training_settings_from_json(data: dict) -> TrainingSettings:
+    """TrainingSettings from `dataclasses.asdict` of one (a job file of the cycle's child)."""
+    values = dict(data)
+    for stage in ("sft", "dpo", "kto"):
+        values[stage] = StageSettings(**values[stage])
+    return TrainingSettings(**values)
 
 
 @dataclass
@@ -187,7 +213,7 @@ class EvaluationSettings:
     # standard errors of the difference (1.64: one-sided 95%); 0 judges the raw numbers.
     noise_z: float = 1.64
     # A refused candidate whose held-out likelihood improved is tried at these fractions of its
-    # strength, strongest first, and the strongest that passes is promoted (loop.ladder); [] = off.
+    # strength, strongest first, and the strongest that passes is promoted (training.ladder); [] = off.
     milder_strengths: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])
 
     def __post_init__(self) -> None:
@@ -203,6 +229,25 @@ class EvaluationSettings:
             _check(0 <= value < 1, f"evaluation.{key}", value, "a number in [0, 1)")
         _check(self.caricature_ratio > 1, "evaluation.caricature_ratio", self.caricature_ratio, "a number above 1")
         _check(0 <= self.noise_z <= 5, "evaluation.noise_z", self.noise_z, "a number in [0, 5]")
+
+
+@dataclass
+class InsightSettings:
+    """What `twin insight` and the cycle report's insight section measure (training.insight)."""
+
+    cycle_budget_s: float = 60.0  # the cycle report carries the insight only if it is measured within this; 0 = never
+    max_items: int = 16  # held-out replies whose tokens are scored under both models
+    drafts: int = 6  # drafts per model for the style profile before/after
+    attention_items: int = 4  # held-out replies run with eager attention
+    top_words: int = 8  # words per list (rose, fell)
+    min_count: int = 2  # a word must occur this often to be listed
+    max_new_tokens: int = 40  # per insight draft; shorter than a real draft, it only feeds the style profile
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.cycle_budget_s <= 3600, "insight.cycle_budget_s", self.cycle_budget_s,
+               "0 (never in the report) .. 3600 seconds")
+        for key in ("max_items", "drafts", "attention_items", "top_words", "min_count", "max_new_tokens"):
+            _check(1 <= getattr(self, key) <= 1000, f"insight.{key}", getattr(self, key), "1..1000")
 
 
 Stage = Literal["sft", "dpo", "kto"]

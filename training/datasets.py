@@ -1,8 +1,8 @@
 """Dataset builders: the owner's writing and feedback turned into trl's row formats.
 
 Pure functions: no model, no database. The cycle reads rows from storage into the frozen
-`FeedbackExample` / `WritingExample` below, calls the builders and writes the result as JSONL
-so a cycle can be re-run and inspected. The mapping follows the table "From feedback to
+`FeedbackExample` / `WritingExample` of `training.examples`; the training child (training.nightly)
+calls the builders and writes the result as JSONL so a cycle can be re-run and inspected. The mapping follows the table "From feedback to
 training rows" in docs/architecture.md.
 
 Every completion ends with the chat template's end-of-turn token (`<|im_end|>` for SmolLM2,
@@ -16,15 +16,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import random
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from training.artifacts import atomic_file
 from training.config import ModelSettings
+from training.examples import FEEDBACK_KINDS, FeedbackExample, WritingExample, kept_text, replay_sample
 from training.prompt import EXAMPLES_HEADER, Conversation, render_prompt, system_text
 
 END_OF_TURN = "<|im_end|>"
@@ -37,30 +36,6 @@ Renderer = Callable[[Conversation], str]
 Row = dict[str, Any]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class FeedbackExample:
-    """One verdict of the owner on one draft, with what the draft answered."""
-
-    kind: str  # accept | edit | reject | regenerate
-    conversation: Conversation
-    draft: str
-    text: str | None  # the owner's edit or replacement
-    later_kept: str | None  # regenerate: the text finally accepted/edited for the same incoming message
-    created_at: datetime
-    thread: str | None = None  # the conversation it belongs to (training.retrieval keeps a row from its own later replies)
-
-
-@dataclass(frozen=True)
-class WritingExample:
-    """One imported piece of the owner's writing: a reply (with its conversation) or a monologue."""
-
-    kind: str  # reply | monologue
-    text: str
-    conversation: Conversation | None
-    written_at: datetime | None
-    thread: str | None = None  # the conversation (or person answered) it belongs to; None: unknown
 
 
 def make_renderer(tokenizer: Any, settings: ModelSettings) -> Renderer:
@@ -107,9 +82,6 @@ def split_writing_holdout(writing: Sequence[WritingExample], fraction: float,
 
 # Row builders ----------------------------------------------------------------------------------
 
-FEEDBACK_KINDS = ("accept", "edit", "reject", "regenerate")
-
-
 def _checked(feedback: Sequence[FeedbackExample]) -> Sequence[FeedbackExample]:
     """Refuse unknown verdicts loudly: silently skipping them would hide a storage/loop mismatch."""
     for item in feedback:
@@ -126,30 +98,14 @@ def _completion(text: str, end_of_turn: str) -> str:
     return text + end_of_turn
 
 
-def _kept_text(item: FeedbackExample) -> str | None:
-    """What the owner finally wanted for this message, if the verdict says."""
-    if item.kind == "accept":
-        return _clean(item.draft) or None
-    if item.kind in ("edit", "reject"):
-        return _clean(item.text) or None
-    if item.kind == "regenerate":
-        return _clean(item.later_kept) or None
-    raise ValueError(f"unknown feedback kind {item.kind!r}")
-
-
 def preference_pair(item: FeedbackExample) -> tuple[str, str] | None:
     """(chosen, rejected) texts of a verdict, or None when it does not rank two texts."""
     if item.kind == "accept":
         return None
-    chosen, rejected = _kept_text(item), _clean(item.draft)
+    chosen, rejected = kept_text(item), _clean(item.draft)
     if not chosen or not rejected or chosen == rejected:
         return None
     return chosen, rejected
-
-
-def kept_text(item: FeedbackExample) -> str | None:
-    """The owner's text for this verdict (accepted draft, edit, replacement, later kept text)."""
-    return _kept_text(item)
 
 
 def _count_tokens(tokenizer: Any | None) -> Callable[[str], int]:
@@ -258,7 +214,7 @@ def build_sft_rows(feedback: Sequence[FeedbackExample], writing: Sequence[Writin
     rows: list[Row] = []
     for item in _checked(feedback):
         if item.kind in ("accept", "edit", "reject"):
-            text = _kept_text(item)
+            text = kept_text(item)
             if text:
                 rows.append({"prompt": render(item.conversation), "completion": _completion(text, end_of_turn)})
     if not feedback:
@@ -266,8 +222,7 @@ def build_sft_rows(feedback: Sequence[FeedbackExample], writing: Sequence[Writin
                                  tokenizer=tokenizer, chunk_tokens=chunk_tokens, end_of_turn=end_of_turn)
     writing_rows = _writing_sft_rows(writing, render=render, tokenizer=tokenizer,
                                      chunk_tokens=chunk_tokens, end_of_turn=end_of_turn)
-    replay = min(len(writing_rows), round(replay_fraction * len(rows)))
-    return rows + random.Random(seed).sample(writing_rows, replay)
+    return rows + replay_sample(writing_rows, fraction=replay_fraction, of=len(rows), seed=seed)
 
 
 def build_dpo_rows(feedback: Sequence[FeedbackExample], *, render: Renderer,
@@ -324,12 +279,9 @@ def write_datasets(rows_by_name: dict[str, list[Row]], folder: Path) -> dict[str
     folder.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for name, rows in rows_by_name.items():
-        target = folder / f"{name}.jsonl"
-        staging = target.with_suffix(f".jsonl.tmp-{os.getpid()}")
-        with staging.open("w", encoding="utf-8") as handle:
+        with atomic_file(folder / f"{name}.jsonl") as staging, staging.open("w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(staging, target)
         counts[name] = len(rows)
     return counts
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from training.config import EvaluationSettings, GenerationSettings, ModelSettings
-from training.datasets import FeedbackExample, WritingExample, kept_text, make_renderer, preference_pair
+from training.datasets import make_renderer, preference_pair
+from training.examples import FeedbackExample, WritingExample, kept_text
 from training.prompt import Conversation
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -8,7 +8,7 @@ of `training.attribution` but the data: no TF-IDF, no logistic regression, no tr
 
 It is reported beside the classifier (training.evaluate, the cycle report, the benchmarks), each
 with its ceiling (the owner's own held-out lines) and floor (the other people's); the promotion
-gate keeps judging by the classifier (loop/gate.py says why).
+gate keeps judging by the classifier (training/gate.py says why).
 
 How it is used here, measured on the benchmarks' owners (bench/judges.py, bench/RESULTS.md):
 
@@ -43,6 +43,7 @@ import re
 from typing import Any, Sequence
 
 from training.attribution import NotEnoughData, _clean, require_both_sides
+from training.errors import LambdaGUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ _PAD = re.compile(r"(?<!\S)<s>(?!\S)")
 
 def _texts(texts: Sequence[str]) -> list[str]:
     return [_PAD.sub("<s >", text) for text in _clean(texts)]
-
-
-class LambdaGUnavailable(RuntimeError):
-    """The `lambdag` package is not installed; the message says how to install it."""
 
 
 def lambdag_method(*, order: int = ORDER, references: int = REFERENCES, seed: int = 0) -> Any:

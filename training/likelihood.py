@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 4  # logits are (batch × length × 49152) floats: keep batches small on CPU
 
 
-def _encode(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
+def encode_completion(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
     """Token ids of prompt+completion and where the completion starts (as trl computes it)."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     full_ids = tokenizer(prompt + completion)["input_ids"]
@@ -31,9 +31,21 @@ def _encode(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], in
     return list(full_ids), start
 
 
+_encode = encode_completion
+
+
 def completion_logprobs(model: Any, tokenizer: Any, items: Sequence[tuple[str, str]], *,
                         end_of_turn: str = END_OF_TURN, batch_size: int = BATCH_SIZE) -> list[tuple[float, int]]:
     """(sum of token log-probs, token count) of each text given its prompt, end-of-turn included."""
+    return [(sum(logps), len(logps)) for _, logps in
+            completion_token_logprobs(model, tokenizer, items, end_of_turn=end_of_turn, batch_size=batch_size)]
+
+
+def completion_token_logprobs(model: Any, tokenizer: Any, items: Sequence[tuple[str, str]], *,
+                              end_of_turn: str = END_OF_TURN,
+                              batch_size: int = BATCH_SIZE) -> list[tuple[list[int], list[float]]]:
+    """(completion token ids, their log-probs) of each text given its prompt, end-of-turn included
+    (training.insight compares them token by token between two models)."""
     import torch
 
     device = next(model.parameters()).device
@@ -41,7 +53,7 @@ def completion_logprobs(model: Any, tokenizer: Any, items: Sequence[tuple[str, s
     # Only the positions that predict a completion token need the vocabulary projection: the prompt
     # is most of a chat row, and the LM head is a fifth of a small model's forward pass.
     slices_logits = _supports_logits_to_keep(model)
-    results: list[tuple[float, int]] = []
+    results: list[tuple[list[int], list[float]]] = []
     for offset in range(0, len(items), batch_size):
         encoded = [_encode(tokenizer, prompt, text + end_of_turn) for prompt, text in items[offset:offset + batch_size]]
         width = max(len(ids) for ids, _ in encoded)
@@ -61,7 +73,7 @@ def completion_logprobs(model: Any, tokenizer: Any, items: Sequence[tuple[str, s
             scores = torch.log_softmax(logits[row, first - 1 - first_needed:len(ids) - 1 - first_needed].float(), dim=-1)
             targets = torch.tensor(ids[first:], device=scores.device)
             token_logps = scores.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            results.append((float(token_logps.sum()), len(ids) - first))
+            results.append((ids[first:], [float(v) for v in token_logps]))
     return results
 
 

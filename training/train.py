@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from training.artifacts import staged_folder, write_manifest
 from training.config import LoraSettings, ModelSettings, StageSettings, TrainingSettings
 from training.datasets import END_OF_TURN, read_datasets
+from training.errors import NothingToTrain
 
 if TYPE_CHECKING:  # pragma: no cover
     from training.stages import MemoryPlan
@@ -39,10 +41,6 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("sft", "dpo", "kto")
 ROW_NOUNS = {"sft": "SFT rows", "dpo": "DPO pairs", "kto": "KTO rows"}
-
-
-class NothingToTrain(Exception):
-    """No enabled stage has rows: there is nothing to learn from yet."""
 
 
 @dataclass
@@ -172,6 +170,17 @@ def _check_rows(rows: dict[str, list[dict[str, Any]]], eos_token: str) -> None:
 
 
 @contextlib.contextmanager
+def _discarded(output_dir: Path) -> Iterator[Path]:
+    """A folder beside `output_dir` for a rank that is not the main one: written, then removed."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-rank-", dir=output_dir.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def _run_log(path: Path) -> Iterator[None]:
     """Send this run's log records (ours, trl's, transformers') to `path` while it lasts."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,9 +231,14 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
     from training.model import load_model, load_tokenizer, resolve_base_model, select_device, select_dtype
     from training.stages import common_arguments, lora_config, memory_plan, run_stage
 
+    from training.launch import is_main_process
+
     set_seed(job.training.seed)
     base = resolve_base_model(job.model, Path(job.models_dir))
     device = select_device(job.model)
+    if device == "cuda" and os.environ.get("LOCAL_RANK"):  # one GPU per rank under `accelerate launch`
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    main_process = is_main_process()
     dtype = select_dtype(job.model, device)
     tokenizer = load_tokenizer(base)
     _check_rows(rows, tokenizer.eos_token)
@@ -248,7 +262,8 @@ def _train(job: TrainJob, rows: dict[str, list[dict[str, Any]]], planned: list[s
 
     stats: dict[str, dict[str, Any]] = {}
     output_dir = Path(job.output_dir)
-    with staged_folder(output_dir) as staging:
+    # Under `accelerate launch` every rank trains but only the main one writes the adapter folder.
+    with (staged_folder(output_dir) if main_process else _discarded(output_dir)) as staging:
         scratch = Path(tempfile.mkdtemp(prefix=".trainer-", dir=staging.parent))
         try:
             for stage in planned:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from loop.config import ImportSettings
+from loop.errors import ImportFormatError, ImporterError, OwnerUnknownError  # noqa: F401 - the importers take them from here
 from storage.models import SampleKind, WritingSampleCreate
 
 logger = logging.getLogger(__name__)
@@ -70,44 +71,6 @@ def _name_key(name: str | None) -> str:
     # WhatsApp wraps names in direction marks and no-break spaces; compare what a person reads.
     cleaned = (name or "").replace("\u200e", "").replace("\u200f", "").replace("\u202a", "").replace("\u202c", "")
     return " ".join(cleaned.split()).casefold()
-
-
-class ImporterError(Exception):
-    """Base of the importers' domain errors; `file` is the file concerned."""
-
-    format: str | None = None  # what the file looked like, when known (the report's Format column)
-
-    def __init__(self, file: Path, message: str):
-        super().__init__(message)
-        self.file = Path(file)
-
-
-class ImportFormatError(ImporterError):
-    """A file is not in the expected format: names the file, the place (line, byte, message id) and why."""
-
-    def __init__(self, file: Path | str, location: str | None, message: str):
-        self.location = location
-        self.message = message
-        super().__init__(Path(file), message)
-
-    def __str__(self) -> str:
-        where = f", {self.location}" if self.location else ""
-        return f"{self.file.name}{where}: {self.message}"
-
-
-class OwnerUnknownError(ImporterError):
-    """The file is readable but nothing in it says which sender is the owner."""
-
-    def __init__(self, file: Path | str, *, senders: Sequence[tuple[str, int]], hint: str):
-        self.senders = list(senders)
-        self.hint = hint
-        found = "; ".join(f"{name}: {count} message{'s' if count != 1 else ''}"
-                          for name, count in self.senders[:12]) or "none"
-        more = f"; and {len(self.senders) - 12} more" if len(self.senders) > 12 else ""
-        super().__init__(Path(file), f"{Path(file).name}: which sender is you? Senders found: {found}{more}. {hint}")
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 @dataclass

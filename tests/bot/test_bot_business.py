@@ -1,6 +1,6 @@
 """End to end: the twin inside the owner's real chats through a Telegram Business connection.
 
-The real Application against the fake Bot API (tests/fakebotapi/business.py), on the test's
+The real Application against the fake Bot API (bench/fakebotapi/business.py), on the test's
 database (SQLite, and PostgreSQL when TWIN_TEST_DATABASE_URL is set), with the FakeDrafter.
 """
 

@@ -1,6 +1,6 @@
 """End to end: drafts and verdicts through HTTP, the real Application against the fake Bot API.
 
-Every test runs python-telegram-bot unchanged against tests/fakebotapi.py, on a real SQLite
+Every test runs python-telegram-bot unchanged against bench/fakebotapi.py, on a real SQLite
 file, with the FakeDrafter; what the owner would see is read back from the fake server.
 """
 

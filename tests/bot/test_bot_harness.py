@@ -22,7 +22,7 @@ from loop.config import Config
 from loop.drafting import FakeDrafter
 from loop.twin import Twin
 from storage.models import Draft, Feedback, Message
-from tests.fakebotapi import FakeBotApi
+from bench.fakebotapi import FakeBotApi
 
 OWNER_ID = 1001  # the `config` fixture's owner
 STRANGER_ID = 4242
@@ -36,11 +36,11 @@ class GatedDrafter(FakeDrafter):
         self.gate = threading.Event()
         self.started = threading.Event()
 
-    def draft(self, conversation: Any, *, adapter: Any, seed: int) -> Any:
+    def draft(self, conversation: Any, *, adapter: Any, seed: int, on_text: Any = None) -> Any:
         self.started.set()
         if not self.gate.wait(timeout=60):
             raise TimeoutError("the test never opened the gate")
-        return super().draft(conversation, adapter=adapter, seed=seed)
+        return super().draft(conversation, adapter=adapter, seed=seed, on_text=on_text)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from sqlmodel import Session
 from loop.drafting import FakeDrafter
 from loop.twin import Twin
 from storage.models import FeedbackKind, Message
-from tests.fakebotapi import NOT_MODIFIED
+from bench.fakebotapi import NOT_MODIFIED
 from tests.reliability.bot import until
 from tests.bot.test_bot_harness import OWNER_ID, GatedDrafter, running_harness
 
@@ -98,7 +98,7 @@ async def test_errors_are_logged_and_told_to_the_owner_in_a_sentence(harness, ca
     class Broken:
         calls: list = []
 
-        def draft(self, conversation, *, adapter, seed):
+        def draft(self, conversation, *, adapter, seed, on_text=None):
             raise RuntimeError("the model fell over")
 
     await harness.start(Broken())
@@ -110,7 +110,7 @@ async def test_errors_are_logged_and_told_to_the_owner_in_a_sentence(harness, ca
 
 async def test_the_error_log_names_the_update_and_the_chat_but_never_the_text(harness, caplog):
     class Broken:
-        def draft(self, conversation, *, adapter, seed):
+        def draft(self, conversation, *, adapter, seed, on_text=None):
             raise RuntimeError("the model fell over")
 
     caplog.set_level(logging.INFO)
@@ -130,7 +130,7 @@ async def test_a_model_with_nothing_to_say_is_reported_plainly(harness):
     from loop.drafting import DraftingError
 
     class Empty:
-        def draft(self, conversation, *, adapter, seed):
+        def draft(self, conversation, *, adapter, seed, on_text=None):
             raise DraftingError("the model gave an empty reply 3 times")
 
     await harness.start(Empty())

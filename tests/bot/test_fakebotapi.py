@@ -8,7 +8,7 @@ import pytest
 from telegram import Bot, CopyTextButton, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, InvalidToken, RetryAfter
 
-from tests.fakebotapi import NOT_MODIFIED, FakeBotApi
+from bench.fakebotapi import NOT_MODIFIED, FakeBotApi
 
 
 @pytest.fixture

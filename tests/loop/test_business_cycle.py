@@ -9,7 +9,8 @@ builders of training.datasets with the tiny model's tokenizer), on the test's da
 from __future__ import annotations
 
 from loop.business import Business
-from loop.collect import collect, feedback_from_json, feedback_to_json, writing_from_json, writing_to_json
+from loop.collect import collect
+from training.examples import feedback_from_json, feedback_to_json, writing_from_json, writing_to_json
 from loop.drafting import FakeDrafter
 from loop.twin import Twin
 from storage import repo

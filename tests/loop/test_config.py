@@ -66,6 +66,8 @@ def test_token_comes_from_the_environment_only(tmp_path: Path, monkeypatch: pyte
         ("[schedule]\ntimezone = 'Mars/Olympus'", "schedule.timezone", "IANA"),
         ("[telegram]\nmode = 'carrier-pigeon'", "telegram.mode", "polling or webhook"),
         ("[telegram]\nmode = 'webhook'", "telegram.webhook_url", "https URL"),
+        ("[telegram]\nstream = 'typewriter'", "telegram.stream", "draft | edit | off"),
+        ("[telegram]\nstream_interval_s = 0", "telegram.stream_interval_s", "0.05..60"),
         ("[importing]\nmax_unpacked_mb = 0", "importing.max_unpacked_mb", "1 or more"),
         ("[importing]\nmax_entries = 'many'", "importing.max_entries", "an integer"),
         ("[evaluation]\nholdout_fraction = 1.5", "evaluation.holdout_fraction", "(0, 1)"),

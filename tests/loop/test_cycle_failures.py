@@ -158,6 +158,8 @@ def test_the_lock_of_a_dead_process_is_taken_over_and_its_cycle_marked_failed(cy
 
 
 def test_a_live_holder_keeps_the_lock_and_a_silent_remote_one_loses_it(cycle_config, engine):
+    if engine.dialect.name == "postgresql":
+        pytest.skip("on PostgreSQL the advisory lock decides, not the row (tests/storage/test_locks.py)")
     with session_scope(engine) as session:
         assert repo.acquire_lock(session=session, name=LOCK_NAME, holder="elsewhere:123:x")
     with pytest.raises(CycleAlreadyRunning, match="already running"):

@@ -11,7 +11,8 @@ import json
 import pytest
 
 from loop.business import Business
-from loop.collect import collect, conversation_thread, feedback_from_json, feedback_to_json
+from loop.collect import collect, conversation_thread
+from training.examples import feedback_from_json, feedback_to_json
 from loop.cycle import _prepare
 from loop.drafting import FakeDrafter
 from loop.examples import OwnWords

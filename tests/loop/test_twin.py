@@ -122,3 +122,37 @@ def test_one_drafted_message_and_one_verdict_take_one_commit_each_step(twin: Twi
     commits.clear()
     twin.record_verdict(telegram_id=1001, draft_id=first.id, kind="regenerate")
     assert len(commits) == 2  # the verdict, then the new draft written after the model's time
+
+
+def test_terminal_chat_prints_the_draft_as_it_is_written_and_stores_the_final_text(twin: Twin) -> None:
+    import io
+
+    twin.drafter.replies = ["see you [at] nine then"]
+    twin.drafter.stream = True
+    answers = iter(["dinner?", "s"])
+
+    def ask(_prompt: str) -> str:
+        try:
+            return next(answers)
+        except StopIteration:
+            raise EOFError from None
+
+    seen: list[str] = []
+    real_draft = twin.drafter.draft
+
+    def watched(*args, on_text=None, **kwargs):
+        # What the terminal printed while the drafter was still writing: the stream, not the final line.
+        def spy(text: str) -> None:
+            on_text(text)
+            seen.append(out.getvalue())
+        return real_draft(*args, on_text=spy, **kwargs)
+
+    twin.drafter.draft = watched  # type: ignore[method-assign]
+    out = io.StringIO()
+    chat_loop(twin, telegram_id=1001, console=Console(file=out, force_terminal=False, width=200),
+              ask=ask)
+    assert seen[0].rstrip().endswith("twin> see") and seen[-1].rstrip().endswith("twin> see you [at] nine then")
+    printed = out.getvalue()
+    assert printed.count("see you [at] nine then") == 1  # not printed again once done
+    assert "twin> see you [at] nine then  (v0," in printed
+    assert twin.status(1001)["drafts"] == 1

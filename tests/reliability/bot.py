@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import pytest
 
 from bot import keyboards, texts
-from tests.fakebotapi import FakeBotApi
+from bench.fakebotapi import FakeBotApi
 from tests.reliability.proxy import FaultyProxy
 from tests.bot.test_bot_harness import Harness, running_harness
 

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from bot import texts
 from loop.config import Config
 from storage.models import BusinessDraft, Feedback, FeedbackKind
-from tests.fakebotapi import FakeBotApi
+from bench.fakebotapi import FakeBotApi
 from tests.bot.test_bot_harness import OWNER_ID
 from tests.reliability.test_reliability_kill import TOKEN, BotProcess, check_consistency
 

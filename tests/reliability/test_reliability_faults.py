@@ -1,7 +1,7 @@
 """Faults between the bot and the world: the Bot API answering 5xx, the network down or stalled,
 the database locked by another writer. The bot must recover by itself and lose nothing.
 
-The real Application runs against tests/fakebotapi/; network faults come from a TCP proxy in
+The real Application runs against bench/fakebotapi/; network faults come from a TCP proxy in
 between (tests/reliability/proxy.py), Bot API errors from the fake server's `fail_next`, the
 lock from a second SQLite connection holding the write lock.
 """
@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from storage.models import FeedbackKind
-from tests.fakebotapi import FakeBotApi
+from bench.fakebotapi import FakeBotApi
 from tests.reliability.bot import draft_messages, feedback_data_of, fetched, harness, proxied, until  # noqa: F401
 from tests.reliability.bot import shows_verdict as shown_with_verdict
 from tests.reliability.figures import record

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from loop.importing import KNOWN_FORMATS
 from storage.models import Draft, Feedback, Message, WritingSample
-from tests.fakebotapi import FakeBotApi
+from bench.fakebotapi import FakeBotApi
 from tests.reliability.figures import record
 from tests.reliability.bot import feedback_data_of, harness  # noqa: F401 - fixture
 from tests.bot.test_bot_harness import OWNER_ID, STRANGER_ID, Harness

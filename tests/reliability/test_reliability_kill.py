@@ -27,7 +27,7 @@ from sqlmodel import Session, select
 from bot import keyboards
 from loop.config import TOKEN_ENV, Config
 from storage.models import Conversation, Draft, Feedback, Message
-from tests.fakebotapi import FakeBotApi
+from bench.fakebotapi import FakeBotApi
 from tests.reliability.bot import draft_messages, feedback_data_of, fetched, maybe_shown_notices, until
 from tests.reliability.figures import record
 from tests.bot.test_bot_commands import free_port

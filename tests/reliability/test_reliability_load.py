@@ -1,6 +1,6 @@
 """Load through the real bot and the fake Bot API: a burst of 500 messages, and two owners at once.
 
-python-telegram-bot runs unchanged against tests/fakebotapi/ on the test's database (SQLite,
+python-telegram-bot runs unchanged against bench/fakebotapi/ on the test's database (SQLite,
 and PostgreSQL in CI). The drafter is the FakeDrafter, held at a gate where a test needs the
 queue full at a known moment; no test waits on a clock.
 """

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from loop.config import TOKEN_ENV
 from loop.runtime import install_token_redaction
 from storage.models import Conversation, Draft, Feedback, Message, Owner, WritingSample
-from tests.fakebotapi import FakeBotApi
+from bench.fakebotapi import FakeBotApi
 from tests.reliability.bot import feedback_data_of, harness  # noqa: F401 - fixture
 from tests.reliability.figures import record
 from tests.bot.test_bot_harness import OWNER_ID, STRANGER_ID, Harness

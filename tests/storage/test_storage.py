@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlmodel import SQLModel, select
 
 from storage import repo
-from storage.db import migrate, open_database, session_scope, table_names
-from storage.models import Draft, FeedbackKind, SampleKind, WritingSample, WritingSampleCreate
+from storage.db import alembic_config, create_db_engine, migrate, open_database, read_scope, session_scope, table_names
+from storage.models import Conversation, Draft, FeedbackKind, Lock, Message, Owner, SampleKind, WritingSample, WritingSampleCreate
 
 
 def make_draft(session, telegram_id: int = 1, text: str = "hey") -> Draft:
@@ -44,6 +45,49 @@ def test_migrating_an_existing_database_keeps_its_rows(database_url: str) -> Non
     with session_scope(engine) as session:
         assert session.get(Draft, draft_id).text == "hey"
     engine.dispose()
+
+
+def test_migration_0006_makes_stored_timestamps_aware_utc_and_keeps_the_rows(database_url: str) -> None:
+    """Rows written before 0006 (naive UTC digits, as the old columns held them) read back as the
+    same instants, aware, after the upgrade; on PostgreSQL the columns are now timestamptz."""
+    engine = create_db_engine(database_url)
+    migrate(engine, "0005")
+    stamp = "2026-01-02 03:04:05"
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO owner (id, telegram_id, created_at) VALUES (1, 7, :t)"), {"t": stamp})
+        connection.execute(text("INSERT INTO conversation (id, owner_id, chat_key, created_at) VALUES (1, 1, 'cli', :t)"),
+                           {"t": stamp})
+        connection.execute(text("INSERT INTO message (id, owner_id, conversation_id, role, text, created_at) "
+                                "VALUES (1, 1, 1, 'other', 'hi', :t)"), {"t": stamp})
+        connection.execute(text('INSERT INTO "lock" (name, holder, acquired_at, heartbeat_at) VALUES (\'cycle\', \'h:1\', :t, :t)'),
+                           {"t": stamp})
+    migrate(engine)
+    expected = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    with read_scope(engine) as session:
+        assert session.get(Owner, 1).created_at == expected
+        assert session.get(Conversation, 1).created_at == expected
+        message = session.get(Message, 1)
+        assert message.text == "hi" and message.created_at == expected and message.created_at.tzinfo is not None
+        assert session.get(Lock, "cycle").heartbeat_at == expected
+    if engine.dialect.name == "postgresql":
+        columns = {c["name"]: c["type"] for c in inspect(engine).get_columns("message")}
+        assert columns["created_at"].timezone is True
+    command.downgrade(alembic_config(engine), "0005")  # and back down, for a rollback of the code
+    with read_scope(engine) as session:
+        assert session.get(Owner, 1).created_at == expected
+    migrate(engine)
+    engine.dispose()
+
+
+def test_timestamps_are_stored_in_utc_and_read_back_aware(engine) -> None:
+    local = timezone(timedelta(hours=2))
+    with session_scope(engine) as session:
+        owner = repo.get_or_create_owner(session=session, telegram_id=5)
+        owner.created_at = datetime(2026, 6, 1, 12, 0, tzinfo=local)
+        owner_id = owner.id
+    with read_scope(engine) as session:
+        created = session.get(Owner, owner_id).created_at
+    assert created == datetime(2026, 6, 1, 10, 0, tzinfo=timezone.utc) and created.utcoffset() == timedelta(0)
 
 
 def test_sqlite_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:

@@ -224,3 +224,36 @@ def test_drafter_from_config_loads_the_configured_model(tiny_model_dir: Path, tm
     config.generation = tiny_generation_settings()
     drafter = EngineDrafter.from_config(config)
     assert drafter.draft(CONVERSATION, adapter=None, seed=1).text.strip()
+
+
+def test_on_text_follows_the_transformers_draft_and_ends_on_its_final_text(engine: Engine) -> None:
+    """Streamed drafts: the cleaned reply so far after each token, growing, the last one the draft
+    itself; streaming changes nothing of what is sampled."""
+    seen: list[str] = []
+    streamed = engine.generate(prompt(engine), settings=tiny_generation_settings(), seed=5, on_text=seen.append)
+    plain = gen(engine, 5)
+    assert streamed.text == plain.text and streamed.backend == "transformers"
+    if plain.text:
+        assert seen and seen[-1] == plain.text
+    assert len(seen) == len(set(seen)) and all("<|im_" not in text for text in seen)
+
+
+def test_a_failing_on_text_costs_the_preview_never_the_draft(engine: Engine) -> None:
+    calls: list[str] = []
+
+    def broken(text: str) -> None:
+        calls.append(text)
+        raise RuntimeError("the chat went away")
+
+    streamed = engine.generate(prompt(engine), settings=tiny_generation_settings(), seed=5, on_text=broken)
+    assert streamed.text == gen(engine, 5).text
+    assert len(calls) <= 1  # dropped after its first failure
+
+
+def test_the_drafter_reads_the_system_text_as_the_opening_every_prompt_shares(engine: Engine, tiny_model_dir: Path) -> None:
+    drafter = EngineDrafter(engine, tiny_model_settings(tiny_model_dir), tiny_generation_settings())
+    opening = drafter.prompt_opening()
+    assert opening and "are you coming" not in opening
+    assert drafter.render(CONVERSATION).startswith(opening)
+    assert drafter.render(Conversation.of("x", [], contact="Ann")).startswith(opening)
+    assert engine.warm_prompt(opening, None, settings=tiny_generation_settings()) == 0  # transformers keeps no cache

@@ -208,3 +208,35 @@ def test_writing_a_gguf_file_does_not_chatter(engine: Engine, tmp_path: Path, ca
         write_model_gguf(engine.serving._fp32_model(None), embedded_gguf_path(), tmp_path / "m.gguf")
     assert (tmp_path / "m.gguf").stat().st_size > 0
     assert not [record for record in caplog.records if record.name.startswith("gguf")]
+
+
+def test_llamacpp_streams_the_draft_token_by_token_and_samples_the_same(engine: Engine, adapter: Path) -> None:
+    seen: list[str] = []
+    streamed = engine.generate(prompt(engine), settings=settings(), seed=3, adapter=("a", adapter), on_text=seen.append)
+    plain = engine.generate(prompt(engine), settings=settings(), seed=3, adapter=("a", adapter))
+    assert streamed.backend == "llamacpp" and streamed.text == plain.text
+    if plain.text:
+        assert seen[-1] == plain.text
+    assert all(text and "<|im_" not in text for text in seen)
+
+
+def test_the_warm_up_reads_the_system_text_once_and_drafts_read_only_the_rest(gguf_model_dir: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from loop.drafting import EngineDrafter
+
+    engine = Engine.load(tiny_model_settings(gguf_model_dir), tmp_path / "models")
+    drafter = EngineDrafter(engine, tiny_model_settings(Path("x")), settings())
+    drafter.prepare(None)
+    opening_ids = engine.encode(drafter.prompt_opening())
+    llama = engine.serving.generator(None, "llamacpp").llama
+    assert llama.n_tokens == len(opening_ids) > 10
+    assert engine.warm_prompt(drafter.prompt_opening(), None, settings=settings()) == 0  # read already
+    evaluated: list[int] = []
+    evaluate = llama.eval
+    monkeypatch.setattr(llama, "eval", lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))[1])
+    for incoming in ("first chat", "another chat, another person"):  # each message another chat
+        evaluated.clear()
+        ids = engine.encode(drafter.render(Conversation.of(incoming, [])))
+        drafter.draft(Conversation.of(incoming, []), adapter=None, seed=1)
+        shared = len(os.path.commonprefix([opening_ids, ids]))
+        assert shared >= len(opening_ids) - 1 and evaluated[0] <= len(ids) - shared + 1  # the system text was not read again

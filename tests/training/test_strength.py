@@ -58,7 +58,7 @@ def test_a_reference_of_another_shape_is_refused(tiny_model_dir, tmp_path):
 
 
 def test_the_chosen_strength_takes_the_candidates_place_and_nothing_else_is_left(tiny_model_dir, tmp_path):
-    from loop.child import _milder_dir, _put_milder_in_place, _remove_milder_versions
+    from training.nightly import _milder_dir, _put_milder_in_place, _remove_milder_versions
     from training.artifacts import read_manifest
 
     root = tmp_path / "adapters"

@@ -22,13 +22,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from training.config import GenerationSettings, ModelSettings
 
 logger = logging.getLogger(__name__)
 
 AdapterSpec = tuple[str, "str | Path"]  # (key, folder)
+TextCallback = Callable[[str], None]  # the cleaned reply so far, while it is decoded
 
 _STOP_MARKERS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
 _ROLE_HEADER = re.compile(r"^\s*(?:<\|im_start\|>)?\s*(?:assistant|user|system)\s*:?\s*\n", re.IGNORECASE)
@@ -67,6 +68,55 @@ class PrefillTimer:
         if self.first_call is None:
             self.first_call = time.perf_counter()
         return scores
+
+
+class TextFollower:
+    """Turns the token ids decoded so far into the cleaned reply so far for an `on_text` callback.
+
+    Called from the decoding loop after every token: the text is decoded and cleaned as the final
+    one is (so a role header or an end-of-turn marker never shows), and passed on only when it
+    changed. A callback that fails is logged once and dropped: streaming must never cost the draft.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: TextCallback):
+        self.tokenizer = tokenizer
+        self.on_text: TextCallback | None = on_text
+        self.last = ""
+
+    def __call__(self, ids: Sequence[int]) -> None:
+        if self.on_text is None:
+            return
+        text = clean_generated(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+        if not text or text == self.last:
+            return
+        self.last = text
+        try:
+            self.on_text(text)
+        except Exception:  # noqa: BLE001 - the draft goes on without its preview
+            logger.exception("streaming a draft's text failed; the draft goes on without it")
+            self.on_text = None
+
+
+class _TokenStreamer:
+    """transformers' streamer interface (`put` / `end`): hands the new token ids to `on_token`.
+
+    `generate` puts the prompt first, then each new token; the prompt is skipped.
+    """
+
+    def __init__(self, on_token: Callable[[list[int]], None]):
+        self.on_token = on_token
+        self.ids: list[int] = []
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.ids.extend(int(token) for token in value.reshape(-1).tolist())
+        self.on_token(list(self.ids))
+
+    def end(self) -> None:
+        pass
 
 
 class _GeneratedTokensRepetitionPenalty:
@@ -232,19 +282,36 @@ class Engine:
                     return
             self._on_serving(adapter, backend, lambda folder: self.serving.generator(folder, backend))
 
+    def warm_prompt(self, prefix_text: str, adapter: AdapterSpec | None, *, settings: GenerationSettings) -> int:
+        """Read the text every prompt opens with (the system text) into the drafting backend's
+        prompt cache before the first draft (llama.cpp; a no-op elsewhere); returns tokens read."""
+        ids = self.encode(prefix_text)
+        with self._lock:
+            backend = self.backend_for(settings)
+            if backend == "transformers" or not ids:
+                return 0
+            read = self._on_serving(adapter, backend, lambda folder: self.serving.warm(
+                ids, adapter_folder=folder, backend=backend))
+            return int(read or 0)
+
     def generate(self, prompt_text: str, *, settings: GenerationSettings, seed: int,
-                 adapter: AdapterSpec | None = None) -> GenerationOutput:
-        """Sample one reply to a rendered prompt; stops at the end of the turn or max_new_tokens."""
+                 adapter: AdapterSpec | None = None, on_text: TextCallback | None = None) -> GenerationOutput:
+        """Sample one reply to a rendered prompt; stops at the end of the turn or max_new_tokens.
+
+        `on_text(reply so far)` is called while it is decoded (cleaned as the final text is, only
+        when it changed), from the calling thread; the returned text is the final one.
+        """
         started = time.perf_counter()
         prompt_ids = self.encode(prompt_text)
+        follower = TextFollower(self.tokenizer, on_text) if on_text is not None else None
         with self._lock:
             backend = self.backend_for(settings)
             new_ids: list[int] | None = None
             if backend != "transformers":
-                new_ids, prefill_ms = self._generate_served(prompt_ids, settings, seed, adapter, backend)
+                new_ids, prefill_ms = self._generate_served(prompt_ids, settings, seed, adapter, backend, follower)
             if new_ids is None:
                 backend = "transformers"
-                new_ids, prefill_ms = self._generate_transformers(prompt_ids, settings, seed, adapter)
+                new_ids, prefill_ms = self._generate_transformers(prompt_ids, settings, seed, adapter, follower)
         finished = time.perf_counter()
         raw = self.tokenizer.decode(new_ids, skip_special_tokens=False)
         return GenerationOutput(text=clean_generated(raw), new_tokens=len(new_ids),
@@ -318,15 +385,17 @@ class Engine:
             return None
 
     def _generate_served(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
-                         adapter: AdapterSpec | None, backend: str) -> tuple[list[int] | None, float]:
+                         adapter: AdapterSpec | None, backend: str,
+                         follower: TextFollower | None = None) -> tuple[list[int] | None, float]:
         """The converted backend's draft, or (None, 0) after giving that backend up for this engine."""
         output = self._on_serving(adapter, backend, lambda folder: self.serving.generate(
             prompt_ids, adapter_folder=folder, backend=backend, settings=settings, seed=seed,
-            stop_ids=self.stop_token_ids()))
+            stop_ids=self.stop_token_ids(), on_token=follower))
         return (None, 0.0) if output is None else (output.new_ids, output.prefill_ms)
 
     def _generate_transformers(self, prompt_ids: list[int], settings: GenerationSettings, seed: int,
-                               adapter: AdapterSpec | None) -> tuple[list[int], float]:
+                               adapter: AdapterSpec | None,
+                               follower: TextFollower | None = None) -> tuple[list[int], float]:
         import torch
         from transformers import LogitsProcessorList
 
@@ -344,6 +413,7 @@ class Engine:
                     do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
                     max_new_tokens=settings.max_new_tokens,
                     eos_token_id=self.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id,
-                    logits_processor=LogitsProcessorList([penalty, timer]))
+                    logits_processor=LogitsProcessorList([penalty, timer]),
+                    streamer=_TokenStreamer(follower) if follower is not None else None)
         finished = time.perf_counter()
         return output[0, input_ids.shape[1]:].tolist(), ((timer.first_call or finished) - started) * 1000

@@ -26,7 +26,9 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from training.errors import GgufWriteError
 
 # gguf's writer logs its own progress at INFO ("This GGUF file is for Little Endian only"...),
 # which would land in the terminal chat between a message and its draft.
@@ -38,10 +40,6 @@ MATRIX_DTYPE = "float16"
 # general.file_type: llama.cpp's LLAMA_FTYPE_ALL_F32 and LLAMA_FTYPE_MOSTLY_F16.
 _FILE_TYPES = {"float32": 0, "float16": 1}
 _GGML_TYPE_F32 = 0
-
-
-class GgufWriteError(ValueError):
-    """The model cannot be written as a llama.cpp GGUF file (not a Llama-family model)."""
 
 
 def llamacpp_installed() -> bool:
@@ -142,8 +140,9 @@ def _close_open_generators() -> None:
 class LlamaGenerator:
     """One llama.cpp context on a GGUF model that samples drafts, one at a time."""
 
-    def __init__(self, model_gguf: Path, *, threads: int, context_tokens: int):
+    def __init__(self, model_gguf: Path, *, threads: int, context_tokens: int, lora_gguf: Path | None = None):
         self.model_gguf = Path(model_gguf)
+        self.lora_gguf = lora_gguf  # a LoRA file applied on the fly (`write_lora_gguf`), as a drafting server does
         self.threads = threads
         self._open(context_tokens)
         _OPEN_GENERATORS.add(self)
@@ -156,7 +155,8 @@ class LlamaGenerator:
         # cache is a few MB next to the weights, and it keeps the logits those of the weights.
         self.llama = Llama(model_path=str(self.model_gguf), n_ctx=context_tokens, n_batch=min(512, context_tokens),
                            n_threads=self.threads, n_threads_batch=self.threads, type_k=_GGML_TYPE_F32,
-                           type_v=_GGML_TYPE_F32, verbose=False)
+                           type_v=_GGML_TYPE_F32, verbose=False,
+                           lora_path=str(self.lora_gguf) if self.lora_gguf is not None else None)
 
     def _feed_prompt(self, prompt_ids: Sequence[int]) -> None:
         """Evaluate the prompt, keeping the cached keys and values of the part it shares with the
@@ -169,8 +169,29 @@ class LlamaGenerator:
         self.llama.n_tokens = shared  # eval() drops the cache beyond this point
         self.llama.eval(list(prompt_ids[shared:]))
 
-    def generate(self, prompt_ids: Sequence[int], *, settings: Any, seed: int, stop_ids: Sequence[int]) -> LlamaOutput:
-        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned)."""
+    def warm(self, prefix_ids: Sequence[int]) -> int:
+        """Read `prefix_ids` (the system text every prompt opens with) into the cache now, so the
+        first draft reads only its own part; returns how many tokens were evaluated.
+
+        The cache holds one sequence: a later prompt keeps what it shares with the one before, and
+        every prompt opens with the system text, so it stays read across chats from then on.
+        """
+        cached = self.llama.input_ids[:self.llama.n_tokens]
+        shared = 0
+        while shared < min(len(cached), len(prefix_ids)) and cached[shared] == prefix_ids[shared]:
+            shared += 1
+        if shared == len(prefix_ids):
+            return 0
+        self.llama.n_tokens = shared
+        self.llama.eval(list(prefix_ids[shared:]))
+        return len(prefix_ids) - shared
+
+    def generate(self, prompt_ids: Sequence[int], *, settings: Any, seed: int, stop_ids: Sequence[int],
+                 on_token: Callable[[list[int]], None] | None = None) -> LlamaOutput:
+        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned).
+
+        `on_token(ids so far)` is called after each sampled token (streaming); the caller keeps it cheap.
+        """
         import llama_cpp
 
         needed = len(prompt_ids) + settings.max_new_tokens
@@ -197,6 +218,8 @@ class LlamaGenerator:
                 if token in stops:
                     break
                 new_ids.append(token)
+                if on_token is not None:
+                    on_token(list(new_ids))
                 if len(new_ids) < settings.max_new_tokens:
                     self.llama.eval([token])
         finally:
@@ -222,3 +245,72 @@ class LlamaGenerator:
         """Free the model and its context (again is a no-op)."""
         self.llama.close()
         _OPEN_GENERATORS.discard(self)
+
+
+# LoRA adapters as llama.cpp adapter files ---------------------------------------------------------
+# A drafting server (llama-cpp-python's OpenAI-compatible server, training.inference.openai_server)
+# applies an owner's LoRA on top of the base GGUF at load time instead of a merged copy per owner:
+# one base file, a few MB per owner. The layout is the one llama.cpp's convert_lora_to_gguf.py writes.
+LORA_FILE_PREFIX = "llamacpp-lora-"
+
+
+def lora_gguf_name(checksum: str) -> str:
+    """The adapter file's name inside the adapter folder, after the adapter's checksum: a stale
+    conversion is never served, and forgetting the owner or the version removes it with the folder."""
+    return f"{LORA_FILE_PREFIX}{checksum[:12]}.gguf"
+
+
+def write_lora_gguf(adapter_folder: Path, base_gguf: Path, target: Path) -> Path:
+    """Write the peft LoRA adapter in `adapter_folder` as a llama.cpp LoRA file for `base_gguf`.
+
+    Each LoRA pair becomes `<gguf tensor>.lora_a` (r × in) and `.lora_b` (out × r), named by gguf's
+    own table as in `write_model_gguf`; the query/key rows of B are put in llama.cpp's order (A
+    acts on the inputs, which are not permuted). llama.cpp scales by adapter.lora.alpha / r, as peft does.
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    config = json.loads((Path(adapter_folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("use_dora") or config.get("use_rslora") or config.get("peft_type", "LORA") != "LORA":
+        raise GgufWriteError(f"{adapter_folder}: only plain LoRA adapters can be served by llama.cpp")
+    reader = gguf.GGUFReader(str(base_gguf))
+    architecture = reader.get_field("general.architecture").contents()
+    if architecture != "llama":
+        raise GgufWriteError(f"{Path(base_gguf).name} is a {architecture!r} model, not a Llama-family one")
+    heads = int(reader.get_field("llama.attention.head_count").contents())
+    kv_heads = int(reader.get_field("llama.attention.head_count_kv").contents())
+    blocks = int(reader.get_field("llama.block_count").contents())
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, blocks)
+
+    weights = load_file(str(Path(adapter_folder) / "adapter_model.safetensors"))
+    writer = gguf.GGUFWriter(str(target), arch="llama")
+    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
+    written = 0
+    for key in sorted(weights):
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
+        name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if name is None:
+            raise GgufWriteError(f"no GGUF name for the adapted module {module}")
+        a = weights[key].astype(np.float32)
+        b = weights[key.replace(".lora_A.", ".lora_B.")].astype(np.float32)
+        if name.endswith("attn_q.weight"):
+            b = llama_cpp_row_order(b, heads)
+        elif name.endswith("attn_k.weight"):
+            b = llama_cpp_row_order(b, kv_heads)
+        writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a))
+        writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b))
+        written += 1
+    if not written:
+        raise GgufWriteError(f"{adapter_folder} holds no LoRA weights")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target

@@ -30,7 +30,9 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from training.errors import ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +45,6 @@ COMPLETE_MARKER = "twin_serving_complete"
 # llama.cpp's context (keys and values for this many tokens, ~47 MB per 1024 on SmolLM2 in fp32); a
 # generator grows its own for a longer prompt.
 LLAMACPP_CONTEXT = 2048
-
-
-class ServingError(RuntimeError):
-    """The model could not be converted for, or run by, a drafting backend."""
 
 
 def ctranslate2_installed() -> bool:
@@ -63,6 +61,8 @@ def resolve_backend(requested: str, device: str, *, gguf_source: Path | None = N
     """
     from training.inference.llamacpp import llamacpp_installed
 
+    if requested == "openai":  # drafts come from a server; a local engine (evaluations, benchmarks) picks as "auto"
+        requested = "auto"
     if requested != "auto":
         return requested
     if str(device) != "cpu":
@@ -262,21 +262,34 @@ class ServingCache:
         # "default" keeps the converted weight type; "auto" would silently pick int8 or bf16 on CPUs that have them.
         return ctranslate2.Generator(str(target), device="cpu", compute_type="default", intra_threads=self.threads)
 
+    def warm(self, prefix_ids: Sequence[int], *, adapter_folder: str | Path | None, backend: str) -> int:
+        """Read the prompts' common opening into llama.cpp's cache (no-op elsewhere); tokens evaluated."""
+        generator = self.generator(adapter_folder, backend)
+        return generator.warm(prefix_ids) if backend == "llamacpp" else 0
+
     def generate(self, prompt_ids: Sequence[int], *, adapter_folder: str | Path | None, backend: str,
-                 settings: Any, seed: int, stop_ids: Sequence[int]) -> ServingOutput:
-        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned)."""
+                 settings: Any, seed: int, stop_ids: Sequence[int],
+                 on_token: Callable[[list[int]], None] | None = None) -> ServingOutput:
+        """Sample one continuation of `prompt_ids`; stops at any of `stop_ids` (not returned).
+        `on_token(ids so far)` follows the decoding token by token (streamed drafts)."""
         generator = self.generator(adapter_folder, backend)
         if backend == "llamacpp":
-            output = generator.generate(prompt_ids, settings=settings, seed=seed, stop_ids=stop_ids)
+            output = generator.generate(prompt_ids, settings=settings, seed=seed, stop_ids=stop_ids,
+                                        on_token=on_token)
             return ServingOutput(new_ids=output.new_ids, prefill_ms=output.prefill_ms)
         import ctranslate2
 
         started = time.perf_counter()
         first_step: list[float] = []
+        streamed: list[int] = []
+        stops = set(stop_ids)
 
         def on_step(step: Any) -> bool:
             if not first_step:
                 first_step.append(time.perf_counter())
+            if on_token is not None and step.token_id not in stops:
+                streamed.append(step.token_id)
+                on_token(list(streamed))
             return False
 
         # CTranslate2 seeds a sampler per worker thread when the thread first samples: the seed
@@ -298,10 +311,12 @@ def prepare_for_drafting(model_settings: Any, backend: str, models_dir: Path,
     """Convert the base model (`twin init`), or base + adapter (a candidate about to be promoted),
     for drafting now, so the first draft does not wait for it.
 
-    Returns the converted folder, or None when drafting will use transformers.
+    Returns the converted folder, or None when drafting will use transformers or a server ("openai").
     """
     from training.model import load_tokenizer, resolve_base_model, select_device
 
+    if backend == "openai":  # the drafting server's files are written when adapters are registered
+        return None
     base_path = resolve_base_model(model_settings, Path(models_dir))
     cache = ServingCache.in_models_dir(base_path, Path(models_dir), tokenizer=load_tokenizer(base_path),
                                        threads=model_settings.threads)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from loop.child import _kto_rows
 from training.config import StageSettings, TrainingSettings
-from training.datasets import END_OF_TURN, FeedbackExample, WritingExample
+from training.datasets import END_OF_TURN
+from training.examples import FeedbackExample, WritingExample
+from training.nightly import _kto_rows
 from training.prompt import Conversation
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

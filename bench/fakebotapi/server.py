@@ -11,9 +11,9 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from tests.fakebotapi.business import BusinessMixin
-from tests.fakebotapi.methods import BotApiMethods
-from tests.fakebotapi.wire import (
+from bench.fakebotapi.business import BusinessMixin
+from bench.fakebotapi.methods import BotApiMethods
+from bench.fakebotapi.wire import (
     NOT_MODIFIED,
     ApiError,
     Call,
@@ -54,6 +54,10 @@ class FakeBotApi(BusinessMixin, BotApiMethods):
     business_connections: dict[str, dict[str, Any]] = field(default_factory=dict)
     business_chats: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=dict)
     echo_business_posts: bool = True  # the bot's own posts come back as business_message updates
+    # sendMessageDraft: (chat id, draft id) -> the texts streamed, in order, with when each came
+    # (time.perf_counter()); `refuse_message_drafts` answers it as a server without the method does.
+    message_drafts: dict[tuple[int, int], list[tuple[float, str]]] = field(default_factory=dict)
+    refuse_message_drafts: bool = False
 
     def __post_init__(self) -> None:
         self._updates: list[dict[str, Any]] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loop.ladder import climb, trade_off_text
+from training.ladder import climb, trade_off_text
 from loop.report import cycle_report
 from storage.models import Cycle, CycleStatus
 from training.config import EvaluationSettings

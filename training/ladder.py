@@ -23,7 +23,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from loop.gate import caricature_flags, judge_criteria, likelihood_improved, metric_value
+from training.gate import caricature_flags, judge_criteria, likelihood_improved, metric_value
 from training.config import EvaluationSettings
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Verdict:
 
 
 def _rung(strength: float, metrics: dict[str, Any], active: dict[str, Any], settings: EvaluationSettings) -> Rung:
-    failed, passed = judge_criteria(metrics, active, settings)  # as loop.gate.gate orders them: failed first
+    failed, passed = judge_criteria(metrics, active, settings)  # as training.gate.gate orders them: failed first
     return Rung(strength, metrics, not failed, failed + passed, len(failed))
 
 

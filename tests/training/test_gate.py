@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loop.gate import gate, gate_rule_text
+from training.gate import gate, gate_rule_text
 from training.config import EvaluationSettings
 
 SETTINGS = EvaluationSettings(likelihood_tolerance=0.01, edit_distance_tolerance=0.05,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
@@ -45,6 +46,7 @@ class Call:
     result: Any = None
     error_code: int | None = None
     description: str | None = None
+    at: float = field(default_factory=time.perf_counter)  # when the request arrived (benchmarks time by it)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import copy
 import time
 from typing import Any
 
-from tests.fakebotapi.wire import ApiError, visible_text
+from bench.fakebotapi.wire import ApiError, visible_text
 
 CONNECTION_INVALID = "Bad Request: BUSINESS_CONNECTION_INVALID"
 NO_REPLY_RIGHT = "Bad Request: BOT_ACCESS_FORBIDDEN"

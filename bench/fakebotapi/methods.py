@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any
 
-from tests.fakebotapi.wire import ApiError, NOT_MODIFIED, QUERY_TOO_OLD, check_markup, visible_text, without_reply
+from bench.fakebotapi.wire import ApiError, NOT_MODIFIED, QUERY_TOO_OLD, check_markup, visible_text, without_reply
 
 
 class BotApiMethods:
@@ -23,6 +23,8 @@ class BotApiMethods:
     answers: dict[str, dict[str, Any]]
     files: dict[str, Any]
     allowed_updates: list[str] | None
+    message_drafts: dict[tuple[int, int], list[tuple[float, str]]]
+    refuse_message_drafts: bool
 
     def _chat(self, params: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -132,6 +134,23 @@ class BotApiMethods:
         self._messages[(chat["id"], message["message_id"])] = message
         return message
 
+    async def _m_sendmessagedraft(self, params: dict[str, Any], uploads: dict[str, Any]) -> Any:
+        """A partial message streamed to a private chat (Bot API 9.3): shown, animated, never stored."""
+        if self.refuse_message_drafts:
+            raise ApiError(404, "Not Found: method not found")
+        chat = self._chat(params)
+        if chat.get("type") != "private":
+            raise ApiError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")
+        try:
+            draft_id = int(params.get("draft_id") or 0)
+        except (TypeError, ValueError):
+            draft_id = 0
+        if not draft_id:
+            raise ApiError(400, "Bad Request: draft_id must be non-zero")
+        text = visible_text(params.get("text"), params.get("parse_mode"))
+        self.message_drafts.setdefault((chat["id"], draft_id), []).append((time.perf_counter(), text))
+        return True
+
     async def _m_editmessagetext(self, params: dict[str, Any], uploads: dict[str, Any]) -> Any:
         message = self._editable(params)
         text = visible_text(params.get("text"), params.get("parse_mode"))
@@ -160,6 +179,11 @@ class BotApiMethods:
             message.pop("reply_markup", None)
         message["edit_date"] = int(time.time())
         return copy.deepcopy(message)
+
+    async def _m_deletemessage(self, params: dict[str, Any], uploads: dict[str, Any]) -> Any:
+        message = self._editable(params)
+        del self._messages[(message["chat"]["id"], message["message_id"])]
+        return True
 
     async def _m_answercallbackquery(self, params: dict[str, Any], uploads: dict[str, Any]) -> Any:
         query_id = str(params.get("callback_query_id"))

@@ -7,7 +7,9 @@ It speaks enough of the Bot API for python-telegram-bot 22 to run unchanged agai
   `setWebhook` / `deleteWebhook` / `getWebhookInfo` (with a webhook set, updates are POSTed to it
   with the secret header and `getUpdates` answers 409), `setMyCommands` / `getMyCommands`;
 - `sendMessage`, `editMessageText` and `editMessageReplyMarkup` (which return the Message),
-  `answerCallbackQuery`, `sendChatAction`, `sendDocument` / `sendPhoto` (multipart), `getFile`
+  `sendMessageDraft` (private chats only; what was streamed is kept in `message_drafts`, and
+  `refuse_message_drafts` answers 404 as a Bot API server without the method does),
+  `deleteMessage` (the bot's own), `answerCallbackQuery`, `sendChatAction`, `sendDocument` / `sendPhoto` (multipart), `getFile`
   and file downloads under `/file/bot<token>/<path>`;
 - Telegram's errors as Telegram sends them: `{"ok": false, "error_code": 400, "description":
   "Bad Request: message is not modified: ..."}`, 429 with `parameters.retry_after`, 404 for
@@ -15,13 +17,14 @@ It speaks enough of the Bot API for python-telegram-bot 22 to run unchanged agai
   parsing), callback data (64 bytes), copy-text buttons (256 chars), unknown chats and messages.
   `fail_next` makes the next call(s) of a method fail on purpose.
 
-Dates are in seconds; callback queries carry `chat_instance`. Tests inject updates with
+It lives in bench/ (not tests/) because benchmarks drive the real bot through it too
+(bench/first_words.py); tests import it from here. Dates are in seconds; callback queries carry `chat_instance`. Tests inject updates with
 `send_text` (optionally forwarded or as a reply), `send_command`, `press`, `send_document`,
 `send_sticker`, and read what the bot did with `bot_messages`, `calls`, `answers` and
 `wait_for(predicate)`. Everything runs on the test's event loop.
 """
 
-from tests.fakebotapi.server import FakeBotApi
-from tests.fakebotapi.wire import NOT_MODIFIED, QUERY_TOO_OLD, ApiError, Call, StoredFile
+from bench.fakebotapi.server import FakeBotApi
+from bench.fakebotapi.wire import NOT_MODIFIED, QUERY_TOO_OLD, ApiError, Call, StoredFile
 
 __all__ = ["NOT_MODIFIED", "QUERY_TOO_OLD", "ApiError", "Call", "FakeBotApi", "StoredFile"]
