@@ -57,3 +57,12 @@ class LaunchFailed(RuntimeError):
 
 class OverBudget(Exception):
     """The measurement passed its deadline; what was measured so far is dropped."""
+
+
+class ServerError(RuntimeError):
+    """The drafting server could not be used for this request."""
+
+
+class ServerUnavailable(ServerError):
+    """The server is down, timed out, refused the request, or does not serve the adapter yet:
+    the same request may work later."""

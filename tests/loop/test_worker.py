@@ -115,7 +115,7 @@ def test_a_worker_runs_n_cycles_at_once_and_leaves_a_busy_owner_for_later(config
     assert len(busy) == 1 and "already running" in busy[0]["outcome"]  # back in the queue, due later
     with session_scope(engine) as session:
         request = session.get(CycleRequest, busy[0]["id"])
-        assert repo._utc(request.due_at) > utcnow() + timedelta(minutes=1)
+        assert request.due_at > utcnow() + timedelta(minutes=1)
 
 
 def test_the_owner_lock_keeps_a_second_cycle_of_the_same_owner_out(config, engine):
@@ -187,6 +187,6 @@ def test_queue_times_are_aware_utc(engine):
     request_id = enqueue(engine, telegram_id=OWNER, trigger="cli").request_id
     with session_scope(engine) as session:
         request = session.get(CycleRequest, request_id)
-        moment = repo._utc(request.requested_at)
+        moment = request.requested_at  # AwareDateTime hands it back aware, on SQLite too
         assert moment.utcoffset() == timedelta(0) and abs(moment - utcnow()) < timedelta(minutes=1)
         assert request.status == CycleRequestStatus.queued

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from training.errors import ServerError, ServerUnavailable
+
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "TWIN_SERVER_API_KEY"  # sent as a bearer token; never written to a file
@@ -62,15 +64,6 @@ DIALECTS: dict[str, Dialect] = {
     "llama_cpp": Dialect(label="llama-cpp-python server", load_path=None, unload_path=None,
                          repetition_penalty="repeat_penalty", no_top_k=0, extra={"min_p": 0.0}),
 }
-
-
-class ServerError(RuntimeError):
-    """The drafting server could not be used for this request."""
-
-
-class ServerUnavailable(ServerError):
-    """The server is down, timed out, refused the request, or does not serve the adapter yet:
-    the same request may work later."""
 
 
 def adapter_name(owner_id: int, version: int, checksum: str) -> str:
