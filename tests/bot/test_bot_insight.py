@@ -6,6 +6,7 @@ import pytest
 
 from tests.bot.test_bot_commands import PNG_MAGIC, photos_to
 from tests.bot.test_bot_harness import OWNER_ID, running_harness
+from tests.loop.test_cycle_support import import_writing
 from tests.loop.test_insight import install_random_adapter
 from tests.tiny import tiny_generation_settings, tiny_model_settings
 
@@ -22,6 +23,7 @@ async def harness(config, engine, tiny_model_dir):
 
 async def test_insight_sends_the_summary_and_the_charts(harness):
     await harness.start()
+    import_writing(harness.engine)  # the owner's writing is in, but nothing is trained yet
     harness.api.send_command(harness.owner, "/insight")
     await harness.bot_says("No trained version is active yet")
     install_random_adapter(harness.config, harness.engine, harness.model_dir, telegram_id=OWNER_ID)
