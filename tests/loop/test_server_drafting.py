@@ -119,7 +119,9 @@ def test_a_server_that_is_down_keeps_the_message_and_it_is_drafted_when_the_serv
     with serve(server_config, tmp_path):
         draft = twin.draft_for_message(telegram_id=OWNER_B, message_id=kept.message_id, chat_id=5)
         assert (draft.adapter_version, draft.sampling["server_model"]) == (1, name_of(b_id, 1, owner_adapters[1]))
-        assert twin.unanswered(since=since) == []
+        # Drafted now; only its delivery is left, which the bot's recovery does with this very draft.
+        [pending] = twin.unanswered(since=since)
+        assert pending.draft is not None and pending.draft.id == draft.id
 
         # A promotion replaces B's alias in the models file; llama.cpp's server reads it at start, so
         # until its restart B's drafts are unavailable (kept, retried), never the retired version's.
@@ -131,6 +133,6 @@ def test_a_server_that_is_down_keeps_the_message_and_it_is_drafted_when_the_serv
             twin.draft_reply(telegram_id=OWNER_B, chat_key="c", incoming="and dinner?", chat_id=5,
                              telegram_message_id=78)
     with serve(server_config, tmp_path):
-        [waiting] = twin.unanswered(since=since)
+        [waiting] = [item for item in twin.unanswered(since=since) if item.draft is None]
         draft = twin.draft_for_message(telegram_id=OWNER_B, message_id=waiting.message_id, chat_id=5)
         assert (draft.adapter_version, draft.sampling["server_model"]) == (2, name_of(b_id, 2, owner_adapters[2]))
