@@ -24,6 +24,7 @@ import math
 from typing import Any
 
 from training.config import EvaluationSettings
+from training.style import difference_noise
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +172,7 @@ def rose_over_active(candidate: dict[str, Any], active: dict[str, Any], name: st
     old = (active.get("habit_rates") or {}).get(name)
     if not new or not old or len(new) < 4 or len(old) < 4 or not new[3] or not old[3]:
         return True
-    noise = math.sqrt(new[2] ** 2 / new[3] + old[2] ** 2 / old[3])
-    return new[0] - old[0] > noise_z * noise
+    return new[0] - old[0] > noise_z * difference_noise(new[2], new[3], old[2], old[3])
 
 
 def gate_rule_text(settings: EvaluationSettings) -> str:

@@ -246,6 +246,11 @@ def style_distance(owner: StyleProfile, drafts: StyleProfile) -> dict[str, float
     return result
 
 
+def difference_noise(std_a: float, n_a: int, std_b: float, n_b: int) -> float:
+    """The standard error of the difference of two means, each from its own spread and count."""
+    return math.sqrt(std_a ** 2 / n_a + std_b ** 2 / n_b)
+
+
 def _exaggerated(o: FeatureStat, d: FeatureStat, ratio: float, z: float) -> bool:
     """Drafts use a habit at least `ratio` times the owner's rate and beyond sampling noise.
 
@@ -255,8 +260,7 @@ def _exaggerated(o: FeatureStat, d: FeatureStat, ratio: float, z: float) -> bool
     """
     if not o.n or not d.n or d.mean <= 0 or d.mean < ratio * o.mean:
         return False
-    noise = math.sqrt(o.std ** 2 / o.n + d.std ** 2 / d.n)
-    return d.mean - o.mean > z * noise
+    return d.mean - o.mean > z * difference_noise(o.std, o.n, d.std, d.n)
 
 
 def _times(o: float, d: float) -> str:
