@@ -191,6 +191,13 @@ def plot(report: dict[str, Any], out: Path) -> Path:
     return common.save_chart(figure, out, report.get("corpus", MAIL)["section"])
 
 
+def _evaluated_part(plan: dict[str, Any]) -> str:
+    evaluated = plan.get("evaluated")
+    if not evaluated or evaluated >= plan["heldout"]:
+        return ""
+    return f" (evaluated on {evaluated} of them, spread evenly over the held-out conversations)"
+
+
 def markdown(report: dict[str, Any], chart: Path) -> str:
     results, bounds = report["results"], report["results"]["baselines"]
     plan, corpus = report["plan"], report.get("corpus", MAIL)
@@ -210,7 +217,8 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         f"{plan['pairs']} reply pairs; {corpus['where']}). Imported: the oldest {plan['imported']}; rounds of "
         f"{', '.join(map(str, plan['rounds']))} incoming messages drafted through `Twin.draft_reply` and accepted "
         f"(edit distance ≤ {ACCEPT_DISTANCE}) or edited into the real reply, each followed by a cycle; held out: the "
-        f"newest {plan['heldout']}, each with the base model's draft as the rejected text. Whole run "
+        f"newest {plan['heldout']}"
+        f"{_evaluated_part(plan)}, each with the base model's draft as the rejected text. Whole run "
         f"{report['seconds'] / 60:.1f} min.", "",
         "### Rounds", "",
         rounds_table(report["rounds"]), "",

@@ -262,7 +262,7 @@ def heldout_feedback(engine: Any, settings: Any, generation: Any, pairs: Sequenc
 # The benchmark -------------------------------------------------------------------------------------------
 
 def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, heldout: int, imported: int,
-        rounds: int, pairs_limit: int | None) -> dict[str, Any]:
+        rounds: int, pairs_limit: int | None, eval_items: int | None = None) -> dict[str, Any]:
     from loop.drafting import EngineDrafter
     from loop.importing.base import OwnerIdentity
     from loop.importing.runner import run_import
@@ -322,11 +322,12 @@ def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, hel
     if corpus.with_reference or quick:
         reference_dir, reference_stats = fit_all_reference(config=config, plan=plan, work=work)
         adapters[REFERENCE] = reference_dir
-    results = evaluate_all(config, engine, plan, adapters, corpus)
+    results = evaluate_all(config, engine, plan, adapters, corpus, eval_items)
     database.dispose()
     report = {"facts": facts, "quick": quick, "seconds": time.perf_counter() - started, "corpus": corpus.facts(),
               "plan": {"imported": len(plan.imported), "rounds": [len(r) for r in plan.rounds],
-                       "heldout": len(plan.heldout), "pairs": len(pairs)},
+                       "heldout": len(plan.heldout), "pairs": len(pairs),
+                       "evaluated": len(evenly_spread(plan.heldout, eval_items))},
               "rounds": _round_dicts(logs), "plain": plain_stats, "reference": reference_stats}
     return finish(report, results, adapters, out=out, work=work)
 
@@ -346,15 +347,24 @@ def curve_config(*, quick: bool, work: Path, threads: int, owner_name: str = "Ti
     return config
 
 
+def evenly_spread(pairs: Sequence[ReplyPair], count: int | None) -> list[ReplyPair]:
+    """`count` of `pairs` at even steps (all of them without a count): every held-out conversation is
+    still drawn from, where the newest `count` alone would be one or two conversations."""
+    if not count or count >= len(pairs):
+        return list(pairs)
+    return [pairs[(index * len(pairs)) // count] for index in range(count)]
+
+
 def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path | None],
-                 corpus: Corpus) -> dict[str, Any]:
+                 corpus: Corpus, eval_items: int | None = None) -> dict[str, Any]:
     """Every adapter on the held-out set in one `evaluate` call: one classifier, the same prompts and seeds."""
     from training.evaluate import evaluate
 
     training_pairs = plan.training
-    held = heldout_feedback(engine, config.model, config.generation, plan.heldout)
+    evaluated = evenly_spread(plan.heldout, eval_items)
+    held = heldout_feedback(engine, config.model, config.generation, evaluated)
     eval_settings = config.evaluation
-    eval_settings.max_eval_items = len(plan.heldout)
+    eval_settings.max_eval_items = len(evaluated)
     return evaluate(model_settings=config.model, generation=config.generation, models_dir=config.models_dir,
                     adapters=adapters, heldout_feedback=held, heldout_writing=[],
                     owner_lines=[p.reply for p in training_pairs], other_lines=corpus.other_lines(training_pairs),
@@ -403,7 +413,7 @@ def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
         database.dispose()
         adapters["plain"] = work / "plain-adapter"
     engine = Engine.load(config.model, config.models_dir, max_adapters=len(adapters) + 1)
-    results = evaluate_all(config, engine, plan, adapters, corpus)
+    results = evaluate_all(config, engine, plan, adapters, corpus, sizes.get("evaluated"))
     report["reevaluated"] = common.machine_facts()["date"]
     return finish(report, results, adapters, out=out, work=work)
 
@@ -436,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="imported pairs (default: mail 24; chat all the others but the rounds'); a chat "
                              "corpus cuts both at a conversation's start, importing fewer and holding out more")
     parser.add_argument("--rounds", type=int, default=None, help="feedback rounds, each followed by a cycle (default 3)")
+    parser.add_argument("--eval-items", type=int, default=None, metavar="N",
+                        help="evaluate every adapter on N held-out pairs spread evenly over the held-out set "
+                             "(default all; the chat owner's 747 cost about an hour per adapter on 2 cores)")
     parser.add_argument("--report-from", type=Path, default=None, metavar="WORK",
                         help="only write the section of an earlier run (its --work folder) that stopped early")
     parser.add_argument("--reevaluate", type=Path, default=None, metavar="WORK",
@@ -458,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     with common.work_folder(args.work, "twin-bench-curve-") as work:
         run(corpus=corpus, quick=args.quick, out=args.out, work=work, threads=args.threads,
             heldout=args.heldout or sizes["heldout"], imported=args.imported or sizes["imported"],
-            rounds=args.rounds or sizes["rounds"], pairs_limit=sizes["pairs"])
+            rounds=args.rounds or sizes["rounds"], pairs_limit=sizes["pairs"], eval_items=args.eval_items)
     return 0
 
 

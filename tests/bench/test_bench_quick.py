@@ -92,6 +92,14 @@ def test_the_learning_curve_plan_splits_by_time_without_overlap():
         Plan.split(pairs[:10], heldout=5, imported=5, rounds=3)
 
 
+def test_a_capped_evaluation_draws_from_the_whole_held_out_set_not_only_its_start():
+    from bench.learning_curve import evenly_spread
+
+    held = list(range(100))
+    assert evenly_spread(held, 4) == [0, 25, 50, 75]
+    assert evenly_spread(held, None) == held and evenly_spread(held[:3], 10) == held[:3]
+
+
 def test_a_draft_that_stopped_early_is_scaled_to_the_target_length():
     from bench.draft_latency import Call
 
