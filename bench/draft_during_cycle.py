@@ -31,14 +31,13 @@ from typing import Any
 
 from bench import common
 from bench.corpus import load_corpus
-from bench.cycle_measure import give_verdicts, import_writing, made_up_conversations
+from bench.cycle_measure import OWNER, give_verdicts, import_writing, made_up_conversations
 
 logger = logging.getLogger("bench.draft_during_cycle")
 
 SECTION = "draft_during_cycle"
 TARGET_DRAFT_RATIO = 1.5
 TARGET_CYCLE_SLOWDOWN = 0.20
-OWNER = 5252
 
 
 def setup(*, quick: bool, work: Path, threads: int, feedback: int, writing: int) -> tuple[Any, Any, Any]:

@@ -84,12 +84,15 @@ def build_twin(*, quick: bool, work: Path, threads: int, stream: str = "draft", 
 
 async def through_the_bot(twin: Any, pairs: Sequence[ReplyPair], *, refuse_drafts: bool,
                           offset: int) -> list[dict[str, float | None]]:
-    """Per message: seconds to the first visible words and to the final message with its buttons."""
+    """Per message: seconds to the first visible words and to the final message with its buttons.
+
+    `offset` keeps this path's friends and message ids apart from an earlier path's, as the same
+    database holds both."""
     from bench.fakebotapi import FakeBotApi
     from bot.app import build_application, polling
 
     timings = []
-    async with FakeBotApi() as api:
+    async with FakeBotApi(first_message_id=offset + 1) as api:
         twin.config.telegram.base_url, twin.config.telegram.base_file_url = api.base_url, api.base_file_url
         api.refuse_message_drafts = refuse_drafts
         application = build_application(twin.config, twin, token=api.token)

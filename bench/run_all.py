@@ -15,8 +15,8 @@ from bench import common
 
 logger = logging.getLogger("bench.run_all")
 
-SCRIPTS = ("bench.draft_latency", "bench.train_throughput", "bench.cycle_measure", "bench.import_cycle",
-           "bench.judges", "bench.learning_curve")
+SCRIPTS = ("bench.draft_latency", "bench.first_words", "bench.draft_during_cycle", "bench.train_throughput",
+           "bench.cycle_measure", "bench.import_cycle", "bench.judges", "bench.multi_owner", "bench.learning_curve")
 
 
 def main(argv: list[str] | None = None) -> int:

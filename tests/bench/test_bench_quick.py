@@ -170,6 +170,8 @@ def test_the_tables_show_lambdag_beside_attribution_each_with_its_bounds():
     ("bench.cycle_measure", "cycle_measure", None),
     ("bench.import_cycle", "import_cycle", None),
     ("bench.judges", "judges", None),
+    ("bench.first_words", "first_words", None),
+    ("bench.draft_during_cycle", "draft_during_cycle", None),
 ])
 def test_quick_mode_writes_its_section_and_chart(tmp_path: Path, module: str, section: str, chart: str | None):
     common.write_section(tmp_path, "other", "left alone")
