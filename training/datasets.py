@@ -16,12 +16,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from training.artifacts import atomic_file
+from training.chunking import chunk_text
 from training.config import ModelSettings
 from training.examples import FEEDBACK_KINDS, FeedbackExample, WritingExample, kept_text, replay_sample
 from training.prompt import EXAMPLES_HEADER, Conversation, render_prompt, system_text
@@ -114,44 +114,6 @@ def _count_tokens(tokenizer: Any | None) -> Callable[[str], int]:
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def chunk_monologue(text: str, *, chunk_tokens: int, count: Callable[[str], int]) -> list[str]:
-    """Split a long text into chunks of about `chunk_tokens` at paragraph, then sentence boundaries.
-
-    A sentence longer than a chunk is split between words, the last resort.
-    """
-    units: list[str] = []
-    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text)):
-        if not paragraph:
-            continue
-        if count(paragraph) <= chunk_tokens:
-            units.append(paragraph)
-            continue
-        for sentence in (s.strip() for s in re.split(r"(?<=[.!?…])\s+", paragraph)):
-            if count(sentence) <= chunk_tokens:
-                units.append(sentence)
-                continue
-            words, piece = sentence.split(), []
-            for word in words:
-                if piece and count(" ".join([*piece, word])) > chunk_tokens:
-                    units.append(" ".join(piece))
-                    piece = []
-                piece.append(word)
-            if piece:
-                units.append(" ".join(piece))
-    chunks: list[str] = []
-    current = ""
-    for unit in units:
-        joined = f"{current}\n\n{unit}" if current else unit
-        if current and count(joined) > chunk_tokens:
-            chunks.append(current)
-            current = unit
-        else:
-            current = joined
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 def monologue_conversation(previous_chunk: str | None) -> Conversation:
     """The prompt of a monologue chunk: a fixed instruction, plus the previous chunk's tail."""
     if not previous_chunk:
@@ -173,7 +135,7 @@ def _writing_sft_rows(writing: Iterable[WritingExample], *, render: Renderer, to
             continue
         # A monologue, or a reply whose conversation was lost: the owner's own text, continued.
         previous: str | None = None
-        for chunk in chunk_monologue(text, chunk_tokens=chunk_tokens, count=count):
+        for chunk in chunk_text(text, limit=chunk_tokens, measure=count):
             rows.append({"prompt": render(monologue_conversation(previous)),
                          "completion": _completion(chunk, end_of_turn)})
             previous = chunk

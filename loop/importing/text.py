@@ -1,7 +1,8 @@
 """Plain text and Markdown: the owner's prose, cut at paragraph boundaries into monologue samples.
 
-A chunk holds whole paragraphs up to `MAX_CHUNK_CHARS` (a few hundred tokens, the size the SFT
-builder continues); only a paragraph longer than that is cut, at sentence ends, then at spaces.
+A chunk (training.chunking, in characters) holds whole paragraphs up to `MAX_CHUNK_CHARS` (a few
+hundred tokens, the size the SFT builder continues); only a paragraph longer than that is cut, at
+sentence ends, then at spaces.
 Markdown front matter, fenced code and HTML comments are not the owner's prose and are left out.
 """
 
@@ -14,63 +15,24 @@ from pathlib import Path
 
 from loop.importing.base import ParsedFile, Skip, make_sample, read_text
 from storage.models import SampleKind
+from training.chunking import chunk_text
 
 logger = logging.getLogger(__name__)
 
 MAX_CHUNK_CHARS = 1500
 MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
-_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
-_SPACES = re.compile(r"\s*")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
 _FENCE = re.compile(r"^[ \t]{0,3}(```|~~~)")
 
 
-def _split_long(paragraph: str, max_chars: int) -> list[str]:
-    """Pieces of one over-long paragraph: whole sentences where possible, else cut at spaces."""
-    pieces: list[str] = []
-    current = ""
-    for sentence in _SENTENCE_END.split(paragraph):
-        # An offset into the sentence, not the rest sliced off after each cut: slicing copies the
-        # rest every time, quadratic in a sentence of megabytes (a 50 MB line took minutes).
-        start = 0
-        while len(sentence) - start > max_chars:
-            cut = sentence.rfind(" ", start, start + max_chars)
-            cut = cut if cut > start + max_chars // 2 else start + max_chars
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(sentence[start:cut].strip())
-            start = _SPACES.match(sentence, cut).end()
-        sentence = sentence[start:]  # no trailing space: the split and the paragraph's rstrip took it
-        if current and len(current) + 1 + len(sentence) > max_chars:
-            pieces.append(current)
-            current = sentence
-        else:
-            current = f"{current} {sentence}" if current else sentence
-    if current:
-        pieces.append(current)
-    return [p for p in pieces if p]
-
-
 def chunk_paragraphs(text: str, max_chars: int = MAX_CHUNK_CHARS) -> list[str]:
-    """Chunks of whole paragraphs (joined by a blank line), each at most `max_chars` long."""
-    chunks: list[str] = []
-    current = ""
-    for block in _PARAGRAPH_BREAK.split(text):
-        paragraph = block.strip("\n").rstrip()
-        if not paragraph.strip():
-            continue
-        for piece in (_split_long(paragraph, max_chars) if len(paragraph) > max_chars else [paragraph]):
-            if current and len(current) + 2 + len(piece) > max_chars:
-                chunks.append(current)
-                current = piece
-            else:
-                current = f"{current}\n\n{piece}" if current else piece
-    if current:
-        chunks.append(current)
-    return chunks
+    """Chunks of whole paragraphs (joined by a blank line), each at most `max_chars` characters.
+
+    The shared chunker of training (`training.chunking.chunk_text`) measured in characters; the
+    SFT builder cuts the same way in tokens.
+    """
+    return chunk_text(text, limit=max_chars)
 
 
 def _without_html_comments(text: str) -> str:

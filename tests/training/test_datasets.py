@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from training.chunking import chunk_text
 from training.datasets import (
     END_OF_TURN,
     MONOLOGUE_INSTRUCTION,
@@ -15,7 +16,6 @@ from training.datasets import (
     build_dpo_rows,
     build_kto_rows,
     build_sft_rows,
-    chunk_monologue,
     make_renderer,
     read_datasets,
     split_holdout,
@@ -153,13 +153,21 @@ def words_count(text: str) -> int:
 def test_monologue_chunks_break_at_paragraphs_then_sentences_and_keep_every_word() -> None:
     paragraphs = ["one two three. four five six six.", "seven eight. nine ten eleven twelve.", "thirteen"]
     text = "\n\n".join(paragraphs)
-    chunks = chunk_monologue(text, chunk_tokens=6, count=words_count)
+    chunks = chunk_text(text, limit=6, measure=words_count)
     assert all(words_count(c) <= 6 for c in chunks)
     assert " ".join(" ".join(chunks).split()) == " ".join(text.split())
     assert chunks[0] == "one two three." and chunks[1] == "four five six six."  # sentence split of paragraph 1
     long_sentence = " ".join(f"w{i}" for i in range(15))
-    assert [words_count(c) for c in chunk_monologue(long_sentence, chunk_tokens=6, count=words_count)] == [6, 6, 3]
-    assert chunk_monologue("a b.\n\nc d.", chunk_tokens=10, count=words_count) == ["a b.\n\nc d."]
+    assert [words_count(c) for c in chunk_text(long_sentence, limit=6, measure=words_count)] == [6, 6, 3]
+    assert chunk_text("a b.\n\nc d.", limit=10, measure=words_count) == ["a b.\n\nc d."]
+
+
+def test_a_long_paragraph_stays_one_paragraph_in_the_monologue_rows() -> None:
+    """Its sentences are re-joined by a space (chunk_monologue put a blank line between them)."""
+    text = "One two. Three four. Five six seven eight.\n\nNine."
+    rows = build_sft_rows([], [monologue(text)], render=render, replay_fraction=0, seed=0, tokenizer=None,
+                          chunk_tokens=6)  # no tokenizer: ceil(4/3 x words) tokens, so 4 words a chunk
+    assert [r["completion"] for r in rows] == [e("One two. Three four."), e("Five six seven eight."), e("Nine.")]
 
 
 def test_monologue_rows_continue_from_the_previous_chunk() -> None:
