@@ -118,7 +118,8 @@ def init(
             folder = resolve_base_model(config.model, config.models_dir)
         console.print(f"model: {folder}")
         with console.status("converting it for fast drafting (once, a few seconds)…"):
-            serving = prepare_for_drafting(config.model, config.generation.backend, config.models_dir)
+            serving = prepare_for_drafting(config.model, config.generation.backend, config.models_dir,
+                                           llamacpp_weights=config.generation.llamacpp_weights)
         if serving is not None:
             console.print(f"drafting copy: {serving}")
 

@@ -113,7 +113,8 @@ class EngineDrafter:
         """Load the configured base model (converting the embedded one on first use)."""
         from training.inference.engine import Engine
 
-        engine = Engine.load(config.model, config.models_dir)
+        engine = Engine.load(config.model, config.models_dir,
+                             llamacpp_weights=config.generation.llamacpp_weights)
         return cls(engine, config.model, config.generation)
 
     def prepare(self, adapter: AdapterRef | None) -> None:

@@ -132,7 +132,8 @@ def run_insight(config: Config, engine: Engine, *, telegram_id: int, folder: Pat
     sides = _resolve(config, engine, telegram_id, version, against)
     held = heldout_examples(config, engine, telegram_id=telegram_id, cycle_id=sides.cycle_id)
     texts = owner_texts(engine, telegram_id=telegram_id) or held["owner_lines"]
-    model = ModelEngine.load(config.model, config.models_dir, max_adapters=3)
+    model = ModelEngine.load(config.model, config.models_dir, max_adapters=3,
+                             llamacpp_weights=config.generation.llamacpp_weights)
     items = measure_items(model.tokenizer, config.model, held["feedback"], held["writing"])
     if not items:
         raise InsightUnavailable("No held-out replies of yours to measure on: import a chat export or "

@@ -129,7 +129,8 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
     from training.metrics import edit_distance, edit_distance_baselines, mean_edit_distance
     from training.style import caricature_flags, habit_rates, style_distance, style_profile
 
-    engine = engine or Engine.load(model_settings, Path(models_dir), max_adapters=max(1, len(adapters)))
+    engine = engine or Engine.load(model_settings, Path(models_dir), max_adapters=max(1, len(adapters)),
+                                   llamacpp_weights=generation.llamacpp_weights)
     render = make_renderer(engine.tokenizer, model_settings)
     items = eval_items(heldout_feedback, heldout_writing)
     prompts = [render(item.conversation) for item in items]

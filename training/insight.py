@@ -591,7 +591,8 @@ def insight_for_cycle(job: dict[str, Any], *, folder: Path, adapter_dir: Path) -
     try:
         model_settings, generation = ModelSettings(**job["model"]), GenerationSettings(**job["generation"])
         examples = json.loads((folder / EXAMPLES_FILE).read_text(encoding="utf-8"))
-        model = ModelEngine.load(model_settings, Path(job["models_dir"]), max_adapters=3)
+        model = ModelEngine.load(model_settings, Path(job["models_dir"]), max_adapters=3,
+                                 llamacpp_weights=generation.llamacpp_weights)
         items = measure_items(model.tokenizer, model_settings,
                               [feedback_from_json(item) for item in examples["heldout_feedback"]],
                               [writing_from_json(item) for item in examples["heldout_writing"]])

@@ -183,7 +183,8 @@ def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: G
     if active_dir is not None:
         adapters["active"] = active_dir
     adapters["base"] = None
-    engine = Engine.load(model, models_dir, max_adapters=len(adapters) + 1)
+    engine = Engine.load(model, models_dir, max_adapters=len(adapters) + 1,
+                         llamacpp_weights=generation.llamacpp_weights)
     run = partial(evaluate, model_settings=model, generation=generation, models_dir=models_dir,
                   heldout_feedback=[feedback_from_json(item) for item in examples["heldout_feedback"]],
                   heldout_writing=[writing_from_json(item) for item in examples["heldout_writing"]],
@@ -245,7 +246,8 @@ def _ready_for_drafting(model: ModelSettings, generation: GenerationSettings, mo
 
     started = time.perf_counter()
     try:
-        folder = prepare_for_drafting(model, generation.backend, models_dir, adapter_folder=adapter_dir)
+        folder = prepare_for_drafting(model, generation.backend, models_dir, adapter_folder=adapter_dir,
+                                      llamacpp_weights=generation.llamacpp_weights)
     except Exception as error:  # noqa: BLE001 - drafting converts on demand instead
         logger.warning("converting the candidate for drafting failed (the first draft will do it): %s", error)
         return None

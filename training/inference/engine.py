@@ -168,15 +168,18 @@ class Engine:
         self.model.eval()
 
     @classmethod
-    def load(cls, settings: ModelSettings, models_dir: Path, *, max_adapters: int = 4) -> "Engine":
-        """Resolve, load and wrap the configured base model (the embedded one is converted once)."""
+    def load(cls, settings: ModelSettings, models_dir: Path, *, max_adapters: int = 4,
+             llamacpp_weights: str = "f16") -> "Engine":
+        """Resolve, load and wrap the configured base model (the embedded one is converted once);
+        `llamacpp_weights` is generation.llamacpp_weights, the weights llama.cpp drafts with."""
         from training.model import load_model, load_tokenizer, resolve_base_model
         from training.inference.serving import ServingCache
 
         path = resolve_base_model(settings, Path(models_dir))
         tokenizer = load_tokenizer(path)
         # One fp32 copy in memory at a time: reloading another takes ~0.3 s.
-        serving = ServingCache.in_models_dir(path, Path(models_dir), tokenizer=tokenizer, threads=settings.threads)
+        serving = ServingCache.in_models_dir(path, Path(models_dir), tokenizer=tokenizer, threads=settings.threads,
+                                             llamacpp_weights=llamacpp_weights)
         return cls(load_model(path, settings), tokenizer, max_adapters=max_adapters, serving=serving)
 
     @property

@@ -2,9 +2,11 @@
 
 Why: on a 2-core CPU llama.cpp drafts a 40-token reply in about a third of CTranslate2's time
 with fp16 weights that keep the held-out likelihood within 0.01% of the fp32 model's
-(bench/RESULTS.md). Its quantized formats (the shipped Q4_1 file itself, Q8_0) are faster again
-but round activations to 8 bits in every product, which cost 0.15-0.25% of held-out likelihood
-on SmolLM2: not used.
+(bench/RESULTS.md). Its quantized formats are smaller and can be faster, but round the weights
+(and, in every product, the activations to 8 bits), which costs held-out likelihood: fp16 stays
+the default and `generation.llamacpp_weights` picks Q8_0, Q6_K or Q5_K_M instead
+(`quantize_gguf`, llama.cpp's own quantizer on the fp16 file; their cost is measured by
+bench.draft_latency's levers).
 
 The GGUF file is written here from the same fp32 weights that transformers and CTranslate2 use
 (`write_model_gguf`): the tensors renamed by gguf's own table and the query/key rows put back in
@@ -20,6 +22,7 @@ temperature, full-vocabulary top-p, then a draw seeded per draft, so a seed repl
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib.util
 import logging
 import time
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from training.errors import GgufWriteError
+from training.errors import GgufWriteError, ServingError
 
 # gguf's writer logs its own progress at INFO ("This GGUF file is for Little Endian only"...),
 # which would land in the terminal chat between a message and its draft.
@@ -40,6 +43,8 @@ MATRIX_DTYPE = "float16"
 # general.file_type: llama.cpp's LLAMA_FTYPE_ALL_F32 and LLAMA_FTYPE_MOSTLY_F16.
 _FILE_TYPES = {"float32": 0, "float16": 1}
 _GGML_TYPE_F32 = 0
+# generation.llamacpp_weights -> llama.cpp's LLAMA_FTYPE_MOSTLY_* (f16 is written directly, not quantized).
+WEIGHT_FTYPES = {"f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17}
 
 
 def llamacpp_installed() -> bool:
@@ -118,6 +123,30 @@ def write_model_gguf(model: Any, source_gguf: Path, target: Path, *, matrix_dtyp
     writer.write_tensors_to_file()
     writer.close()
     return target
+
+
+def quantize_gguf(source: Path, target: Path, weights: str, *, threads: int = 0) -> Path:
+    """Quantize the fp16 GGUF file `source` to `weights` ("q8_0", "q6_k", "q5_k_m") at `target`.
+
+    llama.cpp's quantizer keeps the norms in fp32, and a matrix whose rows do not split into its
+    blocks (32 values for Q8_0, 256 for the K types) gets a type that fits instead, as its
+    `llama-quantize` does.
+    """
+    import llama_cpp
+
+    if weights not in WEIGHT_FTYPES or weights == "f16":
+        raise ServingError(f"llama.cpp cannot quantize to {weights!r}; expected one of "
+                           f"{', '.join(w for w in WEIGHT_FTYPES if w != 'f16')}")
+    # The quantizer logs every tensor through llama-cpp-python's logger, which prints below ERROR
+    # until a model is opened quietly (as LlamaGenerator does); the terminal chat must not show it.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = WEIGHT_FTYPES[weights]
+    params.nthread = threads
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0 or not Path(target).is_file():
+        raise ServingError(f"llama.cpp could not quantize {Path(source).name} to {weights} (status {status})")
+    return Path(target)
 
 
 @dataclass(frozen=True)

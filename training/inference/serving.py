@@ -36,8 +36,8 @@ from training.errors import ServingError
 
 logger = logging.getLogger(__name__)
 
-# The weights of each converted backend: llama.cpp fp16 and CTranslate2 fp32 keep drafts identical in
-# quality; CTranslate2 int8 (per-row scales) is ~1.4x faster than its fp32 and costs 0.2-1% of
+# The weights of each converted backend: llama.cpp fp16 (unless generation.llamacpp_weights picks one of
+# its quantized types, `ServingCache.weights`) and CTranslate2 fp32 keep drafts identical in quality; CTranslate2 int8 (per-row scales) is ~1.4x faster than its fp32 and costs 0.2-1% of
 # held-out likelihood on SmolLM2.
 QUANTIZATION = {"llamacpp": "float16", "ctranslate2": "float32", "ctranslate2-int8": "int8"}
 LABELS = {"llamacpp": "llama.cpp", "ctranslate2": "CTranslate2", "ctranslate2-int8": "CTranslate2"}
@@ -86,9 +86,16 @@ class ServingCache:
     """Converted models on disk and their loaded generators, least recently used evicted first."""
 
     def __init__(self, base_path: str | Path, folder: Path, *, tokenizer: Any, threads: int = 0,
-                 max_loaded: int = 1, keep_on_disk: int = 3, gguf_source: Path | None = None):
+                 max_loaded: int = 1, keep_on_disk: int = 3, gguf_source: Path | None = None,
+                 llamacpp_weights: str = "f16"):
+        from training.inference.llamacpp import WEIGHT_FTYPES
+
+        if llamacpp_weights not in WEIGHT_FTYPES:
+            raise ServingError(f"llama.cpp has no weight type {llamacpp_weights!r}; expected one of "
+                               f"{', '.join(WEIGHT_FTYPES)}")
         self.base_path = str(base_path)
         self.gguf_source = gguf_source  # the GGUF file the base came from: llama.cpp's vocabulary
+        self.llamacpp_weights = llamacpp_weights  # generation.llamacpp_weights: f16, or a type quantized to
         self.folder = Path(folder)
         self.tokenizer = tokenizer
         self.threads = threads if threads > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
@@ -98,12 +105,13 @@ class ServingCache:
         self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     @classmethod
-    def in_models_dir(cls, base_path: str | Path, models_dir: Path, *, tokenizer: Any, threads: int = 0) -> "ServingCache":
+    def in_models_dir(cls, base_path: str | Path, models_dir: Path, *, tokenizer: Any, threads: int = 0,
+                      llamacpp_weights: str = "f16") -> "ServingCache":
         """The cache every process of one data folder shares: base conversions under models/serving."""
         from training.model import gguf_source
 
         return cls(base_path, Path(models_dir) / "serving", tokenizer=tokenizer, threads=threads,
-                   gguf_source=gguf_source(base_path))
+                   gguf_source=gguf_source(base_path), llamacpp_weights=llamacpp_weights)
 
     def resolve(self, requested: str, device: str) -> str:
         """`resolve_backend` for this cache's base model."""
@@ -120,8 +128,9 @@ class ServingCache:
         checksum, so a conversion never outlives the weights it was made from.
         """
         base = _short_hash(str(Path(self.base_path).resolve()) if Path(self.base_path).exists() else self.base_path)
-        # CTranslate2's folders were named before there were other backends; their names stay valid.
-        quantization = QUANTIZATION[backend] if backend.startswith("ctranslate2") else f"{backend}-{QUANTIZATION[backend]}"
+        # CTranslate2's folders were named before there were other backends, llama.cpp's fp16 ones before
+        # it had other weight types: their names stay valid.
+        quantization = QUANTIZATION[backend] if backend.startswith("ctranslate2") else f"{backend}-{self.weights(backend)}"
         if adapter_folder is None:
             return self.folder / f"{base}-base-{quantization}"
         from training.artifacts import read_manifest
@@ -130,6 +139,12 @@ class ServingCache:
         if not checksum:
             raise ServingError(f"adapter {adapter_folder} has no checksum to name its conversion by")
         return Path(adapter_folder) / f"serving-{base}-{checksum[:12]}-{quantization}"
+
+    def weights(self, backend: str) -> str:
+        """The weight type of `backend`'s conversions: QUANTIZATION's, or for llama.cpp the configured one."""
+        if backend == "llamacpp" and self.llamacpp_weights != "f16":
+            return self.llamacpp_weights
+        return QUANTIZATION[backend]
 
     # Conversion ---------------------------------------------------------------------------------
 
@@ -157,18 +172,24 @@ class ServingCache:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         logger.info("converted %s for %s (%s) in %.1f s", adapter_folder or self.base_path, LABELS[backend],
-                    QUANTIZATION[backend], time.perf_counter() - started)
+                    self.weights(backend), time.perf_counter() - started)
         self._prune(target)
         return target
 
     def _convert(self, adapter_folder: str | Path | None, staging: Path, backend: str) -> None:
         staging.mkdir(parents=True)
         if backend == "llamacpp":
-            from training.inference.llamacpp import MODEL_FILE, write_model_gguf
+            from training.inference.llamacpp import MODEL_FILE, quantize_gguf, write_model_gguf
 
             if self.gguf_source is None:
                 raise ServingError("llama.cpp drafting needs a base model that came from a GGUF file (the embedded one)")
-            write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source, staging / MODEL_FILE)
+            if self.llamacpp_weights == "f16":
+                write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source, staging / MODEL_FILE)
+                return
+            # llama.cpp quantizes from a file: the fp16 one first, inside the staging folder, then removed.
+            fp16 = write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source, staging / "model-f16.gguf")
+            quantize_gguf(fp16, staging / MODEL_FILE, self.llamacpp_weights, threads=self.threads)
+            fp16.unlink()
             return
         import ctranslate2
 
@@ -307,11 +328,12 @@ class ServingCache:
 
 
 def prepare_for_drafting(model_settings: Any, backend: str, models_dir: Path,
-                         adapter_folder: str | Path | None = None) -> Path | None:
+                         adapter_folder: str | Path | None = None, *, llamacpp_weights: str = "f16") -> Path | None:
     """Convert the base model (`twin init`), or base + adapter (a candidate about to be promoted),
     for drafting now, so the first draft does not wait for it.
 
     Returns the converted folder, or None when drafting will use transformers or a server ("openai").
+    `llamacpp_weights` is generation.llamacpp_weights (llama.cpp's weight type).
     """
     from training.model import load_tokenizer, resolve_base_model, select_device
 
@@ -319,7 +341,7 @@ def prepare_for_drafting(model_settings: Any, backend: str, models_dir: Path,
         return None
     base_path = resolve_base_model(model_settings, Path(models_dir))
     cache = ServingCache.in_models_dir(base_path, Path(models_dir), tokenizer=load_tokenizer(base_path),
-                                       threads=model_settings.threads)
+                                       threads=model_settings.threads, llamacpp_weights=llamacpp_weights)
     resolved = cache.resolve(backend, select_device(model_settings))
     if resolved == "transformers":
         return None
