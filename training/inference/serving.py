@@ -183,13 +183,13 @@ class ServingCache:
 
             if self.gguf_source is None:
                 raise ServingError("llama.cpp drafting needs a base model that came from a GGUF file (the embedded one)")
-            if self.llamacpp_weights == "f16":
-                write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source, staging / MODEL_FILE)
-                return
-            # llama.cpp quantizes from a file: the fp16 one first, inside the staging folder, then removed.
-            fp16 = write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source, staging / "model-f16.gguf")
-            quantize_gguf(fp16, staging / MODEL_FILE, self.llamacpp_weights, threads=self.threads)
-            fp16.unlink()
+            # llama.cpp quantizes from a file: a quantized type's fp16 step is written beside it, then removed.
+            quantized = self.llamacpp_weights != "f16"
+            fp16 = write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source,
+                                    staging / ("model-f16.gguf" if quantized else MODEL_FILE))
+            if quantized:
+                quantize_gguf(fp16, staging / MODEL_FILE, self.llamacpp_weights, threads=self.threads)
+                fp16.unlink()
             return
         import ctranslate2
 
