@@ -301,6 +301,14 @@ def test_an_unknown_weight_type_is_refused_with_the_types_there_are(gguf_model_d
         quantize_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", "f16")
 
 
+def test_every_weight_type_the_config_names_has_a_llama_cpp_file_type() -> None:
+    # The names live in the settings (the leaf of training), the file types with the quantizer.
+    from training.config import LLAMACPP_WEIGHTS
+    from training.inference.llamacpp import WEIGHT_FTYPES
+
+    assert tuple(WEIGHT_FTYPES) == LLAMACPP_WEIGHTS
+
+
 def test_a_failed_quantization_is_a_serving_error(tmp_path: Path) -> None:
     from training.errors import ServingError
     from training.inference.llamacpp import quantize_gguf

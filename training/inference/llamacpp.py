@@ -43,7 +43,8 @@ MATRIX_DTYPE = "float16"
 # general.file_type: llama.cpp's LLAMA_FTYPE_ALL_F32 and LLAMA_FTYPE_MOSTLY_F16.
 _FILE_TYPES = {"float32": 0, "float16": 1}
 _GGML_TYPE_F32 = 0
-# generation.llamacpp_weights -> llama.cpp's LLAMA_FTYPE_MOSTLY_* (f16 is written directly, not quantized).
+# Each name of training.config.LLAMACPP_WEIGHTS -> llama.cpp's LLAMA_FTYPE_MOSTLY_* (f16 is written directly,
+# not quantized); a test holds the two to the same names.
 WEIGHT_FTYPES = {"f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17}
 
 

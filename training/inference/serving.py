@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from training.config import LLAMACPP_WEIGHTS
 from training.errors import ServingError
 
 logger = logging.getLogger(__name__)
@@ -88,11 +89,9 @@ class ServingCache:
     def __init__(self, base_path: str | Path, folder: Path, *, tokenizer: Any, threads: int = 0,
                  max_loaded: int = 1, keep_on_disk: int = 3, gguf_source: Path | None = None,
                  llamacpp_weights: str = "f16"):
-        from training.inference.llamacpp import WEIGHT_FTYPES
-
-        if llamacpp_weights not in WEIGHT_FTYPES:
+        if llamacpp_weights not in LLAMACPP_WEIGHTS:
             raise ServingError(f"llama.cpp has no weight type {llamacpp_weights!r}; expected one of "
-                               f"{', '.join(WEIGHT_FTYPES)}")
+                               f"{', '.join(LLAMACPP_WEIGHTS)}")
         self.base_path = str(base_path)
         self.gguf_source = gguf_source  # the GGUF file the base came from: llama.cpp's vocabulary
         self.llamacpp_weights = llamacpp_weights  # generation.llamacpp_weights: f16, or a type quantized to
