@@ -225,6 +225,9 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         "### Held-out metrics (one evaluation of every adapter: same judges, prompts and seeds)", "",
         *([f"Evaluated again on {report['reevaluated']} from the same adapters (`--reevaluate`, no training).", ""]
           if report.get("reevaluated") else []),
+        *([f"Finished on {report['finished_later']} by a second process (`--finish`): the plain baseline and this "
+           "evaluation ran after the cycles' run had stopped; the whole run's minutes are the cycles' own plus "
+           "this process's.", ""] if report.get("finished_later") else []),
         common.markdown_table(headers, rows), "",
         f"Baselines: edit distance of an empty draft {common.fmt(bounds.get('edit_distance_empty'))}, of echoing the "
         f"message {common.fmt(bounds.get('edit_distance_echo'))}; "

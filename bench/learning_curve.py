@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from bench import common
 from bench.corpus import CORPORA, Corpus, ReplyPair, load_named
@@ -133,19 +134,63 @@ def cycle(config: Any, database: Any, log: RoundLog) -> int | None:
     started = time.perf_counter()
     outcome = run_cycle(config, database, telegram_id=OWNER_TELEGRAM_ID, force=True, trigger="bench")
     row = list_cycles(database, telegram_id=OWNER_TELEGRAM_ID)[-1]
-    stages = row.get("durations", {}).get("stages", {})
-    metrics = row.get("metrics") or {}
-    log.cycle = {"status": outcome.status, "reason": outcome.reason, "candidate": outcome.candidate_version,
-                 "active_after": outcome.active_version, "seconds": time.perf_counter() - started,
-                 "datasets": row.get("counts", {}).get("datasets", {}),
-                 "stages": {k: v.get("seconds") for k, v in stages.items() if isinstance(v, dict)},
-                 # The cycle's own evaluation, on its own held-out slice: candidate against the active adapter.
-                 "gate_metrics": {side: {k: (metrics.get(side) or {}).get(k) for k in
-                                         ("likelihood", "attribution", "lambdag", "edit_distance",
-                                          "preference_accuracy")}
-                                  for side in ("active", "candidate")}}
+    log.cycle = cycle_facts(row, seconds=time.perf_counter() - started, active_after=outcome.active_version)
     logger.info("%s: cycle %s (%s) in %.0f s", log.name, outcome.status, outcome.reason, log.cycle["seconds"])
     return outcome.candidate_version
+
+
+def cycle_facts(row: dict[str, Any], *, seconds: float | None, active_after: int | None) -> dict[str, Any]:
+    """What the report keeps of a cycle, from its row in `twin cycles --json`."""
+    stages = (row.get("durations") or {}).get("stages", {})
+    metrics = row.get("metrics") or {}
+    return {"status": row.get("status"), "reason": row.get("reason"), "candidate": row.get("candidate_version"),
+            "active_after": active_after, "seconds": seconds,
+            "datasets": (row.get("counts") or {}).get("datasets", {}),
+            "stages": {k: v.get("seconds") for k, v in stages.items() if isinstance(v, dict)},
+            # The cycle's own evaluation, on its own held-out slice: candidate against the active adapter.
+            "gate_metrics": {side: {k: (metrics.get(side) or {}).get(k) for k in
+                                    ("likelihood", "attribution", "lambdag", "edit_distance",
+                                     "preference_accuracy")}
+                             for side in ("active", "candidate")}}
+
+
+def rebuilt_logs(database: Any, plan: Plan) -> tuple[list[RoundLog], dict[str, int | None]]:
+    """The rounds of a run that stopped after its last cycle, from its database: each round's drafts and
+    verdicts (drafts are stored in the order the rounds played them), and each cycle's row."""
+    from loop.stats import list_cycles
+    from storage import repo
+    from storage.db import session_scope
+    from training.metrics import edit_distance
+
+    cycles = [row for row in list_cycles(database, telegram_id=OWNER_TELEGRAM_ID) if row["status"] != "running"]
+    if len(cycles) != len(plan.rounds) + 1:
+        raise ValueError(f"the work folder has {len(cycles)} finished cycles; a run of {len(plan.rounds)} rounds "
+                         f"needs {len(plan.rounds) + 1} before it can be finished")
+    with session_scope(database) as session:
+        owner = repo.find_owner(session=session, telegram_id=OWNER_TELEGRAM_ID)
+        drafts = [(draft.incoming, draft.text, feedback.kind.value if feedback else None)
+                  for draft, feedback in repo.drafts_by_adapter(session=session, owner_id=owner.id)]
+    played = [pair for chunk in plan.rounds for pair in chunk]
+    if len(drafts) != len(played) or any(incoming != pair.message for (incoming, _, _), pair in zip(drafts, played)):
+        raise ValueError("the work folder's drafts are not this plan's rounds: finish it with the sizes it was run with")
+    logs, versions, active, position = [], {}, None, 0
+    for number, row in enumerate(cycles):
+        log = RoundLog("import" if number == 0 else f"cycle {number}")
+        if number == 0:
+            log.verdicts = {"imported": (row.get("counts") or {}).get("new_writing", 0)}
+        else:
+            chunk = plan.rounds[number - 1]
+            for pair, (_, text, kind) in zip(chunk, drafts[position:position + len(chunk)]):
+                log.verdicts[kind] = log.verdicts.get(kind, 0) + 1
+                log.drafts.append((pair, text))
+            log.live_edit_distance = common.mean([edit_distance(text, pair.reply) for pair, text in log.drafts])
+            position += len(chunk)
+        if row["status"] == "promoted":
+            active = row.get("candidate_version")
+        log.cycle = cycle_facts(row, seconds=(row.get("durations") or {}).get("total_seconds"), active_after=active)
+        versions[log.name] = row.get("candidate_version")
+        logs.append(log)
+    return logs, versions
 
 
 def adapter_path(database: Any, version: int) -> Path:
@@ -269,7 +314,6 @@ def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, hel
     from loop.twin import Twin
     from storage.db import open_database
     from training.inference.engine import Engine
-    from training.model import resolve_base_model
 
     threads = common.apply_threads(threads)
     facts = common.machine_facts()
@@ -279,8 +323,6 @@ def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, hel
         pairs = pairs[:pairs_limit]
     plan = Plan.split(pairs, heldout=heldout, imported=imported, rounds=rounds)
     config = curve_config(quick=quick, work=work, threads=threads, owner_name=corpus.owner)
-    settings = config.model
-    base_path = resolve_base_model(settings, common.models_dir())
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if not quick:
         config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
@@ -310,9 +352,23 @@ def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, hel
         print(f"  {log.name}: {log.verdicts}, live edit distance {common.fmt(log.live_edit_distance)}, "
               f"cycle {log.cycle['status']} in {log.cycle['seconds']:.0f} s", flush=True)
 
-    plain_dir, plain_stats = plain_baseline(base_path=base_path, settings=settings, plan=plan,
-                                            logs=logs[1:], work=work, quick=quick,
-                                            first_cycle_writing=config.training.first_cycle_writing)
+    return conclude(config=config, database=database, engine=engine, corpus=corpus, plan=plan, logs=logs,
+                    versions=versions, facts=facts, quick=quick, out=out, work=work, eval_items=eval_items,
+                    pairs_count=len(pairs), seconds_before=0.0, started=started)
+
+
+def conclude(*, config: Any, database: Any, engine: Any, corpus: Corpus, plan: Plan, logs: Sequence[RoundLog],
+             versions: dict[str, int | None], facts: dict[str, Any], quick: bool, out: Path, work: Path,
+             eval_items: int | None, pairs_count: int, seconds_before: float, started: float,
+             finished_later: str | None = None) -> dict[str, Any]:
+    """After the last cycle: the plain baseline (and the fit-all yardstick), then every adapter evaluated."""
+    from training.model import resolve_base_model
+
+    settings = config.model
+    base_path = resolve_base_model(settings, common.models_dir())
+    plain_dir, plain_stats = trained_once(work / "plain-adapter", lambda: plain_baseline(
+        base_path=base_path, settings=settings, plan=plan, logs=logs[1:], work=work, quick=quick,
+        first_cycle_writing=config.training.first_cycle_writing))
     adapters: dict[str, Path | None] = {"base": None}
     for name, version in versions.items():
         if version is not None:
@@ -320,16 +376,60 @@ def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, hel
     adapters["plain"] = plain_dir
     reference_stats: dict[str, Any] = {}
     if corpus.with_reference or quick:
-        reference_dir, reference_stats = fit_all_reference(config=config, plan=plan, work=work)
+        reference_dir, reference_stats = trained_once(work / "reference-adapter",
+                                                      lambda: fit_all_reference(config=config, plan=plan, work=work))
         adapters[REFERENCE] = reference_dir
     results = evaluate_all(config, engine, plan, adapters, corpus, eval_items)
     database.dispose()
-    report = {"facts": facts, "quick": quick, "seconds": time.perf_counter() - started, "corpus": corpus.facts(),
+    report = {"facts": facts, "quick": quick, "seconds": seconds_before + time.perf_counter() - started,
+              "corpus": corpus.facts(),
               "plan": {"imported": len(plan.imported), "rounds": [len(r) for r in plan.rounds],
-                       "heldout": len(plan.heldout), "pairs": len(pairs),
+                       "heldout": len(plan.heldout), "pairs": pairs_count,
                        "evaluated": len(evenly_spread(plan.heldout, eval_items))},
               "rounds": _round_dicts(logs), "plain": plain_stats, "reference": reference_stats}
+    if finished_later:
+        report["finished_later"] = finished_later
     return finish(report, results, adapters, out=out, work=work)
+
+
+def trained_once(folder: Path, train: Callable[[], tuple[Path, dict[str, Any]]]) -> tuple[Path, dict[str, Any]]:
+    """A baseline adapter is trained once per work folder: a run stopped in its evaluation left a
+    complete one (its checksum holds) with its figures beside it, and `--finish` takes both instead
+    of training it again. A half-written folder is trained again."""
+    from training.artifacts import verify_adapter
+    from training.errors import CorruptAdapter
+
+    figures = folder.with_name(folder.name + ".json")
+    try:
+        verify_adapter(folder)
+        return folder, {**json.loads(figures.read_text(encoding="utf-8")), "reused": True}
+    except (CorruptAdapter, FileNotFoundError, json.JSONDecodeError):
+        shutil.rmtree(folder, ignore_errors=True)
+    folder, stats = train()
+    figures.write_text(json.dumps(stats, default=str), encoding="utf-8")
+    return folder, stats
+
+
+def finish_stopped(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, heldout: int,
+                   imported: int, rounds: int, pairs_limit: int | None, eval_items: int | None) -> dict[str, Any]:
+    """Finish a run that stopped after its last cycle (its --work folder): its rounds are rebuilt from its
+    database, then the plain baseline is trained and every adapter evaluated, as the whole run would have."""
+    from storage.db import open_database
+    from training.inference.engine import Engine
+
+    threads = common.apply_threads(threads)
+    started = time.perf_counter()
+    pairs = corpus.pairs[:pairs_limit] if pairs_limit else corpus.pairs
+    plan = Plan.split(pairs, heldout=heldout, imported=imported, rounds=rounds)
+    config = curve_config(quick=quick, work=work, threads=threads, owner_name=corpus.owner)
+    database = open_database(config.db_url)
+    logs, versions = rebuilt_logs(database, plan)
+    engine = Engine.load(config.model, config.models_dir, max_adapters=rounds + 4)
+    cycles_seconds = sum(log.cycle.get("seconds") or 0.0 for log in logs)
+    return conclude(config=config, database=database, engine=engine, corpus=corpus, plan=plan, logs=logs,
+                    versions=versions, facts=common.machine_facts(), quick=quick, out=out, work=work,
+                    eval_items=eval_items, pairs_count=len(pairs), seconds_before=cycles_seconds, started=started,
+                    finished_later=common.machine_facts()["date"])
 
 
 def curve_config(*, quick: bool, work: Path, threads: int, owner_name: str = "Tim") -> Any:
@@ -451,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(default all; the chat owner's 747 cost about an hour per adapter on 2 cores)")
     parser.add_argument("--report-from", type=Path, default=None, metavar="WORK",
                         help="only write the section of an earlier run (its --work folder) that stopped early")
+    parser.add_argument("--finish", type=Path, default=None, metavar="WORK",
+                        help="finish a run (its --work folder) that stopped after its last cycle: rebuild its rounds "
+                             "from its database, train the plain baseline and evaluate every adapter; give it the "
+                             "sizes the run had")
     parser.add_argument("--reevaluate", type=Path, default=None, metavar="WORK",
                         help="evaluate the adapters of a finished run (its --work folder) again, without training")
     args = parser.parse_args(argv)
@@ -468,10 +572,16 @@ def main(argv: list[str] | None = None) -> int:
                                corpus=corpus.facts()))
         return 0
     sizes = corpus.default_sizes(quick=args.quick)
+    sized = dict(heldout=args.heldout or sizes["heldout"], imported=args.imported or sizes["imported"],
+                 rounds=args.rounds or sizes["rounds"], pairs_limit=sizes["pairs"], eval_items=args.eval_items)
+    if args.finish:
+        try:
+            finish_stopped(corpus=corpus, quick=args.quick, out=args.out, work=args.finish, threads=args.threads, **sized)
+        except ValueError as error:  # not a stopped run of these sizes
+            parser.exit(2, f"error: {error}\n")
+        return 0
     with common.work_folder(args.work, "twin-bench-curve-") as work:
-        run(corpus=corpus, quick=args.quick, out=args.out, work=work, threads=args.threads,
-            heldout=args.heldout or sizes["heldout"], imported=args.imported or sizes["imported"],
-            rounds=args.rounds or sizes["rounds"], pairs_limit=sizes["pairs"], eval_items=args.eval_items)
+        run(corpus=corpus, quick=args.quick, out=args.out, work=work, threads=args.threads, **sized)
     return 0
 
 

@@ -7,6 +7,7 @@ The corpus builder and the RESULTS.md helpers are tested directly.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,32 @@ def test_a_finished_learning_curve_is_evaluated_again_to_the_same_figures(tmp_pa
     assert len(table) > 3 and heldout_table() == table
     assert any(line.startswith("| fit-all |") for line in table)  # the NLL yardstick is evaluated with the rest
     assert "Evaluated again on" in common.read_section(out, "learning_curve")
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_its_cycles_is_finished_from_its_database(tmp_path: Path):
+    # A long run stopped in its plain baseline must not be trained again: --finish rebuilds the
+    # rounds (drafts, verdicts, cycles) from the work folder's database and does the rest.
+    work, out = tmp_path / "work", tmp_path / "out"
+    first = run_quick("bench.learning_curve", out, "--work", str(work))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    played = json.loads((work / "learning_curve.json").read_text(encoding="utf-8"))
+
+    wrong = run_quick("bench.learning_curve", out, "--finish", str(work), "--rounds", str(len(played["rounds"])))
+    assert wrong.returncode == 2 and "error:" in wrong.stderr  # asked for one more round than the run had
+
+    # Stopped while the plain baseline was being written (no manifest yet); the reference was complete.
+    (work / "plain-adapter" / "twin_adapter.json").unlink()
+    again = run_quick("bench.learning_curve", tmp_path / "finished", "--finish", str(work))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    finished = json.loads((work / "learning_curve.json").read_text(encoding="utf-8"))
+
+    def kept(rounds: list[dict]) -> list[tuple]:
+        return [(r["name"], r["verdicts"] if r["name"] != "import" else None, r["live_edit_distance"],
+                 r["cycle"]["status"], r["cycle"]["candidate"], r["cycle"]["active_after"],
+                 r["cycle"]["gate_metrics"]) for r in rounds]
+
+    assert kept(finished["rounds"]) == kept(played["rounds"])
+    assert finished["adapters"].keys() == played["adapters"].keys() and "plain" in finished["results"]
+    assert "reused" not in finished["plain"] and finished["reference"] == {**played["reference"], "reused": True}
+    assert "Finished on" in common.read_section(tmp_path / "finished", "learning_curve")
