@@ -161,6 +161,17 @@ def test_the_tables_show_lambdag_beside_attribution_each_with_its_bounds():
             "people's) 0.14") in body
 
 
+def test_the_many_owner_reading_states_the_switching_cost_its_rows_measured():
+    from bench.multi_owner import _reading
+
+    row = lambda owners, p50: {"owners": owners, "p50_s": p50}  # noqa: E731
+    local, one, ten, fifty = row(1, 0.39), row(1, 0.88), row(10, 1.27), row(50, 1.36)
+    said = " ".join(_reading([local, one, ten, fifty]))
+    assert "0.88 s per draft against 0.39 s in process" in said
+    assert "0.39 s more per draft at 10 owners, 0.48 s more per draft at 50 owners" in said
+    assert _reading([local, one]) == _reading([local, one])[:1]  # one owner: nothing switched, nothing claimed
+
+
 # Minutes each on a shared 2-core machine (model loads, trainers, a cycle's child process): `slow`,
 # so `make test-fast` skips them while CI's `make test` runs every --quick mode.
 @pytest.mark.slow
