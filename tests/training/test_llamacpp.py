@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,25 @@ def test_llamacpp_streams_the_draft_token_by_token_and_samples_the_same(engine: 
     if plain.text:
         assert seen[-1] == plain.text
     assert all(text and "<|im_" not in text for text in seen)
+
+
+def test_drafts_asked_for_from_any_thread_run_on_one_llama_cpp_thread(engine: Engine, adapter: Path) -> None:
+    # The bot drafts in asyncio's worker threads; llama.cpp's OpenMP teams, one per calling thread,
+    # made every draft about twice as slow once a second thread had called (bench/first_words.py).
+    calling: set[int] = set()
+
+    def draft(seed: int) -> None:
+        engine.generate(prompt(engine), settings=settings(), seed=seed, adapter=("a", adapter),
+                        on_text=lambda _text: calling.add(threading.get_ident()))
+
+    threads = [threading.Thread(target=draft, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    draft(3)
+    assert len(calling) == 1
+    assert calling.isdisjoint({threading.get_ident(), *(thread.ident for thread in threads)})
 
 
 def test_the_warm_up_reads_the_system_text_once_and_drafts_read_only_the_rest(gguf_model_dir: Path, tmp_path: Path,

@@ -25,11 +25,13 @@ import atexit
 import ctypes
 import importlib.util
 import logging
+import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from training.errors import GgufWriteError, ServingError
 
@@ -46,6 +48,29 @@ _GGML_TYPE_F32 = 0
 # Each name of training.config.LLAMACPP_WEIGHTS -> llama.cpp's LLAMA_FTYPE_MOSTLY_* (f16 is written directly,
 # not quantized); a test holds the two to the same names.
 WEIGHT_FTYPES = {"f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17}
+
+
+# llama.cpp's CPU backend is built with OpenMP (libgomp), which keeps a team of worker threads for
+# each thread that calls into it. Once a second thread has called (the bot drafts in asyncio's
+# worker threads, one or another of them each time), the teams' spinning workers fight over the
+# cores: on 2 cores a draft took 1.5-1.9 s instead of 0.8 s (bench/first_words.py, 2026-12-04).
+# So every call into llama.cpp in this process runs on one thread of its own.
+_LLAMA_THREAD_NAME = "llama.cpp"
+_llama_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_LLAMA_THREAD_NAME)
+_Result = TypeVar("_Result")
+
+
+def on_llama_thread(function: Callable[..., _Result], *args: Any, **kwargs: Any) -> _Result:
+    """`function(*args, **kwargs)` run on the process's one llama.cpp thread; the caller waits for it
+    (an exception is raised in the caller). Already on that thread, or at interpreter exit when it
+    is gone, it runs here."""
+    if threading.current_thread().name.startswith(_LLAMA_THREAD_NAME):
+        return function(*args, **kwargs)
+    try:
+        future = _llama_thread.submit(function, *args, **kwargs)
+    except RuntimeError:  # the interpreter is shutting down: no new work for the pool
+        return function(*args, **kwargs)
+    return future.result()
 
 
 def llamacpp_installed() -> bool:
@@ -144,7 +169,8 @@ def quantize_gguf(source: Path, target: Path, weights: str, *, threads: int = 0)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = WEIGHT_FTYPES[weights]
     params.nthread = threads
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    status = on_llama_thread(llama_cpp.llama_model_quantize, str(source).encode(), str(target).encode(),
+                             ctypes.byref(params))
     if status != 0 or not Path(target).is_file():
         raise ServingError(f"llama.cpp could not quantize {Path(source).name} to {weights} (status {status})")
     return Path(target)
@@ -168,13 +194,15 @@ def _close_open_generators() -> None:
 
 
 class LlamaGenerator:
-    """One llama.cpp context on a GGUF model that samples drafts, one at a time."""
+    """One llama.cpp context on a GGUF model that samples drafts, one at a time. Callable from any
+    thread: the work runs on the process's llama.cpp thread (`on_llama_thread`), and `on_token`
+    is called there."""
 
     def __init__(self, model_gguf: Path, *, threads: int, context_tokens: int, lora_gguf: Path | None = None):
         self.model_gguf = Path(model_gguf)
         self.lora_gguf = lora_gguf  # a LoRA file applied on the fly (`write_lora_gguf`), as a drafting server does
         self.threads = threads
-        self._open(context_tokens)
+        on_llama_thread(self._open, context_tokens)
         _OPEN_GENERATORS.add(self)
 
     def _open(self, context_tokens: int) -> None:
@@ -206,6 +234,9 @@ class LlamaGenerator:
         The cache holds one sequence: a later prompt keeps what it shares with the one before, and
         every prompt opens with the system text, so it stays read across chats from then on.
         """
+        return on_llama_thread(self._warm, prefix_ids)
+
+    def _warm(self, prefix_ids: Sequence[int]) -> int:
         cached = self.llama.input_ids[:self.llama.n_tokens]
         shared = 0
         while shared < min(len(cached), len(prefix_ids)) and cached[shared] == prefix_ids[shared]:
@@ -222,6 +253,11 @@ class LlamaGenerator:
 
         `on_token(ids so far)` is called after each sampled token (streaming); the caller keeps it cheap.
         """
+        return on_llama_thread(self._generate, prompt_ids, settings=settings, seed=seed, stop_ids=stop_ids,
+                               on_token=on_token)
+
+    def _generate(self, prompt_ids: Sequence[int], *, settings: Any, seed: int, stop_ids: Sequence[int],
+                  on_token: Callable[[list[int]], None] | None = None) -> LlamaOutput:
         import llama_cpp
 
         needed = len(prompt_ids) + settings.max_new_tokens
@@ -258,6 +294,9 @@ class LlamaGenerator:
 
     def log_likelihoods(self, ids: Sequence[int], start: int) -> list[float]:
         """Log-probability of each of `ids[start:]` given the tokens before it (for quality checks)."""
+        return on_llama_thread(self._log_likelihoods, ids, start)
+
+    def _log_likelihoods(self, ids: Sequence[int], start: int) -> list[float]:
         import llama_cpp
         import numpy as np
 
@@ -273,7 +312,7 @@ class LlamaGenerator:
 
     def close(self) -> None:
         """Free the model and its context (again is a no-op)."""
-        self.llama.close()
+        on_llama_thread(self.llama.close)
         _OPEN_GENERATORS.discard(self)
 
 
