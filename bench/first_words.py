@@ -13,7 +13,9 @@ the owner's message is handed to the fake server:
 * "edit": the server refuses sendMessageDraft (an older self-hosted server), so the fallback
   streams: the first preview message, and the final edit that gives it its buttons;
 * "terminal": `twin chat`'s path (`loop.terminal.TerminalStream` on `Twin.draft_reply`): the
-  first token printed, and the draft done.
+  first token printed, and the draft done;
+* "off": `telegram.stream = "off"`, the path before streaming: the final message is the first
+  thing shown, so what streaming costs the final draft is read against it.
 
     python -m bench.first_words --quick     # smoke test, tiny model (seconds)
     python -m bench.first_words             # SmolLM2, 32 messages per path (minutes)
@@ -155,6 +157,11 @@ def run(*, quick: bool, work: Path, threads: int, messages: int) -> dict[str, An
             summary("Telegram, refused: one edited message", "first preview message",
                     asyncio.run(through_the_bot(twin, pairs, refuse_drafts=True, offset=10_000))),
             summary("terminal (twin chat)", "first token printed", in_the_terminal(twin, pairs))]
+    # The path before streaming, in the same run: what the owner waited for the draft, and what
+    # streaming costs the final message.
+    twin.config.telegram.stream = "off"
+    rows.append(summary("Telegram, streaming off (before)", "the final message",
+                        asyncio.run(through_the_bot(twin, pairs, refuse_drafts=False, offset=20_000))))
     twin.engine.dispose()
     first = rows[0]["first_p50_s"]
     report = {"facts": facts, "quick": quick, "messages": len(pairs), "backend": backend, "rows": rows,
@@ -179,7 +186,20 @@ def markdown(report: dict[str, Any]) -> str:
         common.markdown_table(headers, rows), "",
         f"Target: first words p50 ≤ {TARGET_FIRST_WORDS_S} s through sendMessageDraft: "
         f"{common.verdict(report['target_met'])}.", "",
+        *_against_no_streaming(report["rows"]),
     ])
+
+
+def _against_no_streaming(rows: list[dict[str, Any]]) -> list[str]:
+    """What streaming changed for the owner, against the final-only path of the same run."""
+    before = next((r for r in rows if r["path"].startswith("Telegram, streaming off")), None)
+    streamed = rows[0]
+    if before is None or before["final_p50_s"] is None or streamed["first_p50_s"] is None:
+        return []
+    later = streamed["final_p50_s"] - before["final_p50_s"]
+    return [f"Against the final message only (before streaming, {common.fmt(before['final_p50_s'])} s at the "
+            f"median): the first words come {common.fmt(before['final_p50_s'] - streamed['first_p50_s'])} s sooner, "
+            f"and the final draft {common.fmt(abs(later))} s {'later' if later > 0 else 'sooner'}.", ""]
 
 
 def main(argv: list[str] | None = None) -> int:

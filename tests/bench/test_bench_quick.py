@@ -172,6 +172,18 @@ def test_the_many_owner_reading_states_the_switching_cost_its_rows_measured():
     assert _reading([local, one]) == _reading([local, one])[:1]  # one owner: nothing switched, nothing claimed
 
 
+def test_first_words_are_read_against_the_final_message_of_the_path_without_streaming():
+    from bench.first_words import _against_no_streaming
+
+    streamed = {"path": "Telegram, sendMessageDraft", "first_p50_s": 0.11, "final_p50_s": 1.06}
+    before = {"path": "Telegram, streaming off (before)", "first_p50_s": 1.09, "final_p50_s": 1.09}
+    said = " ".join(_against_no_streaming([streamed, before]))
+    assert "(before streaming, 1.09 s at the median)" in said
+    assert "come 0.98 s sooner, and the final draft 0.03 s sooner" in said
+    assert "0.50 s later" in " ".join(_against_no_streaming([{**streamed, "final_p50_s": 1.59}, before]))
+    assert _against_no_streaming([streamed]) == []
+
+
 # Minutes each on a shared 2-core machine (model loads, trainers, a cycle's child process): `slow`,
 # so `make test-fast` skips them while CI's `make test` runs every --quick mode.
 @pytest.mark.slow
