@@ -147,6 +147,9 @@ def summary(name: str, first_label: str, timings: list[dict[str, Any]]) -> dict[
 
 
 def run(*, quick: bool, work: Path, threads: int, messages: int) -> dict[str, Any]:
+    from loop.drafting import draft_from_many_threads
+
+    draft_from_many_threads()  # as `twin run` does for the bot
     common.apply_threads(threads)
     facts = common.machine_facts()
     pairs = load_corpus()[:messages]

@@ -11,6 +11,7 @@ import sys
 import threading
 
 from loop.cli import OwnerOption, app, fail, get_config, prepare_run, run_terminal
+from loop.drafting import draft_from_many_threads
 
 __all__ = ["app"]
 
@@ -23,6 +24,8 @@ def run(owner: OwnerOption = None) -> None:
     server at generation.server_url (API key from TWIN_SERVER_API_KEY; see `twin register-adapters`).
     """
     config = get_config()
+    if config.telegram_token:
+        draft_from_many_threads()  # the bot drafts from a warm-up thread and asyncio's worker threads
     telegram_id, twin = prepare_run(config, owner)
     if not config.telegram_token:
         run_terminal(config, twin, telegram_id)

@@ -17,12 +17,22 @@ from typing import Any, Callable, Protocol
 from loop.errors import DraftingError
 from training.prompt import Conversation
 
-__all__ = ["AdapterRef", "Drafter", "DraftingError", "DraftResult", "FakeDrafter", "EngineDrafter", "TextCallback"]
+__all__ = ["AdapterRef", "Drafter", "DraftingError", "DraftResult", "FakeDrafter", "EngineDrafter", "TextCallback",
+           "draft_from_many_threads"]
 
 # Called with the reply so far (cleaned, growing) while a draft is decoded, from the drafting thread.
 TextCallback = Callable[[str], None]
 
 logger = logging.getLogger(__name__)
+
+
+def draft_from_many_threads() -> None:
+    """For a process whose drafts are asked for from several threads (the bot: a warm-up thread,
+    asyncio's worker threads): llama.cpp then decodes on one thread of its own, which keeps its
+    speed (training.inference.llamacpp.run_on_own_thread). Call it before the first draft."""
+    from training.inference.llamacpp import run_on_own_thread
+
+    run_on_own_thread()
 
 
 @dataclass(frozen=True)

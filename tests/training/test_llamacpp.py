@@ -221,23 +221,35 @@ def test_llamacpp_streams_the_draft_token_by_token_and_samples_the_same(engine: 
     assert all(text and "<|im_" not in text for text in seen)
 
 
-def test_drafts_asked_for_from_any_thread_run_on_one_llama_cpp_thread(engine: Engine, adapter: Path) -> None:
-    # The bot drafts in asyncio's worker threads; llama.cpp's OpenMP teams, one per calling thread,
+@pytest.mark.parametrize("own_thread", [True, False], ids=["bot", "elsewhere"])
+def test_a_process_drafting_from_many_threads_runs_llama_cpp_on_one(engine: Engine, adapter: Path,
+                                                                    own_thread: bool) -> None:
+    # The bot drafts from asyncio's worker threads; llama.cpp's OpenMP teams, one per calling thread,
     # made every draft about twice as slow once a second thread had called (bench/first_words.py).
+    # Elsewhere (torch on the main thread beside it) llama.cpp stays on the calling thread.
+    from training.inference.llamacpp import run_on_own_thread
+
     calling: set[int] = set()
 
     def draft(seed: int) -> None:
         engine.generate(prompt(engine), settings=settings(), seed=seed, adapter=("a", adapter),
                         on_text=lambda _text: calling.add(threading.get_ident()))
 
-    threads = [threading.Thread(target=draft, args=(seed,)) for seed in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    draft(3)
-    assert len(calling) == 1
-    assert calling.isdisjoint({threading.get_ident(), *(thread.ident for thread in threads)})
+    run_on_own_thread(own_thread)
+    try:
+        threads = [threading.Thread(target=draft, args=(seed,)) for seed in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        draft(3)
+    finally:
+        run_on_own_thread(False)
+    callers = {threading.get_ident(), *(thread.ident for thread in threads)}
+    if own_thread:
+        assert len(calling) == 1 and calling.isdisjoint(callers)
+    else:
+        assert calling == callers
 
 
 def test_the_warm_up_reads_the_system_text_once_and_drafts_read_only_the_rest(gguf_model_dir: Path, tmp_path: Path,

@@ -51,20 +51,30 @@ WEIGHT_FTYPES = {"f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17}
 
 
 # llama.cpp's CPU backend is built with OpenMP (libgomp), which keeps a team of worker threads for
-# each thread that calls into it. Once a second thread has called (the bot drafts in asyncio's
-# worker threads, one or another of them each time), the teams' spinning workers fight over the
-# cores: on 2 cores a draft took 1.5-1.9 s instead of 0.8 s (bench/first_words.py, 2026-12-04).
-# So every call into llama.cpp in this process runs on one thread of its own.
+# each thread that calls into it; torch's bundled libgomp.so.1 is the same runtime once torch is
+# loaded. Once a second thread has computed, the teams fight over the cores (2026-12-04, 2 cores,
+# median of 6 drafts): the bot, drafting from a warm-up thread and asyncio's worker threads, took
+# 1.5-1.9 s a draft instead of 0.8 s; llama.cpp on a thread of its own beside torch on the main
+# thread (a nightly evaluation, a benchmark), 1.2 s instead of 0.7 s. So a process that drafts
+# from many threads (`twin run` with the bot) calls `run_on_own_thread()` before its first draft,
+# and every llama.cpp call then runs on one thread; others keep llama.cpp on the calling thread.
 _LLAMA_THREAD_NAME = "llama.cpp"
 _llama_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_LLAMA_THREAD_NAME)
+_on_own_thread = False
 _Result = TypeVar("_Result")
 
 
+def run_on_own_thread(enabled: bool = True) -> None:
+    """From now on run every llama.cpp call of this process on one thread (`on_llama_thread`)."""
+    global _on_own_thread
+    _on_own_thread = enabled
+
+
 def on_llama_thread(function: Callable[..., _Result], *args: Any, **kwargs: Any) -> _Result:
-    """`function(*args, **kwargs)` run on the process's one llama.cpp thread; the caller waits for it
-    (an exception is raised in the caller). Already on that thread, or at interpreter exit when it
-    is gone, it runs here."""
-    if threading.current_thread().name.startswith(_LLAMA_THREAD_NAME):
+    """`function(*args, **kwargs)` on the process's one llama.cpp thread when `run_on_own_thread`
+    asked for it (the caller waits; an exception is raised in the caller), else here. Already on
+    that thread, or at interpreter exit when it is gone, it runs here."""
+    if not _on_own_thread or threading.current_thread().name.startswith(_LLAMA_THREAD_NAME):
         return function(*args, **kwargs)
     try:
         future = _llama_thread.submit(function, *args, **kwargs)
@@ -194,9 +204,8 @@ def _close_open_generators() -> None:
 
 
 class LlamaGenerator:
-    """One llama.cpp context on a GGUF model that samples drafts, one at a time. Callable from any
-    thread: the work runs on the process's llama.cpp thread (`on_llama_thread`), and `on_token`
-    is called there."""
+    """One llama.cpp context on a GGUF model that samples drafts, one at a time. With
+    `run_on_own_thread` the work runs on the process's llama.cpp thread, `on_token` too."""
 
     def __init__(self, model_gguf: Path, *, threads: int, context_tokens: int, lora_gguf: Path | None = None):
         self.model_gguf = Path(model_gguf)
