@@ -10,6 +10,10 @@ SCHED_IDLE, else nice 19). This measures, side by side in one run, on one databa
 3. the cycle again, with an owner drafting beside it (a draft, then `--gap` seconds of reading,
    then the next) for as long as it runs: draft p50 / p90 while it trained, and its wall time.
 
+The two timed cycles are alike: each follows a round of `--feedback` new verdicts, and each has an
+active adapter to beat, made by an untimed first cycle (the first cycle of an owner evaluates one
+model fewer, and a forced cycle without new verdicts trains on replay only, so timing the first
+cycle against the second once flattered or blamed the drafting beside it).
 The verdicts come from bench.cycle_measure's made-up owner. `--priority normal` runs the child at
 the parent's priority (TWIN_CHILD_PRIORITY=normal), the old behaviour, for comparison.
 Targets: draft p50 during the cycle ≤ 1.5 × idle, the cycle ≤ 20% slower than alone.
@@ -40,8 +44,9 @@ TARGET_DRAFT_RATIO = 1.5
 TARGET_CYCLE_SLOWDOWN = 0.20
 
 
-def setup(*, quick: bool, work: Path, threads: int, feedback: int, writing: int) -> tuple[Any, Any, Any]:
-    """(config, database, drafting twin): the made-up owner's verdicts stored, the real drafter warmed up."""
+def setup(*, quick: bool, work: Path, threads: int, feedback: int, writing: int) -> tuple[Any, Any, Any, Any]:
+    """(config, database, drafting twin, a twin that gives verdicts): the made-up owner's replies imported
+    and a first round of verdicts stored, the real drafter warmed up."""
     from bench.first_words import as_gguf_base
     from loop.config import Config
     from loop.drafting import EngineDrafter, FakeDrafter
@@ -62,13 +67,14 @@ def setup(*, quick: bool, work: Path, threads: int, feedback: int, writing: int)
         common.models_dir().mkdir(parents=True, exist_ok=True)
         config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
     database = open_database(config.db_url)
-    scripted = Twin(config, database, FakeDrafter(replies=[r for _, _, r in made_up_conversations(2 * feedback, seed=99)]))
+    # Drafts to give verdicts on, from a script: the model's time goes to the timed drafts only.
+    scripted = Twin(config, database, FakeDrafter(replies=[r for _, _, r in made_up_conversations(6 * feedback, seed=99)]))
     owner_id = scripted.owner_id(OWNER, name="Robin")
     import_writing(database, owner_id, writing, seed=3)
     give_verdicts(scripted, feedback, seed=5)
     twin = Twin(config, database, EngineDrafter.from_config(config))
     twin.warm_up()
-    return config, database, twin
+    return config, database, twin, scripted
 
 
 class Owner:
@@ -100,7 +106,7 @@ class Owner:
 
 def timed_cycle(config: Any, database: Any, *, owner: Owner | None = None) -> dict[str, Any]:
     """One forced cycle (as /train runs it); with `owner`, drafts beside it the whole time."""
-    from loop.cycle import run_cycle
+    from loop.cycle import list_cycles, run_cycle
 
     busy, done = threading.Event(), threading.Event()
     drafts: list[float] = []
@@ -117,21 +123,33 @@ def timed_cycle(config: Any, database: Any, *, owner: Owner | None = None) -> di
         done.set()
         if drafter is not None:
             drafter.join()
-    return {"wall_s": wall, "status": outcome.status, "drafts": drafts}
+    row = list_cycles(database, telegram_id=OWNER)[-1]
+    stages = (row.get("durations") or {}).get("stages", {})
+    return {"wall_s": wall, "status": outcome.status, "drafts": drafts,
+            "datasets": (row.get("counts") or {}).get("datasets", {}),
+            "stages": {name: stage.get("seconds") for name, stage in stages.items() if isinstance(stage, dict)}}
 
 
 def run(*, quick: bool, work: Path, threads: int, feedback: int, writing: int, idle_drafts: int, gap_s: float,
         priority: str) -> dict[str, Any]:
+    from loop.drafting import draft_from_many_threads
+
+    draft_from_many_threads()  # as `twin run` does for the bot: the owner drafts from a thread of its own
     common.apply_threads(threads)
     facts = common.machine_facts()
     if priority == "normal":
         os.environ["TWIN_CHILD_PRIORITY"] = "normal"  # read by the training child (loop.child.lower_priority)
-    config, database, twin = setup(quick=quick, work=work, threads=threads, feedback=feedback, writing=writing)
+    config, database, twin, scripted = setup(quick=quick, work=work, threads=threads, feedback=feedback,
+                                             writing=writing)
+    first = timed_cycle(config, database)  # untimed: it makes the active adapter both timed cycles must beat
+    give_verdicts(scripted, feedback, seed=6)
+    twin.warm_up()  # a promoted adapter is converted for drafting before the timing, as the bot does at start
     owner = Owner(twin, gap_s)
     owner.draft()  # warm-up, not timed
     idle = [owner.draft() for _ in range(idle_drafts)]
     alone = timed_cycle(config, database)
-    twin.warm_up()  # a promoted adapter is converted for drafting before the timing, as the bot does at start
+    give_verdicts(scripted, feedback, seed=7)
+    twin.warm_up()
     owner.draft()
     beside = timed_cycle(config, database, owner=owner)
     database.dispose()
@@ -144,7 +162,9 @@ def run(*, quick: bool, work: Path, threads: int, feedback: int, writing: int, i
         "idle": {"n": len(idle), "p50_s": idle_p50, "p90_s": common.percentile(idle, 90)},
         "during": {"n": len(beside["drafts"]), "p50_s": during_p50, "p90_s": common.percentile(beside["drafts"], 90)},
         "cycle_alone_s": alone["wall_s"], "cycle_beside_s": beside["wall_s"],
-        "statuses": [alone["status"], beside["status"]], "draft_ratio": ratio, "cycle_slowdown": slowdown,
+        "statuses": [alone["status"], beside["status"]], "first_cycle": first["status"],
+        "datasets": [alone["datasets"], beside["datasets"]], "stages": [alone["stages"], beside["stages"]],
+        "draft_ratio": ratio, "cycle_slowdown": slowdown,
         "draft_target_met": ratio is not None and ratio <= TARGET_DRAFT_RATIO,
         "cycle_target_met": slowdown is not None and slowdown <= TARGET_CYCLE_SLOWDOWN,
     }
@@ -163,18 +183,32 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([
         "## Drafting while a cycle trains", "",
         common.machine_markdown(report["facts"], quick=report["quick"]), "",
-        f"{report['feedback']} verdicts, a forced cycle run twice on one database: alone, then with the owner drafting "
-        f"beside it (a draft every {report['gap_s']} s after the one before; each message another chat; backend "
-        f"{report['backend']}). Training child priority: {report['priority']}. Outcomes: {', '.join(report['statuses'])}.",
+        f"On one database, after an untimed first cycle ({report['first_cycle']}) that made the active adapter: "
+        f"{report['feedback']} new verdicts and a forced cycle alone, then {report['feedback']} more and a forced "
+        f"cycle with the owner drafting beside it (a draft every {report['gap_s']} s after the one before; each "
+        f"message another chat; backend {report['backend']}). Training child priority: {report['priority']}. "
+        f"Outcomes: {', '.join(report['statuses'])}.",
         "", common.markdown_table(["what", "n", "p50", "p90", "× idle / × alone"], rows), "",
+        "By stage (seconds), alone and beside the drafting; training rows "
+        + " and ".join(", ".join(f"{k} {v}" for k, v in sets.items()) for sets in report["datasets"]) + ":", "",
+        _stage_table(report["stages"]), "",
         f"Targets: draft p50 during a cycle ≤ {TARGET_DRAFT_RATIO}× idle: {common.verdict(report['draft_target_met'])}; "
         f"the cycle at most {TARGET_CYCLE_SLOWDOWN:.0%} slower: {common.verdict(report['cycle_target_met'])}.", "",
     ])
 
 
+def _stage_table(stages: list[dict[str, Any]]) -> str:
+    alone, beside = stages
+    names = [name for name in alone if name in beside]
+    return common.markdown_table(["stage", "alone", "beside the drafting", "× alone"],
+                                 [[name, alone[name], beside[name],
+                                   common.fmt(beside[name] / alone[name]) if alone[name] and beside[name] else ""]
+                                  for name in names])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.argument_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--feedback", type=int, default=None, help="verdicts before the cycle (default 300; quick 12)")
+    parser.add_argument("--feedback", type=int, default=None, help="verdicts before each cycle (default 300; quick 12)")
     parser.add_argument("--writing", type=int, default=None, help="imported replies (default 200; quick 24)")
     parser.add_argument("--idle-drafts", type=int, default=None, help="drafts timed idle (default 16; quick 3)")
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between the owner's drafts (default 1)")
