@@ -176,6 +176,12 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         # The share each judge gives the owner, and on how many documents (drafts; LambdaG groups them).
         shares = {name: (judges[name].score(written), len(judges[name].documents(written)))
                   if name in judges and written else (None, 0) for name in JUDGES}
+        # Per sampled item, for the gate's paired differences (the same items and seeds for every
+        # model): the classifier's verdict on each draft, None for an empty one. LambdaG judges
+        # groups of drafts, not single ones, so it has none.
+        owner_probabilities = iter(judges["attribution"].predict_proba(written)
+                                   if "attribution" in judges and written else [])
+        attributed = [None if not draft.strip() else float(next(owner_probabilities) >= 0.5) for draft in drafts]
         results[name] = {
             "likelihood": nll,
             "preference_accuracy": accuracy,
@@ -189,6 +195,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
                                 **{name: proportion_standard_error(*shares[name]) for name in JUDGES},
                                 "preference_accuracy": proportion_standard_error(accuracy, len(triples)),
                                 "preference_accuracy_raw": proportion_standard_error(raw_accuracy, len(triples))},
+            "per_item": {"edit_distance": distances, "attribution": attributed if "attribution" in judges else []},
             "style_distance": style_distance(owner_profile, draft_profile) if drafts else {},
             "caricature_flags": caricature_flags(owner_profile, draft_profile, ratio=eval_settings.caricature_ratio)
             if drafts else [],

@@ -159,6 +159,13 @@ def test_evaluate_reports_every_metric_per_adapter(engine: Engine, adapter: Path
         errors = metrics["standard_errors"]  # what the gate treats as sampling noise
         assert errors["preference_accuracy"] > 0 and errors["edit_distance"] is not None
         assert (errors["lambdag"] is None) == (metrics["lambdag"] is None)
+        # One value per sampled item, in the same order for every model: the gate pairs them.
+        per_item = metrics["per_item"]
+        assert len(per_item["edit_distance"]) == len(per_item["attribution"]) == 3
+        assert per_item["edit_distance"] == [sample["edit_distance"] for sample in metrics["samples"]]
+        judged = [value for value in per_item["attribution"] if value is not None]
+        assert set(judged) <= {0.0, 1.0}
+        assert metrics["attribution"] == (sum(judged) / len(judged) if judged else None)
     assert results["base"]["likelihood"] != results["candidate"]["likelihood"]  # the adapter was applied
     assert results["base"]["preference_accuracy"] == 0.5  # as a reward model, the base ties with itself
     assert results["candidate"]["preference_accuracy_raw"] in (0.0, 0.5, 1.0)

@@ -115,6 +115,37 @@ def test_a_drop_within_sampling_noise_is_not_called_worse():
     assert not gate(candidate, metrics(attribution=0.8, **small), raw)[0]
 
 
+def test_a_drop_on_the_same_items_is_judged_by_its_paired_error():
+    # 60 drafts a side, attribution 0.70 -> 0.57. Taken as two independent samples (0.06 each) the
+    # drop is within 0.05 + 1.64 x 0.085; drafted for the same prompts with the same seeds, the
+    # candidate lost eight drafts and won none back.
+    old = [1.0] * 42 + [0.0] * 18
+    new = [1.0] * 34 + [0.0] * 26
+    errors = {"standard_errors": {"attribution": 0.06}}
+    candidate = metrics(likelihood=2.5, attribution=34 / 60, **errors)
+    active = metrics(attribution=0.7, **errors)
+    assert gate(candidate, active, SETTINGS)[0]  # without per-item values: noise to the gate
+    promote, reasons = gate({**candidate, "per_item": {"attribution": new}},
+                            {**active, "per_item": {"attribution": old}}, SETTINGS)
+    assert not promote and reasons[0].startswith("attribution got worse")
+    # The same shares with the items shuffled between the models: a paired difference that is noise.
+    shuffled = [0.0] * 18 + [1.0] * 34 + [0.0] * 8
+    assert gate({**candidate, "per_item": {"attribution": shuffled}},
+                {**active, "per_item": {"attribution": old}}, SETTINGS)[0]
+
+
+def test_the_paired_error_skips_items_one_side_could_not_measure_and_needs_the_same_items():
+    from training.gate import paired_difference_error
+
+    assert paired_difference_error([1.0, None, 0.0, 1.0], [1.0, 1.0, None, 0.0]) == paired_difference_error(
+        [1.0, 1.0], [1.0, 0.0])
+    assert paired_difference_error([1.0, 0.0], [1.0, 0.0, 1.0]) is None  # not the same items
+    assert paired_difference_error([1.0, None], [None, 1.0]) is None  # nothing measured by both
+    assert paired_difference_error([1.0] * 30, [1.0] * 30, shares=True) > 0  # agreeing is not certainty
+    assert paired_difference_error([1.5] * 30, [1.5] * 30) == 0  # identical distances: no difference at all
+    assert abs(paired_difference_error([1.2, 1.0, 0.8], [1.0, 1.0, 1.0]) - (0.04 / 3) ** 0.5) < 1e-9
+
+
 def test_the_evaluation_records_the_noise_of_each_sampled_metric():
     from training.evaluate import proportion_standard_error, standard_error
 
