@@ -179,9 +179,10 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         # Per sampled item, for the gate's paired differences (the same items and seeds for every
         # model): the classifier's verdict on each draft, None for an empty one. LambdaG judges
         # groups of drafts, not single ones, so it has none.
-        owner_probabilities = iter(judges["attribution"].predict_proba(written)
-                                   if "attribution" in judges and written else [])
-        attributed = [None if not draft.strip() else float(next(owner_probabilities) >= 0.5) for draft in drafts]
+        attributed: list[float | None] = []
+        if "attribution" in judges:
+            owner_probabilities = iter(judges["attribution"].predict_proba(written) if written else [])
+            attributed = [float(next(owner_probabilities) >= 0.5) if draft.strip() else None for draft in drafts]
         results[name] = {
             "likelihood": nll,
             "preference_accuracy": accuracy,
@@ -195,7 +196,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
                                 **{name: proportion_standard_error(*shares[name]) for name in JUDGES},
                                 "preference_accuracy": proportion_standard_error(accuracy, len(triples)),
                                 "preference_accuracy_raw": proportion_standard_error(raw_accuracy, len(triples))},
-            "per_item": {"edit_distance": distances, "attribution": attributed if "attribution" in judges else []},
+            "per_item": {"edit_distance": distances, "attribution": attributed},
             "style_distance": style_distance(owner_profile, draft_profile) if drafts else {},
             "caricature_flags": caricature_flags(owner_profile, draft_profile, ratio=eval_settings.caricature_ratio)
             if drafts else [],
