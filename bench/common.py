@@ -237,6 +237,12 @@ def mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
+def stage_seconds(cycle_row: dict[str, Any]) -> dict[str, float | None]:
+    """Seconds per stage of a cycle, from its row in `twin cycles --json`."""
+    stages = (cycle_row.get("durations") or {}).get("stages", {})
+    return {name: stage.get("seconds") for name, stage in stages.items() if isinstance(stage, dict)}
+
+
 @dataclass
 class PeakMemory:
     """Samples resident memory in a thread; `peak_mb` is the highest seen.

@@ -124,10 +124,8 @@ def timed_cycle(config: Any, database: Any, *, owner: Owner | None = None) -> di
         if drafter is not None:
             drafter.join()
     row = list_cycles(database, telegram_id=OWNER)[-1]
-    stages = (row.get("durations") or {}).get("stages", {})
     return {"wall_s": wall, "status": outcome.status, "drafts": drafts,
-            "datasets": (row.get("counts") or {}).get("datasets", {}),
-            "stages": {name: stage.get("seconds") for name, stage in stages.items() if isinstance(stage, dict)}}
+            "datasets": (row.get("counts") or {}).get("datasets", {}), "stages": common.stage_seconds(row)}
 
 
 def run(*, quick: bool, work: Path, threads: int, feedback: int, writing: int, idle_drafts: int, gap_s: float,

@@ -141,12 +141,11 @@ def cycle(config: Any, database: Any, log: RoundLog) -> int | None:
 
 def cycle_facts(row: dict[str, Any], *, seconds: float | None, active_after: int | None) -> dict[str, Any]:
     """What the report keeps of a cycle, from its row in `twin cycles --json`."""
-    stages = (row.get("durations") or {}).get("stages", {})
     metrics = row.get("metrics") or {}
     return {"status": row.get("status"), "reason": row.get("reason"), "candidate": row.get("candidate_version"),
             "active_after": active_after, "seconds": seconds,
             "datasets": (row.get("counts") or {}).get("datasets", {}),
-            "stages": {k: v.get("seconds") for k, v in stages.items() if isinstance(v, dict)},
+            "stages": common.stage_seconds(row),
             # The cycle's own evaluation, on its own held-out slice: candidate against the active adapter.
             "gate_metrics": {side: {k: (metrics.get(side) or {}).get(k) for k in
                                     ("likelihood", "attribution", "lambdag", "edit_distance",
@@ -396,7 +395,7 @@ def trained_once(folder: Path, train: Callable[[], tuple[Path, dict[str, Any]]])
     """A baseline adapter is trained once per work folder: a run stopped in its evaluation left a
     complete one (its checksum holds) with its figures beside it, and `--finish` takes both instead
     of training it again. A half-written folder is trained again."""
-    from training.artifacts import verify_adapter
+    from training.artifacts import atomic_file, verify_adapter
     from training.errors import CorruptAdapter
 
     figures = folder.with_name(folder.name + ".json")
@@ -406,7 +405,8 @@ def trained_once(folder: Path, train: Callable[[], tuple[Path, dict[str, Any]]])
     except (CorruptAdapter, FileNotFoundError, json.JSONDecodeError):
         shutil.rmtree(folder, ignore_errors=True)
     folder, stats = train()
-    figures.write_text(json.dumps(stats, default=str), encoding="utf-8")
+    with atomic_file(figures) as staging:
+        staging.write_text(json.dumps(stats, default=str), encoding="utf-8")
     return folder, stats
 
 
@@ -426,10 +426,11 @@ def finish_stopped(*, corpus: Corpus, quick: bool, out: Path, work: Path, thread
     logs, versions = rebuilt_logs(database, plan)
     engine = Engine.load(config.model, config.models_dir, max_adapters=rounds + 4)
     cycles_seconds = sum(log.cycle.get("seconds") or 0.0 for log in logs)
+    facts = common.machine_facts()
     return conclude(config=config, database=database, engine=engine, corpus=corpus, plan=plan, logs=logs,
-                    versions=versions, facts=common.machine_facts(), quick=quick, out=out, work=work,
+                    versions=versions, facts=facts, quick=quick, out=out, work=work,
                     eval_items=eval_items, pairs_count=len(pairs), seconds_before=cycles_seconds, started=started,
-                    finished_later=common.machine_facts()["date"])
+                    finished_later=facts["date"])
 
 
 def curve_config(*, quick: bool, work: Path, threads: int, owner_name: str = "Tim") -> Any:
