@@ -77,6 +77,8 @@ def metrics_text(metrics: dict[str, Any], *, active_version: int, candidate_vers
             line += (f"; your own lines {_fmt(baselines.get(f'{key}_ceiling'), pattern)}, "
                      f"other people {_fmt(baselines.get(f'{key}_floor'), pattern)}")
         lines.append(line)
+    if baselines.get("judges_learnt_from_unseen") is False:
+        lines.append("  (both judges also learnt from lines the twin trained on: too few held-out lines to spare)")
     flags = caricature_flags(candidate)
     lines.append("  caricature: " + ("; ".join(flags.values()) if flags else "none"))
     return "\n".join(lines)

@@ -5,8 +5,9 @@ loaded once: likelihood of the owner's held-out text, preference accuracy on hel
 (owner's text, rejected draft) pairs (as a reward model: DPO's implicit reward against the base
 model; the raw likelihood comparison beside it as `preference_accuracy_raw`), drafts sampled with
 fixed seeds on the held-out prompts and what they look like (edit distance to the kept text,
-attribution by the n-gram classifier and by LambdaG, style distance, caricature flags). Both judges learn from the owner's
-lines without the held-out items' texts (`judge_lines`) against the other people's lines. The
+attribution by the n-gram classifier and by LambdaG, style distance, caricature flags). Both judges learn,
+against the other people's lines, from the owner's lines no evaluated model was trained on where there are
+enough of them (`judge_lines`), else from all of the owner's lines but the sampled items' texts. The
 metric definitions live in training.metrics / style / attribution / lambdag_judge (docs/architecture.md,
 "Metrics"); this module only feeds them.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +57,35 @@ def eval_items(heldout_feedback: Sequence[FeedbackExample], heldout_writing: Seq
 JUDGES = ("attribution", "lambdag")  # the n-gram classifier the gate uses, and LambdaG reported beside it
 
 
-def judge_lines(owner_lines: Sequence[str], items: Sequence[EvalItem]) -> list[str]:
-    """The owner's lines the judges learn from: all of them but the held-out items' own texts.
+# Held-out lines the judges need before they learn from those alone: a real import holds hundreds
+# beyond the sampled items (the chat owner's import cycle: about 490), a night of verdicts a few dozen,
+# too few for a classifier whose ceiling and floor are themselves measured on a fifth of them.
+MIN_UNSEEN_LINES = 200
+
+
+@dataclass(frozen=True)
+class JudgeLines:
+    lines: list[str]
+    unseen: bool  # True: no evaluated model was trained on any of them
+
+
+def judge_lines(owner_lines: Sequence[str], items: Sequence[EvalItem], sampled: int,
+                unseen_owner_lines: Sequence[str] = ()) -> JudgeLines:
+    """The owner's lines the judges learn from, never the sampled items' own texts.
 
     The drafts are compared with those texts (edit distance, the owner's report), so a judge that
     had learnt them would recognise a draft for being close to its item's answer, not for style.
+    Likewise a judge that learnt the lines a model was trained on rewards that model for repeating
+    them: so it learns from held-out lines beyond the sampled items (no model trains on held-out
+    data) and the caller's `unseen_owner_lines`, when there are `MIN_UNSEEN_LINES` of them, and
+    from every owner's line but the sampled items' otherwise (a small history has no spare ones).
     """
-    held = {item.kept.strip() for item in items}
-    return [line for line in owner_lines if line.strip() not in held]
+    held = {item.kept.strip() for item in items[:sampled]}
+    unseen = list(dict.fromkeys(text.strip() for text in [*(item.kept for item in items[sampled:]), *unseen_owner_lines]
+                                if text.strip() and text.strip() not in held))
+    if len(unseen) >= MIN_UNSEEN_LINES:
+        return JudgeLines(unseen, unseen=True)
+    return JudgeLines([line for line in owner_lines if line.strip() not in held], unseen=False)
 
 
 def _fit_judge(name: str, owner: Sequence[str], other: Sequence[str], seed: int) -> Any:
@@ -119,10 +142,13 @@ def proportion_standard_error(share: float | None, count: int) -> float | None:
 def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, models_dir: Path,
              adapters: dict[str, Path | None], heldout_feedback: list[FeedbackExample],
              heldout_writing: list[WritingExample], owner_lines: list[str], other_lines: list[str],
-             eval_settings: EvaluationSettings, seed: int, engine: "Engine | None" = None) -> dict[str, dict[str, Any]]:
+             eval_settings: EvaluationSettings, seed: int, engine: "Engine | None" = None,
+             unseen_owner_lines: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Metrics per adapter name, plus "baselines" (edit distance of an empty/echo draft, attribution bounds).
 
     Pass `engine` to reuse a loaded model; otherwise the base model is loaded once here.
+    `unseen_owner_lines`: more of the owner's lines no evaluated model was trained on, for the
+    judges (a benchmark's held-out replies beyond the ones it evaluates on).
     """
     from training.inference.engine import Engine
     from training.likelihood import mean_nll, pair_logprobs, raw_preference_accuracy, reward_preference_accuracy
@@ -144,7 +170,9 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
             triples.append((render(feedback.conversation), pair[0], pair[1]))
     sampled = list(zip(prompts, items))[:eval_settings.max_eval_items]
 
-    judges, judge_bounds = _judges(judge_lines(owner_lines, items), other_lines, seed)
+    learnt_from = judge_lines(owner_lines, items, len(sampled), unseen_owner_lines)
+    judges, judge_bounds = _judges(learnt_from.lines, other_lines, seed)
+    judge_bounds["judges_learnt_from_unseen"] = learnt_from.unseen
     owner_texts = list(owner_lines) or [item.kept for item in items]
     owner_profile = style_profile(owner_texts, other_texts=other_lines or None)
     baselines = edit_distance_baselines((item.conversation.incoming, item.kept) for _, item in sampled)
@@ -152,6 +180,9 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         "baselines": {"edit_distance_empty": baselines.get("empty", 1.0),
                       "edit_distance_echo": baselines.get("echo"),
                       **judge_bounds,
+                      # The owner's reply length beside each model's drafts' (DPO made drafts shorter once).
+                      "median_kept_words": statistics.median(len(item.kept.split()) for _, item in sampled)
+                      if sampled else None,
                       "items": len(items), "likelihood_items": len(nll_pairs), "sampled_items": len(sampled),
                       "preference_pairs": len(triples)},
     }
@@ -202,6 +233,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
             if drafts else [],
             "habit_rates": habit_rates(owner_profile, draft_profile) if drafts else {},
             "empty_drafts": sum(1 for d in drafts if not d.strip()),
+            "median_draft_words": statistics.median(len(d.split()) for d in drafts) if drafts else None,
             "samples": [{"incoming": item.conversation.incoming, "draft": draft, "kept": item.kept,
                          "edit_distance": edit_distance(draft, item.kept)}
                         for draft, (_, item) in list(zip(drafts, sampled))[:SAMPLES_KEPT]],

@@ -110,6 +110,13 @@ def test_the_report_shows_lambdag_beside_attribution_each_with_its_bounds():
     assert "reads as you (attribution): 50% → 60% (base 20%); your own lines 85%, other people 17%" in text
     assert ("reads as you (LambdaG, a second judge; not gated): 40% → 55% (base 10%); your own lines 93%, "
             "other people 14%") in text
+    assert "judges also learnt" not in text  # an older cycle's metrics do not say which lines
+    spare = metrics_text({**metrics, "baselines": {**metrics["baselines"], "judges_learnt_from_unseen": True}},
+                         active_version=1, candidate_version=2)
+    few = metrics_text({**metrics, "baselines": {**metrics["baselines"], "judges_learnt_from_unseen": False}},
+                       active_version=1, candidate_version=2)
+    assert "judges also learnt" not in spare
+    assert "(both judges also learnt from lines the twin trained on: too few held-out lines to spare)" in few
     # A cycle evaluated before LambdaG was reported has no such line rather than a row of n/a.
     older = {side: evaluated(3.0, 1.5, 0.5) for side in ("candidate", "active", "base")}
     assert "LambdaG" not in metrics_text(older, active_version=1, candidate_version=2)

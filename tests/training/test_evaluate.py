@@ -9,7 +9,7 @@ import pytest
 
 from training.datasets import FeedbackExample, WritingExample, make_renderer
 from training.inference.engine import Engine
-from training.evaluate import SAMPLES_KEPT, eval_items, evaluate
+from training.evaluate import MIN_UNSEEN_LINES, SAMPLES_KEPT, EvalItem, eval_items, evaluate, judge_lines
 from training.likelihood import (
     completion_logprobs,
     mean_nll,
@@ -176,18 +176,34 @@ def test_evaluate_reports_every_metric_per_adapter(engine: Engine, adapter: Path
         assert again[name]["lambdag"] == results[name]["lambdag"]
 
 
-def test_the_judges_do_not_learn_the_held_out_items_texts(engine: Engine, tiny_model_dir: Path) -> None:
+def test_the_judges_do_not_learn_the_sampled_items_texts(engine: Engine, tiny_model_dir: Path) -> None:
     # The owner's lines of a cycle hold every imported reply and kept text, the held-out ones too.
     feedback, writing = heldout()
     kept = [item.kept for item in eval_items(feedback, writing)]
     kwargs = dict(model_settings=tiny_model_settings(tiny_model_dir), generation=tiny_generation_settings(),
                   models_dir=Path("unused"), adapters={}, heldout_feedback=feedback, heldout_writing=writing,
-                  other_lines=OTHER_LINES, eval_settings=tiny_evaluation_settings(max_eval_items=3), seed=1,
+                  other_lines=OTHER_LINES, eval_settings=tiny_evaluation_settings(max_eval_items=len(kept)), seed=1,
                   engine=engine)
     without = evaluate(owner_lines=OWNER_LINES, **kwargs)["baselines"]
     with_kept = evaluate(owner_lines=OWNER_LINES + [f" {text} " for text in kept], **kwargs)["baselines"]
     assert with_kept["judges_trained_on"] == without["judges_trained_on"] == {"owner": 8, "other": 8}
     assert with_kept["lambdag_ceiling"] == without["lambdag_ceiling"]
+    assert without["judges_learnt_from_unseen"] is False  # four held-out items leave none spare
+
+
+def test_with_enough_held_out_lines_the_judges_never_learn_what_a_model_trained_on() -> None:
+    items = [EvalItem(Conversation.of(f"q {i}?"), f"held out reply {i}") for i in range(MIN_UNSEEN_LINES + 10)]
+    trained_on = ["a reply the adapter was trained on", "another one"]
+    learnt = judge_lines(trained_on + [item.kept for item in items], items, sampled=10)
+    assert learnt.unseen and learnt.lines == [item.kept for item in items[10:]]  # not the sampled ten either
+    # A benchmark's spare held-out replies count too; one of the sampled texts among them still does not.
+    spare = judge_lines(trained_on, items[:MIN_UNSEEN_LINES - 5], sampled=10,
+                        unseen_owner_lines=[f"spare {i}" for i in range(20)] + [items[0].kept])
+    assert spare.unseen and items[0].kept not in spare.lines and "spare 19" in spare.lines
+    assert not set(trained_on) & set(spare.lines)
+    # Too few spare lines: every owner's line but the sampled items' texts, the trained-on ones included.
+    few = judge_lines(trained_on + [items[0].kept, items[50].kept], items[:60], sampled=10)
+    assert not few.unseen and few.lines == trained_on + [items[50].kept]
 
 
 def test_evaluate_without_pairs_or_lines_reports_none(engine: Engine, tiny_model_dir: Path) -> None:
