@@ -146,6 +146,9 @@ def cycle_facts(row: dict[str, Any], *, seconds: float | None, active_after: int
             "active_after": active_after, "seconds": seconds,
             "datasets": (row.get("counts") or {}).get("datasets", {}),
             "stages": common.stage_seconds(row),
+            "peak_mb": max((stage.get("peak_rss_mb") or 0 for stage in
+                            ((row.get("durations") or {}).get("stages") or {}).values() if isinstance(stage, dict)),
+                           default=None) or None,
             # The cycle's own evaluation, on its own held-out slice: candidate against the active adapter.
             "gate_metrics": {side: {k: (metrics.get(side) or {}).get(k) for k in
                                     ("likelihood", "attribution", "lambdag", "edit_distance",
@@ -463,12 +466,16 @@ def evaluate_all(config: Any, engine: Any, plan: Plan, adapters: dict[str, Path 
 
     training_pairs = plan.training
     evaluated = evenly_spread(plan.heldout, eval_items)
+    drafted_for = {id(pair) for pair in evaluated}
     held = heldout_feedback(engine, config.model, config.generation, evaluated)
     eval_settings = config.evaluation
     eval_settings.max_eval_items = len(evaluated)
     return evaluate(model_settings=config.model, generation=config.generation, models_dir=config.models_dir,
                     adapters=adapters, heldout_feedback=held, heldout_writing=[],
                     owner_lines=[p.reply for p in training_pairs], other_lines=corpus.other_lines(training_pairs),
+                    # The held-out replies not drafted for: no adapter trained on them, so the judges learn
+                    # from those where there are enough (the chat owner's), not from the training replies.
+                    unseen_owner_lines=[p.reply for p in plan.heldout if id(p) not in drafted_for],
                     eval_settings=eval_settings, seed=SEED, engine=engine)
 
 
@@ -479,12 +486,19 @@ def finish(report: dict[str, Any], results: dict[str, Any], adapters: dict[str, 
     final = cycles[-1] if cycles else None
     report = {**report, "results": results, "order": list(adapters), "final": final,
               "adapters": {name: str(path) if path else None for name, path in adapters.items()},
-              "targets": targets(results, final) if final else []}
+              "targets": targets(results, final) if final else [],
+              "targets_import": targets(results, "import", import_cycle=_import_cycle(report))
+              if "import" in adapters else []}
     (work / "learning_curve.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     chart = plot(report, out)
     common.write_section(out, report.get("corpus", MAIL)["section"], markdown(report, chart))
     print_summary(report)
     return report
+
+
+def _import_cycle(report: dict[str, Any]) -> dict[str, Any]:
+    rounds = report.get("rounds") or []
+    return next((log.get("cycle") or {} for log in rounds if log.get("name") == "import"), {})
 
 
 def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
