@@ -331,6 +331,18 @@ def models_dir() -> Path:
     return Path(os.environ.get("TWIN_BENCH_MODELS", BENCH_DIR.parent / "data" / "models"))
 
 
+def share_models_dir(scratch_models_dir: Path) -> None:
+    """Point a run's models folder at `models_dir()`, so the embedded model is converted once for all runs.
+
+    The shared folder is made first: on a fresh checkout it does not exist yet, and a link to nowhere
+    made the model's conversion fail with "File exists" (the link) on the first real run.
+    """
+    shared = models_dir()
+    shared.mkdir(parents=True, exist_ok=True)
+    scratch_models_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch_models_dir.symlink_to(shared.resolve(), target_is_directory=True)
+
+
 def plot_path(out_dir: Path, name: str) -> Path:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return Path(out_dir) / f"{name}.png"

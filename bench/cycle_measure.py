@@ -121,8 +121,7 @@ def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: in
         config.training, config.generation = tiny_training_settings(), tiny_generation_settings()
         config.evaluation = tiny_evaluation_settings()
     else:  # the embedded model, converted once and shared between runs
-        common.models_dir().mkdir(parents=True, exist_ok=True)
-        config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
+        common.share_models_dir(config.models_dir)
     engine = open_database(config.db_url)
     drafts = [reply for _, _, reply in made_up_conversations(2 * feedback, seed=99)]
     twin = Twin(config, engine, FakeDrafter(replies=drafts))

@@ -64,8 +64,7 @@ def setup(*, quick: bool, work: Path, threads: int, feedback: int, writing: int)
         config.training, config.evaluation = tiny_training_settings(), tiny_evaluation_settings()
         config.generation = replace(tiny_generation_settings(), backend=GenerationSettings().backend)
     else:
-        common.models_dir().mkdir(parents=True, exist_ok=True)
-        config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
+        common.share_models_dir(config.models_dir)
     database = open_database(config.db_url)
     # Drafts to give verdicts on, from a script: the model's time goes to the timed drafts only.
     scripted = Twin(config, database, FakeDrafter(replies=[r for _, _, r in made_up_conversations(6 * feedback, seed=99)]))

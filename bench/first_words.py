@@ -75,8 +75,7 @@ def build_twin(*, quick: bool, work: Path, threads: int, stream: str = "draft", 
         as_gguf_base(Path(settings.base))
         config.generation = replace(tiny_generation_settings(), backend=GenerationSettings().backend)
     else:  # the embedded model, converted once and shared between runs
-        common.models_dir().mkdir(parents=True, exist_ok=True)
-        config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
+        common.share_models_dir(config.models_dir)
     config.telegram.stream, config.telegram.stream_interval_s = stream, interval_s
     database = open_database(config.db_url)
     twin = Twin(config, database, EngineDrafter.from_config(config))

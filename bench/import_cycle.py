@@ -59,7 +59,7 @@ def measure(*, quick: bool, work: Path, threads: int, retrieved: int = 0, contac
     config.generation.retrieved_examples, config.generation.contact_examples = retrieved, contact
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if not quick:
-        config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
+        common.share_models_dir(config.models_dir)
     database = open_database(config.db_url)
     with session_scope(database) as session:
         owner_id = repo.get_or_create_owner(session=session, telegram_id=OWNER, name=corpus.owner).id

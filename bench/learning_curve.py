@@ -327,7 +327,7 @@ def run(*, corpus: Corpus, quick: bool, out: Path, work: Path, threads: int, hel
     config = curve_config(quick=quick, work=work, threads=threads, owner_name=corpus.owner)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if not quick:
-        config.models_dir.symlink_to(common.models_dir().resolve(), target_is_directory=True)
+        common.share_models_dir(config.models_dir)
     database = open_database(config.db_url)
     engine = Engine.load(config.model, config.models_dir, max_adapters=rounds + 4)
     twin = Twin(config, database, EngineDrafter(engine, config.model, config.generation))

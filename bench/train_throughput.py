@@ -185,8 +185,7 @@ def run_cycle_bench(*, quick: bool, work: Path, threads: int, items: int, settin
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config.models_dir.parent.mkdir(parents=True, exist_ok=True)
     if not quick:
-        # Share the converted embedded model instead of converting it again in the scratch folder.
-        (config.models_dir).symlink_to(common.models_dir().resolve(), target_is_directory=True)
+        common.share_models_dir(config.models_dir)
     if quick:
         from training.tiny import tiny_evaluation_settings, tiny_generation_settings, tiny_training_settings
 

@@ -55,6 +55,16 @@ def test_machine_facts_name_cores_memory_gpu_and_versions():
     assert "GPU:" in common.machine_markdown(facts, quick=True)
 
 
+def test_a_run_s_models_folder_links_to_the_shared_one_even_on_a_fresh_checkout(tmp_path: Path, monkeypatch):
+    shared = tmp_path / "checkout" / "data" / "models"  # not made yet, as on a fresh clone
+    monkeypatch.setenv("TWIN_BENCH_MODELS", str(shared))
+    scratch = tmp_path / "work" / "twin" / "models"
+    common.share_models_dir(scratch)
+    # What converting the embedded model does first: make its folder under the run's models folder.
+    (scratch / "smollm2").mkdir(parents=True, exist_ok=True)
+    assert scratch.is_symlink() and (shared / "smollm2").is_dir()
+
+
 def test_the_shipped_corpus_is_one_owner_answering_others_in_time_order():
     pairs = load_corpus()
     assert len(pairs) >= 60
