@@ -256,6 +256,18 @@ def test_quick_mode_writes_its_section_and_chart(tmp_path: Path, module: str, se
 
 
 @pytest.mark.slow
+def test_make_bench_runs_the_chat_learning_curve_into_its_own_section(tmp_path: Path):
+    # Issue 16's curve is on the chat owner: `make bench` runs it beside the mail one (here on the slice).
+    common.write_section(tmp_path, "learning_curve", "the mail owner's, left alone")
+    result = subprocess.run([sys.executable, "-m", "bench.run_all", "--quick", "--only", "learning_curve_chat",
+                             "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    body = common.read_section(tmp_path, "learning_curve_chat")
+    assert body is not None and "Quick smoke run" in body and "Chit-Chat" in body
+    assert common.read_section(tmp_path, "learning_curve") == "the mail owner's, left alone"
+
+
+@pytest.mark.slow
 def test_a_finished_learning_curve_is_evaluated_again_to_the_same_figures(tmp_path: Path):
     # Held-out drafts are seeded (torch, in batches): re-evaluating the same adapters after no
     # metric change must reproduce the table, so a changed figure means a changed metric.
