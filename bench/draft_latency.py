@@ -331,7 +331,8 @@ def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, P
 def weight_type_paths(engine: Any, base_path: str, adapter: tuple[str, Path], prompts: Sequence[str],
                       replies: Sequence[str], generation: Any, threads: int) -> list[tuple[PathResult, Runner, Any]]:
     """One path per llama.cpp weight type, f16 first: the adapter merged and converted (then quantized),
-    on a drafting cache of its own that keeps the model loaded, and the NLL of the owner's replies."""
+    on a drafting cache of its own that keeps the model loaded, and the NLL of the owner's replies; last,
+    f16 with the other thread count (1 where the run uses 2), whose NLL is f16's."""
     from training.inference.engine import Engine
 
     llamacpp = replace(generation, backend="llamacpp")
@@ -346,6 +347,17 @@ def weight_type_paths(engine: Any, base_path: str, adapter: tuple[str, Path], pr
                                       f"{WEIGHTS_KEEP_WITHIN:.1%} of f16's"),
                       engine_runner(typed, prompts, llamacpp, adapter=adapter),
                       converted_likelihood(typed, adapter[1], "llamacpp", prompts, replies)))
+    # The thread setting on the default weights: one llama.cpp thread would leave a core to a cycle
+    # training beside the drafts, if decoding (bound by reading the weights) loses little.
+    other = 2 if threads == 1 else 1
+    threaded = ServingCache(base_path, engine.serving.folder.parent / "serving-f16", tokenizer=engine.tokenizer,
+                            threads=other, gguf_source=engine.serving.gguf_source,
+                            keep_on_disk=len(LLAMACPP_WEIGHTS) + 4)  # the f16 path's conversion, read again
+    paths.append((PathResult(f"llama.cpp weights f16, {other} thread{'s' if other > 1 else ''}",
+                             note=f"ServingCache(threads={other}); the same weights as f16"),
+                  engine_runner(Engine(engine.model, engine.tokenizer, serving=threaded), prompts, llamacpp,
+                                adapter=adapter),
+                  paths[0][2]))
     return paths
 
 
