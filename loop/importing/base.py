@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from loop.config import ImportSettings
 from loop.errors import ImportFormatError, ImporterError, OwnerUnknownError  # noqa: F401 - the importers take them from here
@@ -144,15 +145,22 @@ def check_line_length(path: Path, limits: ImportSettings) -> None:
         return  # the parser's read says what is wrong
 
 
-def read_bytes(path: Path) -> bytes:
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn the operating system's errors of reading `path` into the importer's one error, with the place."""
     try:
-        return Path(path).read_bytes()
+        yield
     except IsADirectoryError:
         raise ImportFormatError(path, None, "is a folder, not a file") from None
     except FileNotFoundError:
         raise ImportFormatError(path, None, "no such file") from None
     except OSError as error:
         raise ImportFormatError(path, None, f"cannot be read: {error.strerror or error}") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    with reading(path):
+        return Path(path).read_bytes()
 
 
 def decode_text(path: Path, data: bytes) -> str:

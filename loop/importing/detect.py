@@ -20,6 +20,7 @@ from loop.importing.base import (
     ParsedFile,
     check_file_size,
     check_line_length,
+    reading,
 )
 from loop.importing.email import parse_email
 from loop.importing.jsonl import parse_jsonl
@@ -44,15 +45,8 @@ _EML_HEADER = re.compile(rb"^(?:From|Received|Return-Path|Message-ID|MIME-Versio
 
 
 def _head(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(SNIFF_BYTES)
-    except IsADirectoryError:
-        raise ImportFormatError(path, None, "is a folder, not a file") from None
-    except FileNotFoundError:
-        raise ImportFormatError(path, None, "no such file") from None
-    except OSError as error:
-        raise ImportFormatError(path, None, f"cannot be read: {error.strerror or error}") from None
+    with reading(path), open(path, "rb") as handle:
+        return handle.read(SNIFF_BYTES)
 
 
 def _sniff(head: bytes) -> str | None:
