@@ -151,7 +151,8 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
     judges (a benchmark's held-out replies beyond the ones it evaluates on).
     """
     from training.inference.engine import Engine
-    from training.likelihood import mean_nll, pair_logprobs, raw_preference_accuracy, reward_preference_accuracy
+    from training.likelihood import (mean_nll_with_error, pair_logprobs, raw_preference_accuracy,
+                                     reward_preference_accuracy)
     from training.metrics import edit_distance, edit_distance_baselines, mean_edit_distance
     from training.style import caricature_flags, habit_rates, style_distance, style_profile
 
@@ -195,7 +196,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         started = time.perf_counter()
         spec = (f"eval-{name}", Path(path)) if path is not None else None
         with engine.using(spec) as model:
-            nll = mean_nll(model, engine.tokenizer, nll_pairs)
+            nll, nll_error = mean_nll_with_error(model, engine.tokenizer, nll_pairs)
             pairs = pair_logprobs(model, engine.tokenizer, triples) if spec is not None else base_pairs
         accuracy = reward_preference_accuracy(pairs, base_pairs)
         raw_accuracy = raw_preference_accuracy(pairs)
@@ -223,7 +224,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
             "lambdag": shares["lambdag"][0],
             # How much each sampled or counted metric would move by chance alone: the gate does
             # not call a candidate worse for a drop within this noise (a handful of held-out items).
-            "standard_errors": {"edit_distance": standard_error(distances),
+            "standard_errors": {"likelihood": nll_error, "edit_distance": standard_error(distances),
                                 **{name: proportion_standard_error(*shares[name]) for name in JUDGES},
                                 "preference_accuracy": proportion_standard_error(accuracy, len(triples)),
                                 "preference_accuracy_raw": proportion_standard_error(raw_accuracy, len(triples))},

@@ -10,6 +10,7 @@ only where a completion token is predicted.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Sequence
 
 from training.datasets import END_OF_TURN
@@ -89,11 +90,30 @@ def mean_nll(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> fl
 
     Token-weighted over all pairs, so a long held-out text counts for its length.
     """
+    return mean_nll_with_error(model, tokenizer, pairs)[0]
+
+
+def mean_nll_with_error(model: Any, tokenizer: Any,
+                        pairs: Sequence[tuple[str, str]]) -> tuple[float | None, float | None]:
+    """`mean_nll` and its standard error over the texts (None for no pairs; the error None below two)."""
     if not pairs:
-        return None
-    scored = completion_logprobs(model, tokenizer, pairs)
-    tokens = sum(count for _, count in scored)
-    return -sum(logp for logp, _ in scored) / max(tokens, 1)
+        return None, None
+    return nll_of_scored(completion_logprobs(model, tokenizer, pairs))
+
+
+def nll_of_scored(scored: Sequence[tuple[float, int]]) -> tuple[float, float | None]:
+    """Token-weighted mean NLL of (log-prob sum, tokens) per text, and its standard error.
+
+    The mean is a ratio (all log-probs over all tokens), so its error is the ratio estimator's:
+    the spread of each text's log-prob sum around what the mean predicts for its length. Texts,
+    not tokens, are the independent draws: the tokens of one reply are not.
+    """
+    count, tokens = len(scored), sum(n for _, n in scored)
+    mean = -sum(logp for logp, _ in scored) / max(tokens, 1)
+    if count < 2 or not tokens:
+        return mean, None
+    residuals = sum((-logp - mean * n) ** 2 for logp, n in scored)
+    return mean, math.sqrt(residuals / (count * (count - 1))) / (tokens / count)
 
 
 PairScores = list[tuple[tuple[float, int], tuple[float, int]]]

@@ -13,6 +13,7 @@ from training.evaluate import MIN_UNSEEN_LINES, SAMPLES_KEPT, EvalItem, eval_ite
 from training.likelihood import (
     completion_logprobs,
     mean_nll,
+    nll_of_scored,
     preference_accuracy,
     raw_preference_accuracy,
     reward_preference_accuracy,
@@ -52,6 +53,18 @@ def test_nll_is_the_mean_over_completion_tokens_including_the_end_of_turn(engine
     assert ids[-1] == engine.tokenizer.eos_token_id
     assert mean_nll(engine.model, engine.tokenizer, [(prompt, text)]) == pytest.approx(expected, rel=1e-4)
     assert mean_nll(engine.model, engine.tokenizer, []) is None
+
+
+def test_the_nll_s_standard_error_counts_texts_not_tokens() -> None:
+    # Two texts: 10 tokens at NLL 1 and 30 tokens at NLL 3: token-weighted mean 2.5.
+    mean, error = nll_of_scored([(-10.0, 10), (-90.0, 30)])
+    assert mean == pytest.approx(2.5)
+    # Ratio estimator: residuals (10 - 25) and (90 - 75), sqrt(450 / 2) / mean length 20.
+    assert error == pytest.approx(15 / 20)
+    # The same per-token rates in every text: no spread, however many tokens.
+    assert nll_of_scored([(-20.0, 10), (-60.0, 30), (-2.0, 1)])[1] == pytest.approx(0.0)
+    # One text has no spread to measure; the mean is still its own.
+    assert nll_of_scored([(-7.0, 7)]) == (1.0, None)
 
 
 def test_batching_and_padding_do_not_change_scores(engine: Engine) -> None:
@@ -158,6 +171,7 @@ def test_evaluate_reports_every_metric_per_adapter(engine: Engine, adapter: Path
         assert len(metrics["samples"]) == min(3, SAMPLES_KEPT)
         errors = metrics["standard_errors"]  # what the gate treats as sampling noise
         assert errors["preference_accuracy"] > 0 and errors["edit_distance"] is not None
+        assert errors["likelihood"] > 0  # four held-out texts of different likelihoods
         assert (errors["lambdag"] is None) == (metrics["lambdag"] is None)
         # One value per sampled item, in the same order for every model: the gate pairs them.
         per_item = metrics["per_item"]
