@@ -189,6 +189,19 @@ def _overall(result: dict[str, Any]) -> float | None:
     return (result.get("style_distance") or {}).get("overall")
 
 
+# The held-out table's measured metrics, each shown with its standard error where the evaluation has one.
+HELD_OUT_METRICS = (("likelihood", 3), ("preference_accuracy", 2), ("preference_accuracy_raw", 2),
+                    ("edit_distance", 2), ("attribution", 2), ("lambdag", 2))
+
+
+def with_error(result: dict[str, Any], key: str, digits: int) -> str:
+    """A metric's cell: its value, then ± its standard error when one was measured."""
+    value, error = result.get(key), (result.get("standard_errors") or {}).get(key)
+    if value is None or error is None:
+        return common.fmt(value, digits)
+    return f"{common.fmt(value, digits)} ± {common.fmt(error, digits)}"
+
+
 def plot(report: dict[str, Any], out: Path) -> Path:
     plt = common.pyplot()
     results, bounds = report["results"], report["results"]["baselines"]
@@ -239,15 +252,13 @@ def _evaluated_part(plan: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any], chart: Path) -> str:
     results, bounds = report["results"], report["results"]["baselines"]
     plan, corpus = report["plan"], report.get("corpus", MAIL)
-    headers = ["model", "NLL", "preference acc. (reward)", "preference acc. (raw)", "edit distance", "attribution", "LambdaG", "style distance",
-               "caricature flags", "empty drafts"]
+    headers = ["model", "NLL", "preference acc. (reward)", "preference acc. (raw)", "edit distance", "attribution",
+               "LambdaG", "style distance", "median words", "caricature flags", "empty drafts"]
     rows = []
     for name in report["order"]:
         r = results.get(name, {})
-        rows.append([name, r.get("likelihood"), r.get("preference_accuracy"), r.get("preference_accuracy_raw"),
-                     r.get("edit_distance"),
-                     r.get("attribution"), r.get("lambdag"), _overall(r), len(r.get("caricature_flags") or []),
-                     r.get("empty_drafts")])
+        rows.append([name, *(with_error(r, key, digits) for key, digits in HELD_OUT_METRICS), _overall(r),
+                     r.get("median_draft_words"), len(r.get("caricature_flags") or []), r.get("empty_drafts")])
     lines = [
         "## Learning curve", "",
         common.machine_markdown(report["facts"], quick=report["quick"]), "",
@@ -268,7 +279,8 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
            "this process's.", ""] if report.get("finished_later") else []),
         common.markdown_table(headers, rows), "",
         f"Baselines: edit distance of an empty draft {common.fmt(bounds.get('edit_distance_empty'))}, of echoing the "
-        f"message {common.fmt(bounds.get('edit_distance_echo'))}; "
+        f"message {common.fmt(bounds.get('edit_distance_echo'))}; the owner's replies: median "
+        f"{common.fmt(bounds.get('median_kept_words'), 1)} words; "
         + "; ".join(f"{label} {common.judge_bounds(bounds, key)}" for key, label in common.JUDGES)
         + " (LambdaG: the second judge, drafts in groups of at least 20 words, not gated). "
         f"Plain baseline: trl SFT ({report['plain'].get('sft_rows')} rows)"

@@ -533,6 +533,14 @@ def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
     return finish(report, results, adapters, out=out, work=work)
 
 
+def render(work: Path, out: Path) -> dict[str, Any]:
+    """Write the section of a finished run (its --work folder) again from its JSON: no training, no
+    evaluation, so a change of the report's layout or targets reaches a run that took hours."""
+    report = json.loads((work / "learning_curve.json").read_text(encoding="utf-8"))
+    adapters = {name: Path(path) if path else None for name, path in report["adapters"].items()}
+    return finish(report, report["results"], adapters, out=out, work=work)
+
+
 def _round_dicts(logs: Sequence[RoundLog]) -> list[dict[str, Any]]:
     return [{"name": log.name, "verdicts": log.verdicts, "live_edit_distance": log.live_edit_distance,
              "cycle": log.cycle} for log in logs]
@@ -572,9 +580,15 @@ def main(argv: list[str] | None = None) -> int:
                              "sizes the run had")
     parser.add_argument("--reevaluate", type=Path, default=None, metavar="WORK",
                         help="evaluate the adapters of a finished run (its --work folder) again, without training")
+    parser.add_argument("--render", type=Path, default=None, metavar="WORK",
+                        help="write the section of a finished run (its --work folder) again from its JSON, without "
+                             "training or evaluating (after a change of the report's layout or targets)")
     args = parser.parse_args(argv)
     common.offline_environment()
     common.setup_logging(args.verbose)
+    if args.render:
+        render(args.render, args.out)
+        return 0
     if args.reevaluate:
         reevaluate(args.reevaluate, args.out, args.threads)
         return 0

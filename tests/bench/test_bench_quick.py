@@ -185,6 +185,17 @@ def test_a_figure_worse_than_the_plain_baseline_says_when_the_gap_is_within_samp
     assert rows[ATTRIBUTION_ROW][2].startswith("0.61 ± 0.10 vs ceiling")
 
 
+def test_the_held_out_table_gives_each_measured_metric_with_its_standard_error():
+    from bench.curve_report import with_error
+
+    measured = {"likelihood": 3.0304, "attribution": 0.62, "lambdag": 0.7,
+                "standard_errors": {"likelihood": 0.0213, "attribution": 0.044, "lambdag": None}}
+    assert with_error(measured, "likelihood", 3) == "3.030 ± 0.021"
+    assert with_error(measured, "attribution", 2) == "0.62 ± 0.04"
+    assert with_error(measured, "lambdag", 2) == "0.70"  # no error measured: the value alone
+    assert with_error(measured, "edit_distance", 2) == "–"  # not measured at all
+
+
 def test_the_tables_show_lambdag_beside_attribution_each_with_its_bounds():
     from bench.curve_report import rounds_table, targets
     from bench.import_cycle import markdown
@@ -280,6 +291,13 @@ def test_a_finished_learning_curve_is_evaluated_again_to_the_same_figures(tmp_pa
     first = run_quick("bench.learning_curve", out, "--work", str(work))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     table = heldout_table()
+    # Written again from the run's JSON alone (no evaluation): the same section.
+    section = common.read_section(out, "learning_curve")
+    common.write_section(out, "learning_curve", "overwritten")
+    rendered = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--render", str(work), "--out", str(out)],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rendered.returncode == 0, rendered.stdout[-3000:] + rendered.stderr[-3000:]
+    assert common.read_section(out, "learning_curve") == section
     again = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--reevaluate", str(work), "--out", str(out)],
                            cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
