@@ -133,6 +133,9 @@ class StageSettings:
     min_steps: int = 0
     beta: float = 0.1  # DPO / KTO only
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # DPO only; ["sigmoid", "sft"] mixes an SFT term
+    # KTO only: at most this many desirable rows per undesirable one (a seeded sample; 0 = all). The
+    # undesirable verdicts are what only KTO learns; its desirable texts are already SFT's rows.
+    desirable_ratio: float = 0.0
 
     def validate(self, name: str) -> None:
         _check(self.epochs > 0, f"training.{name}.epochs", self.epochs, "a number above 0")
@@ -143,6 +146,8 @@ class StageSettings:
         _check(64 <= self.max_length <= 32768, f"training.{name}.max_length", self.max_length, "64..32768")
         _check(self.beta > 0, f"training.{name}.beta", self.beta, "a number above 0")
         _check(self.min_steps >= 0, f"training.{name}.min_steps", self.min_steps, "0 (off) or a positive integer")
+        _check(self.desirable_ratio >= 0, f"training.{name}.desirable_ratio", self.desirable_ratio,
+               "0 (all) or a positive number")
 
 
 @dataclass
@@ -152,7 +157,8 @@ class TrainingSettings:
     sft: StageSettings = field(default_factory=lambda: StageSettings(min_steps=16))
     dpo: StageSettings = field(default_factory=lambda: StageSettings(
         learning_rate=5e-5, batch_size=2, loss_type=["sigmoid", "sft"]))
-    kto: StageSettings = field(default_factory=lambda: StageSettings(enabled=True, learning_rate=5e-5, batch_size=4))
+    kto: StageSettings = field(default_factory=lambda: StageSettings(enabled=True, learning_rate=5e-5, batch_size=4,
+                                                                      desirable_ratio=1.0))
     replay_fraction: float = 0.5  # older writing mixed into SFT, as a share of the new SFT rows
     # The first cycle after an import (no verdicts yet) trains on at most this many pieces of
     # writing, the newest distinct ones (training.datasets.newest_distinct_writing); 0 = all.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import random
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -231,6 +232,24 @@ def build_kto_rows(feedback: Sequence[FeedbackExample], writing: Sequence[Writin
         elif item.kind in ("reject", "regenerate") and draft:
             add(item.conversation, draft, False)
     return rows
+
+
+def balance_kto_rows(rows: Sequence[Row], *, desirable_ratio: float, seed: int) -> list[Row]:
+    """At most `desirable_ratio` desirable rows per undesirable one, a seeded sample, order kept; 0 keeps all.
+
+    A night of verdicts is mostly desirable texts for KTO (accepted drafts, replayed replies) and a
+    few rejected drafts; SFT trains on those desirable texts the same night, so beyond a balancing
+    share they only lengthen the stage (the 300-verdict night: 153 rows, a fifth of them undesirable).
+    trl's class weights keep the two sides' weight equal either way (training.stages.kto_class_weights).
+    Without undesirable rows nothing is dropped: the stage is skipped (training.train.plan_stages).
+    """
+    undesirable = sum(1 for row in rows if not row["label"])
+    desirable = [index for index, row in enumerate(rows) if row["label"]]
+    keep = math.ceil(desirable_ratio * undesirable)
+    if desirable_ratio <= 0 or not undesirable or keep >= len(desirable):
+        return list(rows)
+    dropped = set(desirable) - set(random.Random(seed).sample(desirable, keep))
+    return [row for index, row in enumerate(rows) if index not in dropped]
 
 
 # JSONL files -------------------------------------------------------------------------------------

@@ -91,13 +91,15 @@ def build_datasets(job: dict[str, Any], model: ModelSettings, training: Training
 def _kto_rows(feedback: list[Any], writing: list[Any], training: TrainingSettings, render: Any) -> list[dict[str, Any]]:
     """KTO learns the verdicts DPO cannot use (accepts, rejects without a replacement), or all of
     them when DPO is off; plus imported replies as desirable texts (docs/architecture.md), but only a
-    replay-sized sample: all of a large import in every cycle would drown the verdicts and cost hours."""
-    from training.datasets import build_kto_rows
+    replay-sized sample: all of a large import in every cycle would drown the verdicts and cost hours.
+    Then the desirable rows are cut to `training.kto.desirable_ratio` per undesirable one."""
+    from training.datasets import balance_kto_rows, build_kto_rows
 
     verdict_rows = build_kto_rows(feedback, [], render=render, paired=not training.dpo.enabled)
     replies = [item for item in writing if item.kind == "reply" and item.conversation is not None]
     replay = replay_sample(replies, fraction=training.replay_fraction, of=len(verdict_rows), seed=training.seed)
-    return build_kto_rows([], replay, render=render) + verdict_rows
+    return balance_kto_rows(build_kto_rows([], replay, render=render) + verdict_rows,
+                            desirable_ratio=training.kto.desirable_ratio, seed=training.seed)
 
 
 def run_job(job_path: Path) -> dict[str, Any]:

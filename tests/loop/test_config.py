@@ -21,6 +21,13 @@ def test_shipped_config_equals_the_defaults_and_the_init_template() -> None:
     assert shipped.owners == [] and shipped.mask_personal_data is True
 
 
+def test_the_init_template_is_the_shipped_file_comments_included() -> None:
+    # `twin init` writes the template: an option documented in one file only would be missing from
+    # what a newcomer reads (the llama.cpp weights' comment was, until this test).
+    assert (ROOT / "loop" / "default_config.toml").read_text(encoding="utf-8") == \
+        (ROOT / "config.toml").read_text(encoding="utf-8")
+
+
 def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     folder = tmp_path / "conf"
     folder.mkdir()

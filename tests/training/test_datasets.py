@@ -13,6 +13,7 @@ from training.datasets import (
     MONOLOGUE_INSTRUCTION,
     FeedbackExample,
     WritingExample,
+    balance_kto_rows,
     build_dpo_rows,
     build_kto_rows,
     build_sft_rows,
@@ -103,6 +104,18 @@ def test_kto_rows_without_pairs_leave_the_ranked_verdicts_to_dpo() -> None:
         ("PROMPT[m6]", e("draft six"), False),  # regenerate with nothing kept later
         ("PROMPT[m7]", e("same"), True),  # an edit that changed nothing ranks nothing: an accept
     ]  # m2 (edit), m3 (replacement) and m5 (regenerate, then kept) are DPO pairs
+
+
+@pytest.mark.parametrize(("ratio", "desirable", "undesirable", "kept"), [
+    (1.0, 9, 3, 3), (1.5, 9, 3, 5), (2.0, 3, 3, 3), (0, 9, 3, 9), (1.0, 9, 0, 9)])
+def test_kto_balance_keeps_every_undesirable_row_and_a_share_of_desirable_ones(
+        ratio: float, desirable: int, undesirable: int, kept: int) -> None:
+    rows = [{"prompt": f"p{i}", "completion": "c", "label": True} for i in range(desirable)]
+    rows += [{"prompt": f"n{i}", "completion": "c", "label": False} for i in range(undesirable)]
+    balanced = balance_kto_rows(rows, desirable_ratio=ratio, seed=1)
+    assert sum(row["label"] for row in balanced) == kept
+    assert [row for row in balanced if not row["label"]] == rows[desirable:]
+    assert balanced == [row for row in rows if row in balanced]  # in their order
 
 
 def test_monologues_give_no_dpo_or_kto_rows() -> None:
