@@ -28,6 +28,7 @@ from training.examples import FeedbackExample, WritingExample, kept_text
 from training.prompt import Conversation
 
 if TYPE_CHECKING:  # pragma: no cover
+    from training.base_scores import BaseScores
     from training.inference.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -143,15 +144,19 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
              adapters: dict[str, Path | None], heldout_feedback: list[FeedbackExample],
              heldout_writing: list[WritingExample], owner_lines: list[str], other_lines: list[str],
              eval_settings: EvaluationSettings, seed: int, engine: "Engine | None" = None,
-             unseen_owner_lines: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+             unseen_owner_lines: Sequence[str] = (),
+             base_scores: "BaseScores | None" = None) -> dict[str, dict[str, Any]]:
     """Metrics per adapter name, plus "baselines" (edit distance of an empty/echo draft, attribution bounds).
 
     Pass `engine` to reuse a loaded model; otherwise the base model is loaded once here.
     `unseen_owner_lines`: more of the owner's lines no evaluated model was trained on, for the
-    judges (a benchmark's held-out replies beyond the ones it evaluates on).
+    judges (a benchmark's held-out replies beyond the ones it evaluates on). `base_scores`: the
+    base model's per-item scores kept from earlier evaluations (training.base_scores); the base
+    model scores only the items it lacks, and the caller saves it.
     """
     from training.inference.engine import Engine
-    from training.likelihood import (mean_nll_with_error, pair_logprobs, raw_preference_accuracy,
+    from training.base_scores import item_key
+    from training.likelihood import (completion_logprobs, nll_of_scored, pair_logprobs, raw_preference_accuracy,
                                      reward_preference_accuracy)
     from training.metrics import edit_distance, edit_distance_baselines, mean_edit_distance
     from training.style import caricature_flags, habit_rates, style_distance, style_profile
@@ -187,21 +192,43 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
                       "items": len(items), "likelihood_items": len(nll_pairs), "sampled_items": len(sampled),
                       "preference_pairs": len(triples)},
     }
+    def scored(kind: str, spec: Any, items: list[Any], keys: list[str], compute: Any) -> list[Any]:
+        """`compute(items)` under `spec`'s model; the base model's kept scores first, where there are any."""
+        def under_spec(missing: list[Any]) -> Any:
+            with engine.using(spec) as model:
+                return compute(model, missing)
+
+        if spec is not None or base_scores is None:
+            return list(under_spec(items)) if items else []
+        return base_scores.lookup(kind, items, keys, under_spec)
+
+    def drafted(spec: Any, prompts: list[str]) -> list[str]:
+        def generate(missing: list[str]) -> list[str]:
+            return [output.text for output in engine.generate_many(missing, settings=generation, seed=seed,
+                                                                   adapter=spec)]
+
+        if spec is not None or base_scores is None:
+            return generate(prompts)
+        return base_scores.lookup("drafts", prompts, [item_key(prompt) for prompt in prompts], generate)
+
+    nll_keys = [item_key(prompt, text) for prompt, text in nll_pairs]
+    pair_keys = [item_key(*triple) for triple in triples]
     # Preference accuracy is DPO's implicit reward, relative to the base model: scored once here.
-    base_pairs = []
-    if triples:
-        with engine.using(None) as model:
-            base_pairs = pair_logprobs(model, engine.tokenizer, triples)
+    base_pairs = scored("pairs", None, triples, pair_keys,
+                        lambda model, missing: pair_logprobs(model, engine.tokenizer, missing))
     for name, path in adapters.items():
         started = time.perf_counter()
         spec = (f"eval-{name}", Path(path)) if path is not None else None
-        with engine.using(spec) as model:
-            nll, nll_error = mean_nll_with_error(model, engine.tokenizer, nll_pairs)
-            pairs = pair_logprobs(model, engine.tokenizer, triples) if spec is not None else base_pairs
+        nll, nll_error = nll_of_scored(scored("likelihood", spec, nll_pairs, nll_keys,
+                                              lambda model, missing: completion_logprobs(model, engine.tokenizer,
+                                                                                         missing))) \
+            if nll_pairs else (None, None)
+        pairs = scored("pairs", spec, triples, pair_keys,
+                       lambda model, missing: pair_logprobs(model, engine.tokenizer, missing)) \
+            if spec is not None else base_pairs
         accuracy = reward_preference_accuracy(pairs, base_pairs)
         raw_accuracy = raw_preference_accuracy(pairs)
-        drafts = [output.text for output in engine.generate_many([prompt for prompt, _ in sampled],
-                                                                 settings=generation, seed=seed, adapter=spec)]
+        drafts = drafted(spec, [prompt for prompt, _ in sampled])
         draft_profile = style_profile(drafts, phrases=owner_profile.phrases.keys())
         distances = [edit_distance(draft, item.kept) for draft, (_, item) in zip(drafts, sampled)]
         written = [d for d in drafts if d.strip()]
@@ -243,4 +270,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         logger.info("evaluated %s: likelihood %s, preference %s, edit distance %s, attribution %s, LambdaG %s",
                     name, results[name]["likelihood"], accuracy, results[name]["edit_distance"],
                     results[name]["attribution"], results[name]["lambdag"])
+    if base_scores is not None:
+        results["baselines"]["base_scores_kept"] = base_scores.hits
+        results["baselines"]["base_scores_computed"] = base_scores.computed
     return results

@@ -187,12 +187,15 @@ def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: G
     adapters["base"] = None
     engine = Engine.load(model, models_dir, max_adapters=len(adapters) + 1,
                          llamacpp_weights=generation.llamacpp_weights)
+    base_scores = _base_scores(job, model, generation, models_dir)
     run = partial(evaluate, model_settings=model, generation=generation, models_dir=models_dir,
                   heldout_feedback=[feedback_from_json(item) for item in examples["heldout_feedback"]],
                   heldout_writing=[writing_from_json(item) for item in examples["heldout_writing"]],
                   owner_lines=examples["owner_lines"], other_lines=examples["other_lines"],
                   eval_settings=evaluation, seed=generation.seed, engine=engine)
-    metrics = run(adapters=adapters)
+    metrics = run(adapters=adapters, base_scores=base_scores)
+    if base_scores is not None:
+        base_scores.save()
     if "active" not in metrics:  # the base model is the active one (version 0)
         metrics["active"] = metrics.get("base", {})
     # Towards the active adapter when the candidate continued from one of the same shape, else towards the base.
@@ -211,6 +214,18 @@ def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: G
         metrics["full_strength"] = metrics["candidate"]
         metrics["candidate"] = verdict.metrics
     return metrics, verdict
+
+
+def _base_scores(job: dict[str, Any], model: ModelSettings, generation: GenerationSettings,
+                 models_dir: Path) -> Any:
+    """The base model's scores kept by earlier nights, when the job names their file (None: score afresh)."""
+    if not job.get("base_scores"):
+        return None
+    from training.base_scores import BaseScores, identity
+    from training.model import resolve_base_model
+
+    base_path = resolve_base_model(model, models_dir)
+    return BaseScores.load(Path(job["base_scores"]), identity(model, base_path, generation, generation.seed))
 
 
 def _put_milder_in_place(candidate_dir: Path, strength: float) -> str:

@@ -245,3 +245,37 @@ def test_the_held_out_likelihood_scores_at_most_max_likelihood_items_the_same_fo
     first_two = [(render(item.conversation), item.kept) for item in eval_items(feedback, writing)[:2]]
     with engine.using(None) as model:  # the base model, whatever adapter an earlier test left active
         assert capped["base"]["likelihood"] == pytest.approx(mean_nll(model, engine.tokenizer, first_two))
+
+
+def test_the_base_model_scores_only_the_items_an_earlier_evaluation_did_not_keep(
+        engine: Engine, adapter: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from training.base_scores import BaseScores
+
+    feedback, writing = heldout()
+    kwargs = dict(model_settings=tiny_model_settings(tiny_model_dir), generation=tiny_generation_settings(),
+                  models_dir=Path("unused"), adapters={"base": None, "candidate": adapter},
+                  owner_lines=OWNER_LINES, other_lines=OTHER_LINES, seed=1, engine=engine,
+                  eval_settings=tiny_evaluation_settings(max_eval_items=3))
+    kept_at = tmp_path / "base-scores.json"
+    fresh = evaluate(heldout_feedback=feedback, heldout_writing=writing, **kwargs)
+    first = BaseScores.load(kept_at, "the base, v1")
+    scored = evaluate(heldout_feedback=feedback, heldout_writing=writing, base_scores=first, **kwargs)
+    first.save()
+    assert first.hits == 0 and first.computed == 4 + 2 + 3  # texts, preference pairs, drafts
+    for metric in ("likelihood", "preference_accuracy", "samples", "attribution"):
+        assert scored["base"][metric] == fresh["base"][metric]  # what is kept is what is computed
+
+    # The next night: one held-out item fewer, one new; the base scores only the new one.
+    newer = [*feedback[1:], FeedbackExample("edit", Conversation.of("new one?"), "hm ~", "sure ~", None, T0)]
+    second = BaseScores.load(kept_at, "the base, v1")
+    again = evaluate(heldout_feedback=newer, heldout_writing=writing, base_scores=second, **kwargs)
+    assert second.computed == 1 + 1 + 1 and second.hits == 3 + 1 + 2
+    assert again["baselines"]["base_scores_kept"] == second.hits
+    same_items = evaluate(heldout_feedback=newer, heldout_writing=writing, **kwargs)
+    assert again["base"]["likelihood"] == pytest.approx(same_items["base"]["likelihood"])
+    assert again["candidate"] == {**same_items["candidate"], "seconds": again["candidate"]["seconds"]}
+
+    # Another base model (or settings, or seed) starts afresh; so does a damaged file.
+    assert BaseScores.load(kept_at, "another base").kept == {"likelihood": {}, "pairs": {}, "drafts": {}}
+    kept_at.write_text("{not json", encoding="utf-8")
+    assert BaseScores.load(kept_at, "the base, v1").kept["likelihood"] == {}
