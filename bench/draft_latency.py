@@ -30,6 +30,7 @@ loaded, judged against f16: kept where the NLL of the owner's replies moves by u
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,7 @@ from training.inference.serving import LABELS, QUANTIZATION, ServingCache
 logger = logging.getLogger("bench.draft_latency")
 
 SECTION = "draft_latency"
-TARGET_P50_S = 1.0
+TARGET_P50_S = 0.45  # issue 20's 40-token draft (1.0 s before it, met at 0.70 s)
 OWNER_TELEGRAM_ID = 4242
 # A llama.cpp weight type is kept when the NLL of the owner's replies moves by less than this from f16's (issue 20).
 WEIGHTS_KEEP_WITHIN = 0.005
@@ -456,8 +457,10 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
         "ratio_tokens_per_s": (serving["tokens_per_s"] / baseline["tokens_per_s"])
         if baseline["tokens_per_s"] and serving["tokens_per_s"] else None,
         "target_met": serving["p50_n_s"] is not None and serving["p50_n_s"] <= TARGET_P50_S,
+        "fastest_kept_lever": fastest_kept_lever(lever_rows),
         "torch_threads": torch.get_num_threads(),
     }
+    (work / f"{SECTION}.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     chart = plot(report, out)
     common.write_section(out, SECTION, markdown(report, chart))
     print_summary(report)
@@ -474,7 +477,7 @@ def plot(report: dict[str, Any], out: Path) -> Path:
     positions = range(len(rows))
     axis.barh([p + 0.2 for p in positions], p95, height=0.4, color="#c9d6ea", label="p95")
     axis.barh([p - 0.2 for p in positions], p50, height=0.4, color="#3b6ea8", label="p50")
-    axis.axvline(TARGET_P50_S, color="#c0392b", linestyle="--", label=f"target p50 {TARGET_P50_S:.1f} s")
+    axis.axvline(TARGET_P50_S, color="#c0392b", linestyle="--", label=f"target p50 {TARGET_P50_S:g} s")
     axis.set_yticks(list(positions), names)
     axis.invert_yaxis()
     axis.set_xlabel(f"seconds for a {report['new_tokens']}-token draft")
@@ -498,8 +501,9 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
         "per-token time (ours stops at the end of the turn, the baseline never does).", "",
         common.markdown_table(headers, rows), "",
         f"Ours (serving path) / baseline: p50 × {common.fmt(report['ratio_p50'])}, tokens per second × "
-        f"{common.fmt(report['ratio_tokens_per_s'])}. Target p50 ≤ {TARGET_P50_S:.1f} s for a {n}-token reply: "
-        f"{common.verdict(report['target_met'])} (serving p50 {common.fmt(report['paths'][-1]['p50_n_s'])} s).",
+        f"{common.fmt(report['ratio_tokens_per_s'])}. Target p50 ≤ {TARGET_P50_S:g} s for a {n}-token reply: "
+        f"{common.verdict(report['target_met'])} (serving p50 {common.fmt(report['paths'][-1]['p50_n_s'])} s)"
+        + _fastest_kept_text(report.get("fastest_kept_lever")) + ".",
         "",
         "The engine rows share one drafting cache that holds one converted model at a time, so their llama.cpp "
         "and CTranslate2 calls, alternating base and adapter, load the model again each time and read the whole "
@@ -528,6 +532,18 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
                   common.markdown_table(lever_headers, lever_rows)]
     lines += ["", f"![draft latency]({chart.name})"]
     return "\n".join(lines)
+
+
+def fastest_kept_lever(levers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The lever row with the lowest p50 among those that keep quality (`_keeps_quality`), if any."""
+    kept = [row for row in levers[1:] if row.get("p50_n_s") is not None and _keeps_quality(row)]
+    return min(kept, key=lambda row: row["p50_n_s"], default=None)
+
+
+def _fastest_kept_text(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    return f"; the fastest lever that keeps quality: {row['path']}, p50 {common.fmt(row['p50_n_s'])} s"
 
 
 def _speedup(reference: dict[str, Any], row: dict[str, Any]) -> float | None:

@@ -119,6 +119,31 @@ def test_a_draft_that_stopped_early_is_scaled_to_the_target_length():
     assert Call(seconds=0.5, prefill_s=0.5, new_tokens=1).at_tokens(40) == 0.5
 
 
+def test_the_fastest_lever_counts_only_where_quality_is_kept():
+    from bench.draft_latency import fastest_kept_lever
+
+    reference = {"path": "reference", "p50_n_s": 3.0, "identical_drafts": "12/12"}
+    f16 = {"path": "f16", "p50_n_s": 0.75, "nll": 4.366, "nll_reference": 4.366, "keep_within": 0.005}
+    q8 = {**f16, "path": "q8_0", "p50_n_s": 0.58, "nll": 4.373}  # +0.17%: kept
+    q5 = {**f16, "path": "q5_k_m", "p50_n_s": 0.40, "nll": 4.503}  # +3.1%: faster, but not kept
+    assert fastest_kept_lever([reference, f16, q8, q5])["path"] == "q8_0"
+    assert fastest_kept_lever([reference, q5]) is None and fastest_kept_lever([reference]) is None
+
+
+def test_the_night_is_compared_stage_by_stage_with_the_previous_path():
+    from bench.cycle_measure import comparison_markdown
+
+    def cycle(kto: float, kto_rows: int, wall: float, nll: float) -> dict:
+        return {"stages": {"sft": {"seconds": 100.0, "examples": 345}, "kto": {"seconds": kto, "examples": kto_rows}},
+                "wall_seconds": wall, "status": "promoted", "metrics": {"candidate": {"likelihood": nll}}}
+
+    lines = "\n".join(comparison_markdown(cycle(60.0, 50, 700.0, 3.1), cycle(180.0, 153, 820.0, 3.0)))
+    assert "| kto | 180.0 | 60.0 | 0.33 | 153 → 50 |" in lines
+    assert "| whole cycle (wall) | 820.0 | 700.0 | 0.85 |" in lines
+    assert "| likelihood | 3.000 | 3.100 |" in lines and "desirable_ratio = 0.0" in lines
+    assert comparison_markdown(cycle(60.0, 50, 700.0, 3.1), None) == []
+
+
 def test_the_nll_target_is_read_against_the_fit_all_reference_but_judged_on_the_last_cycle():
     from bench.curve_report import REFERENCE, targets
 
