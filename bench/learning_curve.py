@@ -519,7 +519,7 @@ def reevaluate(work: Path, out: Path, threads: int) -> dict[str, Any]:
     config = curve_config(quick=report["quick"], work=work, threads=threads, owner_name=corpus.owner)
     adapters: dict[str, Path | None] = {"base": None}
     if "adapters" in report:
-        adapters = {name: Path(path) if path else None for name, path in report["adapters"].items()}
+        adapters = listed_adapters(report)
     else:  # a run from before the adapters were listed: each round's candidate, then the plain baseline
         database = open_database(config.db_url)
         for log in report["rounds"]:
@@ -537,8 +537,12 @@ def render(work: Path, out: Path) -> dict[str, Any]:
     """Write the section of a finished run (its --work folder) again from its JSON: no training, no
     evaluation, so a change of the report's layout or targets reaches a run that took hours."""
     report = json.loads((work / "learning_curve.json").read_text(encoding="utf-8"))
-    adapters = {name: Path(path) if path else None for name, path in report["adapters"].items()}
-    return finish(report, report["results"], adapters, out=out, work=work)
+    return finish(report, report["results"], listed_adapters(report), out=out, work=work)
+
+
+def listed_adapters(report: dict[str, Any]) -> dict[str, Path | None]:
+    """The adapters a run's JSON lists, by name (None: the base model)."""
+    return {name: Path(path) if path else None for name, path in report["adapters"].items()}
 
 
 def _round_dicts(logs: Sequence[RoundLog]) -> list[dict[str, Any]]:
