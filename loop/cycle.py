@@ -42,7 +42,7 @@ from storage import locks, repo
 from storage.db import session_scope
 from storage.models import AdapterState, CycleStatus
 from training.artifacts import CorruptAdapter, remove_stale_staging
-from training.base_scores import BASE_SCORES_FILE
+from training.kept_scores import KEPT_SCORES_FILE
 from training.datasets import newest_distinct_writing, split_holdout, split_writing_holdout
 from training.examples import feedback_to_json, writing_to_json
 from training.gate import gate_rule_text
@@ -327,8 +327,8 @@ def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int,
         "generation": settings_to_json(config.generation), "insight": settings_to_json(config.insight),
         "models_dir": str(config.models_dir.resolve()),
         "init_adapter": init_path, "active_adapter": active_path, "output_dir": str(output_dir.resolve()),
-        # The base model's held-out scores, kept for the next night (training.base_scores).
-        "base_scores": str((config.owner_dir(telegram_id) / BASE_SCORES_FILE).resolve()),
+        # Each model's held-out scores, kept for the next night (training.kept_scores).
+        "kept_scores": str((config.owner_dir(telegram_id) / KEPT_SCORES_FILE).resolve()),
         "metadata": {"cycle_id": cycle_id, "owner": telegram_id, "version": version}, "progress": progress,
     }
     job_path = folder / "job.json"

@@ -28,7 +28,7 @@ from training.examples import FeedbackExample, WritingExample, kept_text
 from training.prompt import Conversation
 
 if TYPE_CHECKING:  # pragma: no cover
-    from training.base_scores import BaseScores
+    from training.kept_scores import KeptScores
     from training.inference.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -145,17 +145,17 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
              heldout_writing: list[WritingExample], owner_lines: list[str], other_lines: list[str],
              eval_settings: EvaluationSettings, seed: int, engine: "Engine | None" = None,
              unseen_owner_lines: Sequence[str] = (),
-             base_scores: "BaseScores | None" = None) -> dict[str, dict[str, Any]]:
+             kept_scores: "KeptScores | None" = None) -> dict[str, dict[str, Any]]:
     """Metrics per adapter name, plus "baselines" (edit distance of an empty/echo draft, attribution bounds).
 
     Pass `engine` to reuse a loaded model; otherwise the base model is loaded once here.
     `unseen_owner_lines`: more of the owner's lines no evaluated model was trained on, for the
-    judges (a benchmark's held-out replies beyond the ones it evaluates on). `base_scores`: the
-    base model's per-item scores kept from earlier evaluations (training.base_scores); the base
-    model scores only the items it lacks, and the caller saves it.
+    judges (a benchmark's held-out replies beyond the ones it evaluates on). `kept_scores`: each
+    model's per-item scores kept from earlier evaluations (training.kept_scores); a model scores
+    only the items it lacks there, and the caller saves them.
     """
     from training.inference.engine import Engine
-    from training.base_scores import item_key
+    from training.kept_scores import item_key, model_key
     from training.likelihood import (completion_logprobs, nll_of_scored, pair_logprobs, raw_preference_accuracy,
                                      reward_preference_accuracy)
     from training.metrics import edit_distance, edit_distance_baselines, mean_edit_distance
@@ -192,43 +192,41 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
                       "items": len(items), "likelihood_items": len(nll_pairs), "sampled_items": len(sampled),
                       "preference_pairs": len(triples)},
     }
-    def scored(kind: str, spec: Any, items: list[Any], keys: list[str], compute: Any) -> list[Any]:
-        """`compute(items)` under `spec`'s model; the base model's kept scores first, where there are any."""
-        def under_spec(missing: list[Any]) -> Any:
+    def scored(kind: str, spec: Any, items: list[Any], keys: list[str], compute: Any = None) -> list[Any]:
+        """`compute(model, items)` under `spec`'s adapter (None: the base model; drafts: sampled), kept scores first."""
+        def under_model(missing: list[Any]) -> Any:
+            if kind == "drafts":  # generate_many holds the engine itself
+                return [output.text for output in engine.generate_many(missing, settings=generation, seed=seed,
+                                                                       adapter=spec)]
             with engine.using(spec) as model:
                 return compute(model, missing)
 
-        if spec is not None or base_scores is None:
-            return list(under_spec(items)) if items else []
-        return base_scores.lookup(kind, items, keys, under_spec)
-
-    def drafted(spec: Any, prompts: list[str]) -> list[str]:
-        def generate(missing: list[str]) -> list[str]:
-            return [output.text for output in engine.generate_many(missing, settings=generation, seed=seed,
-                                                                   adapter=spec)]
-
-        if spec is not None or base_scores is None:
-            return generate(prompts)
-        return base_scores.lookup("drafts", prompts, [item_key(prompt) for prompt in prompts], generate)
+        kept_as = model_key(spec[1] if spec is not None else None) if kept_scores is not None else None
+        if kept_as is None:
+            return list(under_model(items)) if items else []
+        return kept_scores.lookup(kept_as, kind, items, keys, under_model)
 
     nll_keys = [item_key(prompt, text) for prompt, text in nll_pairs]
     pair_keys = [item_key(*triple) for triple in triples]
+    sampled_prompts = [prompt for prompt, _ in sampled]
+
+    def pair_scores(model: Any, missing: list[Any]) -> Any:
+        return pair_logprobs(model, engine.tokenizer, missing)
+
+    def text_scores(model: Any, missing: list[Any]) -> Any:
+        return completion_logprobs(model, engine.tokenizer, missing)
+
     # Preference accuracy is DPO's implicit reward, relative to the base model: scored once here.
-    base_pairs = scored("pairs", None, triples, pair_keys,
-                        lambda model, missing: pair_logprobs(model, engine.tokenizer, missing))
+    base_pairs = scored("pairs", None, triples, pair_keys, pair_scores)
     for name, path in adapters.items():
         started = time.perf_counter()
         spec = (f"eval-{name}", Path(path)) if path is not None else None
-        nll, nll_error = nll_of_scored(scored("likelihood", spec, nll_pairs, nll_keys,
-                                              lambda model, missing: completion_logprobs(model, engine.tokenizer,
-                                                                                         missing))) \
+        nll, nll_error = nll_of_scored(scored("likelihood", spec, nll_pairs, nll_keys, text_scores)) \
             if nll_pairs else (None, None)
-        pairs = scored("pairs", spec, triples, pair_keys,
-                       lambda model, missing: pair_logprobs(model, engine.tokenizer, missing)) \
-            if spec is not None else base_pairs
+        pairs = scored("pairs", spec, triples, pair_keys, pair_scores) if spec is not None else base_pairs
         accuracy = reward_preference_accuracy(pairs, base_pairs)
         raw_accuracy = raw_preference_accuracy(pairs)
-        drafts = drafted(spec, [prompt for prompt, _ in sampled])
+        drafts = scored("drafts", spec, sampled_prompts, [item_key(prompt) for prompt in sampled_prompts])
         draft_profile = style_profile(drafts, phrases=owner_profile.phrases.keys())
         distances = [edit_distance(draft, item.kept) for draft, (_, item) in zip(drafts, sampled)]
         written = [d for d in drafts if d.strip()]
@@ -270,7 +268,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         logger.info("evaluated %s: likelihood %s, preference %s, edit distance %s, attribution %s, LambdaG %s",
                     name, results[name]["likelihood"], accuracy, results[name]["edit_distance"],
                     results[name]["attribution"], results[name]["lambdag"])
-    if base_scores is not None:
-        results["baselines"]["base_scores_kept"] = base_scores.hits
-        results["baselines"]["base_scores_computed"] = base_scores.computed
+    if kept_scores is not None:  # so far this night, every evaluate call of it
+        results["baselines"]["scores_kept"] = kept_scores.hits
+        results["baselines"]["scores_computed"] = kept_scores.computed
     return results

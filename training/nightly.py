@@ -92,7 +92,7 @@ def _kto_rows(feedback: list[Any], writing: list[Any], training: TrainingSetting
     """KTO learns the verdicts DPO cannot use (accepts, rejects without a replacement), or all of
     them when DPO is off; plus imported replies as desirable texts (docs/architecture.md), but only a
     replay-sized sample: all of a large import in every cycle would drown the verdicts and cost hours.
-    Then the desirable rows are cut to `training.kto.desirable_ratio` per undesirable one."""
+    With `training.kto.desirable_ratio` > 0 the desirable rows are cut to that many per undesirable one."""
     from training.datasets import balance_kto_rows, build_kto_rows
 
     verdict_rows = build_kto_rows(feedback, [], render=render, paired=not training.dpo.enabled)
@@ -187,15 +187,13 @@ def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: G
     adapters["base"] = None
     engine = Engine.load(model, models_dir, max_adapters=len(adapters) + 1,
                          llamacpp_weights=generation.llamacpp_weights)
-    base_scores = _base_scores(job, model, generation, models_dir)
+    kept_scores = _kept_scores(job, model, generation, models_dir)
     run = partial(evaluate, model_settings=model, generation=generation, models_dir=models_dir,
                   heldout_feedback=[feedback_from_json(item) for item in examples["heldout_feedback"]],
                   heldout_writing=[writing_from_json(item) for item in examples["heldout_writing"]],
                   owner_lines=examples["owner_lines"], other_lines=examples["other_lines"],
-                  eval_settings=evaluation, seed=generation.seed, engine=engine)
-    metrics = run(adapters=adapters, base_scores=base_scores)
-    if base_scores is not None:
-        base_scores.save()
+                  eval_settings=evaluation, seed=generation.seed, engine=engine, kept_scores=kept_scores)
+    metrics = run(adapters=adapters)
     if "active" not in metrics:  # the base model is the active one (version 0)
         metrics["active"] = metrics.get("base", {})
     # Towards the active adapter when the candidate continued from one of the same shape, else towards the base.
@@ -210,22 +208,24 @@ def _evaluate_and_judge(job: dict[str, Any], model: ModelSettings, generation: G
 
     verdict = climb(candidate=metrics["candidate"], active=metrics["active"], settings=evaluation,
                     strengths=evaluation.milder_strengths, evaluate_at=evaluate_at)
+    if kept_scores is not None:  # a milder strength's scores too: it may be tomorrow's active adapter
+        kept_scores.save()
     if verdict.strength < FULL_STRENGTH:
         metrics["full_strength"] = metrics["candidate"]
         metrics["candidate"] = verdict.metrics
     return metrics, verdict
 
 
-def _base_scores(job: dict[str, Any], model: ModelSettings, generation: GenerationSettings,
+def _kept_scores(job: dict[str, Any], model: ModelSettings, generation: GenerationSettings,
                  models_dir: Path) -> Any:
-    """The base model's scores kept by earlier nights, when the job names their file (None: score afresh)."""
-    if not job.get("base_scores"):
+    """The held-out scores kept by earlier nights, when the job names their file (None: score afresh)."""
+    if not job.get("kept_scores"):
         return None
-    from training.base_scores import BaseScores, identity
+    from training.kept_scores import KeptScores, identity
     from training.model import resolve_base_model
 
     base_path = resolve_base_model(model, models_dir)
-    return BaseScores.load(Path(job["base_scores"]), identity(model, base_path, generation, generation.seed))
+    return KeptScores.load(Path(job["kept_scores"]), identity(model, base_path, generation, generation.seed))
 
 
 def _put_milder_in_place(candidate_dir: Path, strength: float) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from training.artifacts import read_manifest
 from training.datasets import FeedbackExample, WritingExample, make_renderer
 from training.inference.engine import Engine
 from training.evaluate import MIN_UNSEEN_LINES, SAMPLES_KEPT, EvalItem, eval_items, evaluate, judge_lines
@@ -247,35 +249,44 @@ def test_the_held_out_likelihood_scores_at_most_max_likelihood_items_the_same_fo
         assert capped["base"]["likelihood"] == pytest.approx(mean_nll(model, engine.tokenizer, first_two))
 
 
-def test_the_base_model_scores_only_the_items_an_earlier_evaluation_did_not_keep(
+def test_a_model_scores_only_the_held_out_items_an_earlier_night_did_not_keep(
         engine: Engine, adapter: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    from training.base_scores import BaseScores
+    from training.kept_scores import KeptScores
 
     feedback, writing = heldout()
     kwargs = dict(model_settings=tiny_model_settings(tiny_model_dir), generation=tiny_generation_settings(),
-                  models_dir=Path("unused"), adapters={"base": None, "candidate": adapter},
-                  owner_lines=OWNER_LINES, other_lines=OTHER_LINES, seed=1, engine=engine,
+                  models_dir=Path("unused"), owner_lines=OWNER_LINES, other_lines=OTHER_LINES, seed=1, engine=engine,
                   eval_settings=tiny_evaluation_settings(max_eval_items=3))
-    kept_at = tmp_path / "base-scores.json"
-    fresh = evaluate(heldout_feedback=feedback, heldout_writing=writing, **kwargs)
-    first = BaseScores.load(kept_at, "the base, v1")
-    scored = evaluate(heldout_feedback=feedback, heldout_writing=writing, base_scores=first, **kwargs)
+    kept_at = tmp_path / "kept-scores.json"
+    tonight = {"base": None, "candidate": adapter}
+    fresh = evaluate(heldout_feedback=feedback, heldout_writing=writing, adapters=tonight, **kwargs)
+    first = KeptScores.load(kept_at, "the base, v1")
+    scored = evaluate(heldout_feedback=feedback, heldout_writing=writing, adapters=tonight, kept_scores=first, **kwargs)
     first.save()
-    assert first.hits == 0 and first.computed == 4 + 2 + 3  # texts, preference pairs, drafts
-    for metric in ("likelihood", "preference_accuracy", "samples", "attribution"):
-        assert scored["base"][metric] == fresh["base"][metric]  # what is kept is what is computed
+    # Per model: 4 texts, 3 drafts; the preference pairs (2) are scored under both.
+    assert first.hits == 0 and first.computed == 2 * (4 + 2 + 3)
+    for name in tonight:
+        for metric in ("likelihood", "preference_accuracy", "samples", "attribution"):
+            assert scored[name][metric] == fresh[name][metric]  # what is kept is what is computed
 
-    # The next night: one held-out item fewer, one new; the base scores only the new one.
+    # The next night the candidate is the active adapter: one held-out item fewer, one new, a new
+    # candidate. The base model and the active adapter score only the new item; the candidate all.
     newer = [*feedback[1:], FeedbackExample("edit", Conversation.of("new one?"), "hm ~", "sure ~", None, T0)]
-    second = BaseScores.load(kept_at, "the base, v1")
-    again = evaluate(heldout_feedback=newer, heldout_writing=writing, base_scores=second, **kwargs)
-    assert second.computed == 1 + 1 + 1 and second.hits == 3 + 1 + 2
-    assert again["baselines"]["base_scores_kept"] == second.hits
-    same_items = evaluate(heldout_feedback=newer, heldout_writing=writing, **kwargs)
-    assert again["base"]["likelihood"] == pytest.approx(same_items["base"]["likelihood"])
+    candidate = build_random_adapter(tiny_model_dir, tmp_path / "next", seed=6)
+    next_night = {"base": None, "active": adapter, "candidate": candidate}
+    second = KeptScores.load(kept_at, "the base, v1")
+    again = evaluate(heldout_feedback=newer, heldout_writing=writing, adapters=next_night, kept_scores=second, **kwargs)
+    assert second.computed == 2 * (1 + 1 + 1) + (4 + 2 + 3) and second.hits == 2 * (3 + 1 + 2)
+    assert again["baselines"]["scores_kept"] == second.hits
+    same_items = evaluate(heldout_feedback=newer, heldout_writing=writing, adapters=next_night, **kwargs)
+    for name in ("base", "active"):
+        assert again[name]["likelihood"] == pytest.approx(same_items[name]["likelihood"])
     assert again["candidate"] == {**same_items["candidate"], "seconds": again["candidate"]["seconds"]}
+    second.save()
+    assert set(json.loads(kept_at.read_text())["models"]) == {"base", f"adapter:{read_manifest(adapter)['checksum']}",
+                                                             f"adapter:{read_manifest(candidate)['checksum']}"}
 
     # Another base model (or settings, or seed) starts afresh; so does a damaged file.
-    assert BaseScores.load(kept_at, "another base").kept == {"likelihood": {}, "pairs": {}, "drafts": {}}
+    assert KeptScores.load(kept_at, "another base").kept == {}
     kept_at.write_text("{not json", encoding="utf-8")
-    assert BaseScores.load(kept_at, "the base, v1").kept["likelihood"] == {}
+    assert KeptScores.load(kept_at, "the base, v1").kept == {}
