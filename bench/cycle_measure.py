@@ -9,13 +9,14 @@ exactly as the nightly job does, with the default settings of config.toml: one e
 LoRA r16 all-linear, 60 sampled drafts per model in the evaluation. Figures come from the cycle
 row (per stage: seconds and the child's peak resident memory so far).
 
-The same cycle is also run on the previous path (`previous_path`: the night's levers off, on a
-fresh copy of the same data), so each lever's gain is measured side by side in one run.
+`--lever SETTING=VALUE` runs the same cycle a second time, on a fresh copy of the same data, with
+one setting changed, and writes the two side by side (stage seconds, rows, the gate's outcome and
+the candidate's held-out figures) into a section of its own, "Levers of the night".
 
     python -m bench.cycle_measure                  # the real measurement (tens of minutes on 2 cores)
     python -m bench.cycle_measure --quick          # smoke test on the tests' tiny model
     python -m bench.cycle_measure --feedback 100   # a smaller cycle
-    python -m bench.cycle_measure --no-previous    # this path only (half the time)
+    python -m bench.cycle_measure --lever training.kto.desirable_ratio=1   # defaults beside one lever
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SECTION = "cycle_measure"
 TARGET_MINUTES = 10  # issue 20's night (15 before it)
 TARGET_PEAK_MB = 4096
 OWNER = 5151
-STAGES = ("collect", "datasets", "sft", "dpo", "kto", "evaluate", "serving", "child")
+STAGES = ("collect", "datasets", "sft", "dpo", "kto", "evaluate", "serving", "insight", "child")
 
 _FRIENDS = ["Sam", "Alex", "Jo", "Priya", "Tom", "Mia"]
 _PLACES = ["the lake", "mums", "the new bar", "the office", "the station", "the gym", "the market", "the cinema"]
@@ -109,17 +110,23 @@ def give_verdicts(twin: Any, n: int, *, seed: int) -> dict[str, int]:
     return counts
 
 
-# What the previous path did differently, one setting per lever of issue 20's night.
-PREVIOUS_PATH = {"training.kto.desirable_ratio": 0.0}
+LEVER_SECTION = "cycle_levers"
 
 
-def previous_path(config: Any) -> None:
-    """Turn the night's levers off (`PREVIOUS_PATH`): KTO on every desirable row."""
-    config.training.kto.desirable_ratio = PREVIOUS_PATH["training.kto.desirable_ratio"]
+def apply_setting(config: Any, setting: str, raw: str) -> Any:
+    """Set a dotted config setting (`training.kto.desirable_ratio`) from text, typed as its default; returns the value."""
+    *path, name = setting.split(".")
+    target = config
+    for part in path:
+        target = getattr(target, part)
+    current = getattr(target, name)  # an unknown setting fails here, before any training
+    value: Any = raw.lower() in ("1", "true", "yes", "on") if isinstance(current, bool) else type(current)(raw)
+    setattr(target, name, value)
+    return value
 
 
 def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: int, progress: bool,
-            previous: bool = False) -> dict[str, Any]:
+            lever: tuple[str, str] | None = None) -> dict[str, Any]:
     from loop.config import Config
     from loop.cycle import list_cycles, run_cycle
     from loop.drafting import FakeDrafter
@@ -136,8 +143,8 @@ def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: in
         config.evaluation = tiny_evaluation_settings()
     else:  # the embedded model, converted once and shared between runs
         common.share_models_dir(config.models_dir)
-    if previous:
-        previous_path(config)
+    if lever is not None:
+        apply_setting(config, *lever)
     engine = open_database(config.db_url)
     drafts = [reply for _, _, reply in made_up_conversations(2 * feedback, seed=99)]
     twin = Twin(config, engine, FakeDrafter(replies=drafts))
@@ -153,8 +160,12 @@ def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: in
     wall = time.perf_counter() - started
     cycle = list_cycles(engine, telegram_id=OWNER)[-1]
     engine.dispose()
+    gate = (cycle.get("metrics") or {}).get("gate") or {}
+    rungs = gate.get("rungs") or [{}]
     return {"quick": quick, "feedback": feedback, "threads": config.model.threads, "verdicts": verdicts, "imported": imported,
             "status": outcome.status, "reason": outcome.reason, "wall_seconds": round(wall, 1),
+            "strength": gate.get("strength"),
+            "refused_at_full": rungs[0].get("reason") if (gate.get("strength") or 1) < 1 else None,
             "parent_growth_mb": round(parent_memory.peak_mb - parent_before_mb, 1), "counts": cycle.get("counts", {}),
             "stages": (cycle.get("durations") or {}).get("stages", {}), "report": outcome.report_text,
             "metrics": {name: {k: v for k, v in (cycle.get("metrics") or {}).get(name, {}).items()
@@ -180,12 +191,13 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
         f"Rows: {', '.join(f'{k.upper()} {v}' for k, v in datasets.items())}. Outcome: {result['status']}.", "",
         common.markdown_table(["stage", "seconds", "minutes", "steps", "examples", "peak RSS MB (child, so far)"],
                               rows), "",
-        "evaluate: candidate, active and base model on the held-out items (likelihood, preference pairs, "
-        "drafts in batches); serving: the promoted adapter merged and converted for fast drafting (an fp16 GGUF "
-        "file for llama.cpp, the embedded model's drafting backend on a CPU).", "",
+        "evaluate: the candidate and the base model, the active one at this first cycle, on the held-out items "
+        "(likelihood, preference pairs, drafts in batches); a later night also evaluates the active adapter and "
+        "finds its and the base model's scores of the items they saw before kept (training.kept_scores). serving: the "
+        "promoted adapter merged and converted for fast drafting (an fp16 GGUF file for llama.cpp, the embedded "
+        "model's drafting backend on a CPU). insight: what the promoted adapter learnt, for the report.", "",
         f"Whole cycle: {result['wall_seconds'] / 60:.1f} min. The calling process (the bot or the CLI) grew by "
         f"{result['parent_growth_mb']:.0f} MB during the cycle: the model lives in the child only.", "",
-        *comparison_markdown(result, result.get("previous")),
         f"Targets (full cycle ≤ {TARGET_MINUTES} min, peak memory ≤ {TARGET_PEAK_MB / 1024:.0f} GB on 2 CPU cores, "
         f"promoted): time {common.verdict(result['wall_seconds'] <= TARGET_MINUTES * 60)}, memory "
         f"{common.verdict(peak is not None and peak <= TARGET_PEAK_MB)} (child peak {common.fmt(peak, 0)} MB), "
@@ -193,35 +205,48 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
     ])
 
 
-def comparison_markdown(ours: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
-    """The same cycle on the previous path beside this one: seconds per stage, rows, the gate's figures."""
-    if not previous:
-        return []
-    names = [name for name in STAGES + ("insight",) if name in ours["stages"] or name in previous["stages"]]
+def lever_markdown(defaults: dict[str, Any], lever: dict[str, Any], setting: str, facts: dict[str, Any]) -> str:
+    """The same cycle with one setting changed beside the defaults: seconds per stage, rows, the gate's figures."""
+    names = [name for name in STAGES if name in defaults["stages"] or name in lever["stages"]]
 
     def seconds(result: dict[str, Any], name: str) -> float | None:
         return (result["stages"].get(name) or {}).get("seconds")
 
+    def examples(result: dict[str, Any], name: str) -> Any:
+        return (result["stages"].get(name) or {}).get("examples", "")
+
     rows = []
     for name in names:
-        before, after = seconds(previous, name), seconds(ours, name)
+        before, after = seconds(defaults, name), seconds(lever, name)
         rows.append([name, common.fmt(before, 1), common.fmt(after, 1),
                      common.fmt(after / before, 2) if before and after is not None else "",
-                     f"{(previous['stages'].get(name) or {}).get('examples', '')} → "
-                     f"{(ours['stages'].get(name) or {}).get('examples', '')}".strip(" →")])
-    rows.append(["whole cycle (wall)", common.fmt(previous["wall_seconds"], 1), common.fmt(ours["wall_seconds"], 1),
-                 common.fmt(ours["wall_seconds"] / previous["wall_seconds"], 2), ""])
-    figures = [[name, *(common.fmt(result["metrics"].get("candidate", {}).get(name), 3) for result in (previous, ours))]
+                     f"{examples(defaults, name)} → {examples(lever, name)}".strip(" →")])
+    rows.append(["whole cycle (wall)", common.fmt(defaults["wall_seconds"], 1), common.fmt(lever["wall_seconds"], 1),
+                 common.fmt(lever["wall_seconds"] / defaults["wall_seconds"], 2), ""])
+    figures = [[name, *(common.fmt(result["metrics"].get("candidate", {}).get(name), 3) for result in (defaults, lever))]
                for name in ("likelihood", "preference_accuracy", "edit_distance", "attribution")]
-    levers = ", ".join(f"`{key} = {value}`" for key, value in PREVIOUS_PATH.items())
-    return [
-        f"Side by side, the same verdicts on a fresh copy: the previous path ({levers}) and this one.", "",
-        common.markdown_table(["stage", "previous s", "this path s", "× previous", "examples (previous → this)"], rows),
-        "",
-        f"Outcome: previous {previous['status']}, this path {ours['status']}. The candidate's held-out figures "
+    return "\n".join([
+        "## Levers of the night (bench/cycle_measure.py --lever)", "",
+        common.machine_markdown(facts, quick=defaults["quick"]), "",
+        f"The cycle of \"One learning cycle\" ({defaults['feedback']} verdicts), run twice on fresh copies of the same "
+        f"data: with the defaults, and with `{setting}`.", "",
+        common.markdown_table(["stage", "defaults s", "lever s", "× defaults", "examples (defaults → lever)"], rows), "",
+        f"Outcome: defaults {_outcome(defaults)}; lever {_outcome(lever)}. Evaluate covers every strength the gate "
+        f"tried: defaults {_strengths(defaults)}, lever {_strengths(lever)}. The promoted candidate's held-out figures "
         "(same items and seeds):", "",
-        common.markdown_table(["metric", "previous", "this path"], figures), "",
-    ]
+        common.markdown_table(["metric", "defaults", "lever"], figures), "",
+    ])
+
+
+def _strengths(result: dict[str, Any]) -> Any:
+    return (result["stages"].get("evaluate") or {}).get("strengths_tried", 1)
+
+
+def _outcome(result: dict[str, Any]) -> str:
+    strength = result.get("strength")
+    if result["status"] == "promoted" and strength is not None and strength < 1:
+        return f"promoted at {strength:.0%} strength ({result.get('refused_at_full') or 'full strength refused'})"
+    return str(result["status"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feedback", type=int, default=None, help="verdicts before the cycle (default 300)")
     parser.add_argument("--writing", type=int, default=200, help="imported replies, the replay pool (default 200)")
     parser.add_argument("--progress", action="store_true", help="echo the training log while it runs")
-    parser.add_argument("--no-previous", action="store_true",
-                        help="skip the same cycle on the previous path (the night's levers off)")
+    parser.add_argument("--lever", metavar="SETTING=VALUE", default=None,
+                        help="also run the cycle with this setting changed (e.g. training.kto.desirable_ratio=1) and "
+                             "write both side by side")
     args = parser.parse_args(argv)
     common.offline_environment()
     common.setup_logging(args.verbose)
@@ -239,15 +265,17 @@ def main(argv: list[str] | None = None) -> int:
     with common.work_folder(args.work, "twin-cycle-measure-") as work:
         kwargs = dict(quick=args.quick, threads=args.threads, feedback=feedback,
                       writing=args.writing if not args.quick else 24, progress=args.progress)
-        # The previous path first: on a fresh checkout it pays the embedded model's one-time conversion,
-        # which can only make this path's gain look smaller.
-        if not args.no_previous:
-            previous = measure(work=work / "previous", previous=True, **kwargs)
-        result = measure(work=work / "this", **kwargs)
-        if not args.no_previous:
-            result["previous"] = previous
+        lever = tuple(args.lever.split("=", 1)) if args.lever else None
+        if lever is not None and len(lever) != 2:
+            parser.error("--lever takes SETTING=VALUE")
+        result = measure(work=work / "defaults", **kwargs)
+        if lever is not None:
+            result["lever"] = {"setting": "=".join(lever), **measure(work=work / "lever", lever=lever, **kwargs)}
         (work / f"{SECTION}.json").write_text(json.dumps({"facts": facts, **result}, indent=2, default=str))
     common.write_section(Path(args.out), SECTION, markdown(result, facts))
+    if "lever" in result:
+        common.write_section(Path(args.out), LEVER_SECTION,
+                             lever_markdown(result, result["lever"], result["lever"]["setting"], facts))
     print(markdown(result, facts))
     print(result["report"])
     return 0 if result["status"] in ("promoted", "kept") else 1

@@ -238,10 +238,11 @@ def balance_kto_rows(rows: Sequence[Row], *, desirable_ratio: float, seed: int) 
     """At most `desirable_ratio` desirable rows per undesirable one, a seeded sample, order kept; 0 keeps all.
 
     A night of verdicts is mostly desirable texts for KTO (accepted drafts, replayed replies) and a
-    few rejected drafts; SFT trains on those desirable texts the same night, so beyond a balancing
-    share they only lengthen the stage (the 300-verdict night: 153 rows, a fifth of them undesirable).
-    trl's class weights keep the two sides' weight equal either way (training.stages.kto_class_weights).
-    Without undesirable rows nothing is dropped: the stage is skipped (training.train.plan_stages).
+    few rejected drafts (the 300-verdict night: 128 and 25). Cutting the desirable ones shortens the
+    stage, but they teach too (measured: config.toml, `training.kto.desirable_ratio`), so the default
+    keeps them all. trl's class weights keep the two sides' weight equal either way
+    (training.stages.kto_class_weights). Without undesirable rows nothing is dropped: the stage is
+    skipped (training.train.plan_stages).
     """
     undesirable = sum(1 for row in rows if not row["label"])
     desirable = [index for index, row in enumerate(rows) if row["label"]]

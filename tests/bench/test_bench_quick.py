@@ -130,18 +130,29 @@ def test_the_fastest_lever_counts_only_where_quality_is_kept():
     assert fastest_kept_lever([reference, q5]) is None and fastest_kept_lever([reference]) is None
 
 
-def test_the_night_is_compared_stage_by_stage_with_the_previous_path():
-    from bench.cycle_measure import comparison_markdown
+def test_a_lever_of_the_night_is_compared_stage_by_stage_with_the_defaults():
+    from bench.cycle_measure import apply_setting, lever_markdown
+    from loop.config import Config
 
-    def cycle(kto: float, kto_rows: int, wall: float, nll: float) -> dict:
+    config = Config()
+    assert apply_setting(config, "training.kto.desirable_ratio", "1") == 1.0
+    assert config.training.kto.desirable_ratio == 1.0 and apply_setting(config, "training.kto.enabled", "no") is False
+    with pytest.raises(AttributeError):
+        apply_setting(config, "training.kto.no_such_setting", "1")
+
+    def cycle(kto: float, kto_rows: int, wall: float, nll: float, strength: float = 1.0) -> dict:
         return {"stages": {"sft": {"seconds": 100.0, "examples": 345}, "kto": {"seconds": kto, "examples": kto_rows}},
-                "wall_seconds": wall, "status": "promoted", "metrics": {"candidate": {"likelihood": nll}}}
+                "wall_seconds": wall, "status": "promoted", "metrics": {"candidate": {"likelihood": nll}},
+                "quick": True, "feedback": 300, "strength": strength,
+                "refused_at_full": "new caricature flag(s): 'haha'" if strength < 1 else None}
 
-    lines = "\n".join(comparison_markdown(cycle(60.0, 50, 700.0, 3.1), cycle(180.0, 153, 820.0, 3.0)))
-    assert "| kto | 180.0 | 60.0 | 0.33 | 153 → 50 |" in lines
-    assert "| whole cycle (wall) | 820.0 | 700.0 | 0.85 |" in lines
-    assert "| likelihood | 3.000 | 3.100 |" in lines and "desirable_ratio = 0.0" in lines
-    assert comparison_markdown(cycle(60.0, 50, 700.0, 3.1), None) == []
+    facts = common.machine_facts()
+    text = lever_markdown(cycle(180.0, 153, 820.0, 3.0), cycle(60.0, 50, 700.0, 3.1, strength=0.75),
+                          "training.kto.desirable_ratio=1", facts)
+    assert "| kto | 180.0 | 60.0 | 0.33 | 153 → 50 |" in text
+    assert "| whole cycle (wall) | 820.0 | 700.0 | 0.85 |" in text
+    assert "| likelihood | 3.000 | 3.100 |" in text and "`training.kto.desirable_ratio=1`" in text
+    assert "lever promoted at 75% strength (new caricature flag(s): 'haha')" in text
 
 
 def test_the_nll_target_is_read_against_the_fit_all_reference_but_judged_on_the_last_cycle():
@@ -289,6 +300,15 @@ def test_quick_mode_writes_its_section_and_chart(tmp_path: Path, module: str, se
     if chart is not None:
         assert chart in body
         assert_png(tmp_path / chart)
+
+
+@pytest.mark.slow
+def test_a_lever_of_the_night_runs_beside_the_defaults_into_its_own_section(tmp_path: Path):
+    result = run_quick("bench.cycle_measure", tmp_path, "--lever", "training.kto.desirable_ratio=1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Quick smoke run" in common.read_section(tmp_path, "cycle_measure")
+    levers = common.read_section(tmp_path, "cycle_levers")
+    assert "`training.kto.desirable_ratio=1`" in levers and "| whole cycle (wall) |" in levers
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """What the training child asks KTO to learn: the verdicts DPO cannot use, plus a replay-sized sample,
-with the desirable rows cut to a share of the undesirable ones."""
+and, where asked, only a share of the desirable rows."""
 
 from __future__ import annotations
 
@@ -32,11 +32,8 @@ WRITING = [WritingExample(kind="reply", text=f"old reply {i}", conversation=Conv
            for i in range(50)]
 
 
-ALL_DESIRABLE = StageSettings(learning_rate=5e-5, desirable_ratio=0)
-
-
 def test_with_dpo_on_kto_gets_the_unpaired_verdicts_and_half_as_many_replayed_replies() -> None:
-    rows = _kto_rows(verdicts(4), WRITING, TrainingSettings(replay_fraction=0.5, kto=ALL_DESIRABLE), render)
+    rows = _kto_rows(verdicts(4), WRITING, TrainingSettings(replay_fraction=0.5), render)
     completions = [row["completion"].removesuffix(END_OF_TURN) for row in rows]
     replayed = [c for c in completions if c.startswith("old reply")]
     assert len(replayed) == 4  # 0.5 x the 8 verdict rows: 4 accepts, 4 rejects
@@ -46,14 +43,15 @@ def test_with_dpo_on_kto_gets_the_unpaired_verdicts_and_half_as_many_replayed_re
 
 
 def test_with_dpo_off_kto_learns_the_edits_too() -> None:
-    training = TrainingSettings(replay_fraction=0.5, dpo=StageSettings(enabled=False), kto=ALL_DESIRABLE)
+    training = TrainingSettings(replay_fraction=0.5, dpo=StageSettings(enabled=False))
     completions = [row["completion"].removesuffix(END_OF_TURN) for row in _kto_rows(verdicts(4), WRITING, training, render)]
     assert {f"mine {i}" for i in range(4)} | {f"draft {i}.1" for i in range(4)} <= set(completions)
     assert sum(c.startswith("old reply") for c in completions) == 8  # 0.5 x 16 verdict rows
 
 
-def test_by_default_kto_keeps_every_undesirable_row_and_as_many_desirable_ones() -> None:
-    rows = _kto_rows(verdicts(4), WRITING, TrainingSettings(replay_fraction=0.5), render)
+def test_with_a_desirable_ratio_kto_keeps_every_undesirable_row_and_that_many_desirable_ones() -> None:
+    training = TrainingSettings(replay_fraction=0.5, kto=StageSettings(learning_rate=5e-5, desirable_ratio=1.0))
+    rows = _kto_rows(verdicts(4), WRITING, training, render)
     assert sum(not row["label"] for row in rows) == 4  # every rejected draft
     assert sum(row["label"] for row in rows) == 4  # of 8: 4 accepted drafts and 4 replayed replies
-    assert rows == _kto_rows(verdicts(4), WRITING, TrainingSettings(replay_fraction=0.5), render)  # seeded
+    assert rows == _kto_rows(verdicts(4), WRITING, training, render)  # seeded
