@@ -11,12 +11,14 @@ row (per stage: seconds and the child's peak resident memory so far).
 
 `--lever SETTING=VALUE` runs the same cycle a second time, on a fresh copy of the same data, with
 one setting changed, and writes the two side by side (stage seconds, rows, the gate's outcome and
-the candidate's held-out figures) into a section of its own, "Levers of the night".
+the candidate's held-out figures) into a section of that lever's own, instead of the plain run's.
+`--nights 2` runs an untimed cycle on the import first, so the timed one is a later night.
 
     python -m bench.cycle_measure                  # the real measurement (tens of minutes on 2 cores)
     python -m bench.cycle_measure --quick          # smoke test on the tests' tiny model
     python -m bench.cycle_measure --feedback 100   # a smaller cycle
     python -m bench.cycle_measure --lever training.kto.desirable_ratio=1   # defaults beside one lever
+    python -m bench.cycle_measure --nights 2 --feedback 100 --lever evaluation.keep_scores=false
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -110,7 +113,9 @@ def give_verdicts(twin: Any, n: int, *, seed: int) -> dict[str, int]:
     return counts
 
 
-LEVER_SECTION = "cycle_levers"
+def lever_section(setting: str) -> str:
+    """Each lever's side-by-side run has a section of its own, so measuring one leaves the others."""
+    return "cycle_lever_" + re.sub(r"[^A-Za-z0-9]+", "_", setting).strip("_")
 
 
 def apply_setting(config: Any, setting: str, raw: str) -> Any:
@@ -126,7 +131,7 @@ def apply_setting(config: Any, setting: str, raw: str) -> Any:
 
 
 def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: int, progress: bool,
-            lever: tuple[str, str] | None = None) -> dict[str, Any]:
+            lever: tuple[str, str] | None = None, nights: int = 1) -> dict[str, Any]:
     from loop.config import Config
     from loop.cycle import list_cycles, run_cycle
     from loop.drafting import FakeDrafter
@@ -150,6 +155,9 @@ def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: in
     twin = Twin(config, engine, FakeDrafter(replies=drafts))
     owner_id = twin.owner_id(OWNER, name="Robin")
     imported = import_writing(engine, owner_id, writing, seed=3)
+    first_nights = []
+    for _ in range(nights - 1):  # untimed: the import's cycle makes an active adapter, as on a later night
+        first_nights.append(run_cycle(config, engine, telegram_id=OWNER, force=True, trigger="bench").status)
     verdicts = give_verdicts(twin, feedback, seed=5)
     import psutil
 
@@ -164,6 +172,8 @@ def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: in
     rungs = gate.get("rungs") or [{}]
     return {"quick": quick, "feedback": feedback, "threads": config.model.threads, "verdicts": verdicts, "imported": imported,
             "status": outcome.status, "reason": outcome.reason, "wall_seconds": round(wall, 1),
+            "nights": nights, "earlier_nights": first_nights,
+            "scores_kept": ((cycle.get("metrics") or {}).get("baselines") or {}).get("scores_kept"),
             "strength": gate.get("strength"),
             "refused_at_full": rungs[0].get("reason") if (gate.get("strength") or 1) < 1 else None,
             "parent_growth_mb": round(parent_memory.peak_mb - parent_before_mb, 1), "counts": cycle.get("counts", {}),
@@ -186,14 +196,22 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
         "## One learning cycle with the embedded model", "",
         common.machine_markdown(facts, quick=result["quick"]), "",
         f"{result['feedback']} verdicts ({', '.join(f'{k} {v}' for k, v in result['verdicts'].items())}) plus "
-        f"{result['imported']} imported replies as the replay pool; default settings (one epoch per stage), "
+        f"{result['imported']} imported replies as the replay pool"
+        + (f", after {len(result['earlier_nights'])} untimed cycle(s) on the import alone "
+           f"({', '.join(result['earlier_nights'])}): the timed one is a later night, with an active adapter"
+           if result.get("earlier_nights") else "") + "; default settings (one epoch per stage), "
         f"torch threads in the training child: {result['threads'] or 'default'}. "
         f"Rows: {', '.join(f'{k.upper()} {v}' for k, v in datasets.items())}. Outcome: {result['status']}.", "",
         common.markdown_table(["stage", "seconds", "minutes", "steps", "examples", "peak RSS MB (child, so far)"],
                               rows), "",
-        "evaluate: the candidate and the base model, the active one at this first cycle, on the held-out items "
-        "(likelihood, preference pairs, drafts in batches); a later night also evaluates the active adapter and "
-        "finds its and the base model's scores of the items they saw before kept (training.kept_scores). serving: the "
+        ("evaluate: the candidate, the active adapter and the base model on the held-out items (likelihood, "
+         "preference pairs, drafts in batches), the active adapter's and the base model's scores of items the night "
+         f"before saw found kept ({result.get('scores_kept') or 0} of them; training.kept_scores). "
+         if result.get("earlier_nights") else
+         "evaluate: the candidate and the base model, the active one at this first cycle, on the held-out items "
+         "(likelihood, preference pairs, drafts in batches); a later night also evaluates the active adapter and "
+         "finds its and the base model's scores of the items they saw before kept (training.kept_scores). ") +
+        "serving: the "
         "promoted adapter merged and converted for fast drafting (an fp16 GGUF file for llama.cpp, the embedded "
         "model's drafting backend on a CPU). insight: what the promoted adapter learnt, for the report.", "",
         f"Whole cycle: {result['wall_seconds'] / 60:.1f} min. The calling process (the bot or the CLI) grew by "
@@ -226,13 +244,16 @@ def lever_markdown(defaults: dict[str, Any], lever: dict[str, Any], setting: str
     figures = [[name, *(common.fmt(result["metrics"].get("candidate", {}).get(name), 3) for result in (defaults, lever))]
                for name in ("likelihood", "preference_accuracy", "edit_distance", "attribution")]
     return "\n".join([
-        "## Levers of the night (bench/cycle_measure.py --lever)", "",
+        f"## A lever of the night: `{setting}` (bench/cycle_measure.py --lever)", "",
         common.machine_markdown(facts, quick=defaults["quick"]), "",
-        f"The cycle of \"One learning cycle\" ({defaults['feedback']} verdicts), run twice on fresh copies of the same "
+        f"The cycle of \"One learning cycle\" ({defaults['feedback']} verdicts"
+        + (", a later night" if defaults.get("earlier_nights") else "") + "), run twice on fresh copies of the same "
         f"data: with the defaults, and with `{setting}`.", "",
         common.markdown_table(["stage", "defaults s", "lever s", "× defaults", "examples (defaults → lever)"], rows), "",
         f"Outcome: defaults {_outcome(defaults)}; lever {_outcome(lever)}. Evaluate covers every strength the gate "
-        f"tried: defaults {_strengths(defaults)}, lever {_strengths(lever)}. The promoted candidate's held-out figures "
+        f"tried: defaults {_strengths(defaults)}, lever {_strengths(lever)}; held-out scores found kept from the night "
+        f"before: defaults {defaults.get('scores_kept') or 0}, lever {lever.get('scores_kept') or 0}. The promoted "
+        "candidate's held-out figures "
         "(same items and seeds):", "",
         common.markdown_table(["metric", "defaults", "lever"], figures), "",
     ])
@@ -254,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feedback", type=int, default=None, help="verdicts before the cycle (default 300)")
     parser.add_argument("--writing", type=int, default=200, help="imported replies, the replay pool (default 200)")
     parser.add_argument("--progress", action="store_true", help="echo the training log while it runs")
+    parser.add_argument("--nights", type=int, choices=(1, 2), default=1,
+                        help="2: an untimed cycle on the import first, so the timed one has an active adapter")
     parser.add_argument("--lever", metavar="SETTING=VALUE", default=None,
                         help="also run the cycle with this setting changed (e.g. training.kto.desirable_ratio=1) and "
                              "write both side by side")
@@ -264,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = common.machine_facts()
     with common.work_folder(args.work, "twin-cycle-measure-") as work:
         kwargs = dict(quick=args.quick, threads=args.threads, feedback=feedback,
-                      writing=args.writing if not args.quick else 24, progress=args.progress)
+                      writing=args.writing if not args.quick else 24, progress=args.progress, nights=args.nights)
         lever = tuple(args.lever.split("=", 1)) if args.lever else None
         if lever is not None and len(lever) != 2:
             parser.error("--lever takes SETTING=VALUE")
@@ -272,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         if lever is not None:
             result["lever"] = {"setting": "=".join(lever), **measure(work=work / "lever", lever=lever, **kwargs)}
         (work / f"{SECTION}.json").write_text(json.dumps({"facts": facts, **result}, indent=2, default=str))
-    common.write_section(Path(args.out), SECTION, markdown(result, facts))
-    if "lever" in result:
-        common.write_section(Path(args.out), LEVER_SECTION,
-                             lever_markdown(result, result["lever"], result["lever"]["setting"], facts))
+    if "lever" in result:  # the defaults beside the lever; "One learning cycle" stays the plain run's
+        setting = result["lever"]["setting"]
+        common.write_section(Path(args.out), lever_section(setting), lever_markdown(result, result["lever"], setting, facts))
+    else:
+        common.write_section(Path(args.out), SECTION, markdown(result, facts))
     print(markdown(result, facts))
     print(result["report"])
     return 0 if result["status"] in ("promoted", "kept") else 1

@@ -328,7 +328,8 @@ def _prepare(config: Config, engine: Engine, *, owner_id: int, telegram_id: int,
         "models_dir": str(config.models_dir.resolve()),
         "init_adapter": init_path, "active_adapter": active_path, "output_dir": str(output_dir.resolve()),
         # Each model's held-out scores, kept for the next night (training.kept_scores).
-        "kept_scores": str((config.owner_dir(telegram_id) / KEPT_SCORES_FILE).resolve()),
+        "kept_scores": str((config.owner_dir(telegram_id) / KEPT_SCORES_FILE).resolve())
+        if config.evaluation.keep_scores else None,
         "metadata": {"cycle_id": cycle_id, "owner": telegram_id, "version": version}, "progress": progress,
     }
     job_path = folder / "job.json"

@@ -226,6 +226,10 @@ class EvaluationSettings:
     # A refused candidate whose held-out likelihood improved is tried at these fractions of its
     # strength, strongest first, and the strongest that passes is promoted (training.ladder); [] = off.
     milder_strengths: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])
+    # Keep each model's held-out scores for the next night (training.kept_scores): the base model and the
+    # active adapter are then scored only on held-out items they have not seen. False scores every model
+    # on every item each night.
+    keep_scores: bool = True
 
     def __post_init__(self) -> None:
         _check(all(0 < s < 1 for s in self.milder_strengths), "evaluation.milder_strengths",

@@ -8,6 +8,7 @@ The corpus builder and the RESULTS.md helpers are tested directly.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -303,12 +304,16 @@ def test_quick_mode_writes_its_section_and_chart(tmp_path: Path, module: str, se
 
 
 @pytest.mark.slow
-def test_a_lever_of_the_night_runs_beside_the_defaults_into_its_own_section(tmp_path: Path):
-    result = run_quick("bench.cycle_measure", tmp_path, "--lever", "training.kto.desirable_ratio=1")
+def test_a_lever_of_a_later_night_runs_beside_the_defaults_into_its_own_section(tmp_path: Path):
+    common.write_section(tmp_path, "cycle_measure", "the plain run's, left alone")
+    result = run_quick("bench.cycle_measure", tmp_path, "--nights", "2", "--lever", "evaluation.keep_scores=false")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Quick smoke run" in common.read_section(tmp_path, "cycle_measure")
-    levers = common.read_section(tmp_path, "cycle_levers")
-    assert "`training.kto.desirable_ratio=1`" in levers and "| whole cycle (wall) |" in levers
+    assert common.read_section(tmp_path, "cycle_measure") == "the plain run's, left alone"
+    levers = common.read_section(tmp_path, "cycle_lever_evaluation_keep_scores_false")
+    assert "Quick smoke run" in levers and "`evaluation.keep_scores=false`" in levers and "a later night" in levers
+    assert "| whole cycle (wall) |" in levers
+    kept = re.search(r"found kept from the night before: defaults (\d+), lever (\d+)", levers)
+    assert kept and int(kept.group(1)) > 0 and int(kept.group(2)) == 0
 
 
 @pytest.mark.slow
