@@ -168,17 +168,17 @@ def measure(*, quick: bool, work: Path, threads: int, feedback: int, writing: in
     wall = time.perf_counter() - started
     cycle = list_cycles(engine, telegram_id=OWNER)[-1]
     engine.dispose()
-    gate = (cycle.get("metrics") or {}).get("gate") or {}
+    metrics = cycle.get("metrics") or {}
+    gate = metrics.get("gate") or {}
     rungs = gate.get("rungs") or [{}]
     return {"quick": quick, "feedback": feedback, "threads": config.model.threads, "verdicts": verdicts, "imported": imported,
             "status": outcome.status, "reason": outcome.reason, "wall_seconds": round(wall, 1),
-            "nights": nights, "earlier_nights": first_nights,
-            "scores_kept": ((cycle.get("metrics") or {}).get("baselines") or {}).get("scores_kept"),
+            "earlier_nights": first_nights, "scores_kept": (metrics.get("baselines") or {}).get("scores_kept"),
             "strength": gate.get("strength"),
             "refused_at_full": rungs[0].get("reason") if (gate.get("strength") or 1) < 1 else None,
             "parent_growth_mb": round(parent_memory.peak_mb - parent_before_mb, 1), "counts": cycle.get("counts", {}),
             "stages": (cycle.get("durations") or {}).get("stages", {}), "report": outcome.report_text,
-            "metrics": {name: {k: v for k, v in (cycle.get("metrics") or {}).get(name, {}).items()
+            "metrics": {name: {k: v for k, v in metrics.get(name, {}).items()
                                if k in ("likelihood", "edit_distance", "attribution", "preference_accuracy")}
                         for name in ("base", "active", "candidate")}}
 

@@ -42,10 +42,10 @@ from storage import locks, repo
 from storage.db import session_scope
 from storage.models import AdapterState, CycleStatus
 from training.artifacts import CorruptAdapter, remove_stale_staging
-from training.kept_scores import KEPT_SCORES_FILE
 from training.datasets import newest_distinct_writing, split_holdout, split_writing_holdout
 from training.examples import feedback_to_json, writing_to_json
 from training.gate import gate_rule_text
+from training.kept_scores import KEPT_SCORES_FILE
 from training.nightly import EXAMPLES_FILE, settings_to_json
 from training.retrieval import Budget, Split, attach_examples
 

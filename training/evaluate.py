@@ -192,8 +192,11 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
                       "items": len(items), "likelihood_items": len(nll_pairs), "sampled_items": len(sampled),
                       "preference_pairs": len(triples)},
     }
-    def scored(kind: str, spec: Any, items: list[Any], keys: list[str], compute: Any = None) -> list[Any]:
-        """`compute(model, items)` under `spec`'s adapter (None: the base model; drafts: sampled), kept scores first."""
+
+    def scored(kind: str, spec: Any, kept_as: str | None, items: list[Any], keys: list[str],
+               compute: Any = None) -> list[Any]:
+        """`compute(model, items)` under `spec`'s adapter (None: the base model; drafts: sampled), the
+        scores kept for model `kept_as` first (None: nothing kept)."""
         def under_model(missing: list[Any]) -> Any:
             if kind == "drafts":  # generate_many holds the engine itself
                 return [output.text for output in engine.generate_many(missing, settings=generation, seed=seed,
@@ -201,8 +204,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
             with engine.using(spec) as model:
                 return compute(model, missing)
 
-        kept_as = model_key(spec[1] if spec is not None else None) if kept_scores is not None else None
-        if kept_as is None:
+        if kept_scores is None or kept_as is None:
             return list(under_model(items)) if items else []
         return kept_scores.lookup(kept_as, kind, items, keys, under_model)
 
@@ -217,16 +219,17 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         return completion_logprobs(model, engine.tokenizer, missing)
 
     # Preference accuracy is DPO's implicit reward, relative to the base model: scored once here.
-    base_pairs = scored("pairs", None, triples, pair_keys, pair_scores)
+    base_pairs = scored("pairs", None, model_key(None), triples, pair_keys, pair_scores)
     for name, path in adapters.items():
         started = time.perf_counter()
         spec = (f"eval-{name}", Path(path)) if path is not None else None
-        nll, nll_error = nll_of_scored(scored("likelihood", spec, nll_pairs, nll_keys, text_scores)) \
+        kept_as = model_key(spec[1] if spec is not None else None) if kept_scores is not None else None
+        nll, nll_error = nll_of_scored(scored("likelihood", spec, kept_as, nll_pairs, nll_keys, text_scores)) \
             if nll_pairs else (None, None)
-        pairs = scored("pairs", spec, triples, pair_keys, pair_scores) if spec is not None else base_pairs
+        pairs = scored("pairs", spec, kept_as, triples, pair_keys, pair_scores) if spec is not None else base_pairs
         accuracy = reward_preference_accuracy(pairs, base_pairs)
         raw_accuracy = raw_preference_accuracy(pairs)
-        drafts = scored("drafts", spec, sampled_prompts, [item_key(prompt) for prompt in sampled_prompts])
+        drafts = scored("drafts", spec, kept_as, sampled_prompts, [item_key(prompt) for prompt in sampled_prompts])
         draft_profile = style_profile(drafts, phrases=owner_profile.phrases.keys())
         distances = [edit_distance(draft, item.kept) for draft, (_, item) in zip(drafts, sampled)]
         written = [d for d in drafts if d.strip()]
