@@ -24,7 +24,9 @@ int8 dynamic quantization, CTranslate2 in fp32 and int8, llama.cpp in fp16 (draf
 fp32's where the same sampler replays them, and the likelihood of the owner's replies checked,
 since a lever must not cost quality). llama.cpp's weight types (`generation.llamacpp_weights`: f16,
 Q8_0, Q6_K, Q5_K_M) get rows of their own, each on a drafting cache of its own that keeps its model
-loaded, judged against f16: kept where the NLL of the owner's replies moves by under 0.5%.
+loaded, judged against f16: kept where the NLL of the owner's replies moves by under 0.5% and the share
+of their drafts that the attribution classifier gives the owner (every message of the corpus drafted
+once per type, untimed, the same seeds) drops by no more than f16's standard error (issue 20).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from bench import common
 from bench.corpus import ReplyPair, load_corpus
 from training.inference.engine import PrefillTimer
 from training.config import LLAMACPP_WEIGHTS
+from training.inference.llamacpp import resolve_weights
 from training.inference.serving import LABELS, QUANTIZATION, ServingCache
 
 logger = logging.getLogger("bench.draft_latency")
@@ -264,8 +267,44 @@ def converted_likelihood(engine: Any, adapter_dir: Path, backend: str, prompts: 
     return total / tokens if tokens else None
 
 
+@dataclass(frozen=True)
+class AttributionCheck:
+    """The drafts a weight type writes for every message of the corpus, judged by one classifier."""
+    prompts: list[str]
+    judge: Any  # training.attribution.AttributionClassifier, trained on the owner's replies against the others'
+
+
+def attribution_check(pairs: Sequence[ReplyPair], prompts: Sequence[str]) -> AttributionCheck:
+    """The classifier learns from every reply of the corpus (78 mail replies leave none to spare): the
+    same judge for every weight type, so the comparison between types is paired, not absolute."""
+    from training.attribution import AttributionClassifier
+
+    judge = AttributionClassifier().fit([p.reply for p in pairs], [p.message for p in pairs], seed=0)
+    return AttributionCheck(list(prompts), judge)
+
+
+def drafts_attributed(engine: Any, check: AttributionCheck, generation: Any,
+                      adapter: tuple[str, Path]) -> list[float | None]:
+    """Per message: 1.0 when the judge gives the draft to the owner, 0.0 when not, None for an empty draft."""
+    drafts = [engine.generate(prompt, settings=generation, seed=index, adapter=adapter).text
+              for index, prompt in enumerate(check.prompts)]
+    written = [draft for draft in drafts if draft.strip()]
+    probabilities = iter(check.judge.predict_proba(written) if written else [])
+    return [float(next(probabilities) >= 0.5) if draft.strip() else None for draft in drafts]
+
+
+def attribution_share(attributed: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """The share of non-empty drafts given to the owner, and its standard error."""
+    from training.evaluate import proportion_standard_error
+
+    judged = [a for a in attributed if a is not None]
+    share = sum(judged) / len(judged) if judged else None
+    return share, proportion_standard_error(share, len(judged))
+
+
 def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, Path], prompts: Sequence[str],
-               replies: Sequence[str], generation: Any, threads: int) -> list[dict[str, Any]]:
+               replies: Sequence[str], generation: Any, threads: int,
+               attribution: AttributionCheck | None = None) -> list[dict[str, Any]]:
     """Each lever against the unmerged fp32 adapter path, interleaved per message like the main paths:
     latency, whether its drafts equal the reference's (same seeds), NLL of the owner's real replies."""
     import torch
@@ -309,9 +348,9 @@ def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, P
         paths.append((PathResult(f"{LABELS[backend]} {QUANTIZATION[backend]}", note=note),
                       engine_runner(engine, prompts, replace(generation, backend=backend), adapter=adapter),
                       converted_likelihood(engine, adapter[1], backend, prompts, replies)))
-    weight_paths = weight_type_paths(engine, base_path, adapter, prompts, replies, generation, threads) \
+    weight_paths = weight_type_paths(engine, base_path, adapter, prompts, replies, generation, threads, attribution) \
         if llamacpp_ready(engine) else []
-    interleave([(result, runner) for result, runner, _ in paths + weight_paths], n)
+    interleave([(result, runner) for result, runner, _ in paths + [path[:3] for path in weight_paths]], n)
     reference_texts = paths[0][0].texts
     rows = []
     for result, _, nll in paths:
@@ -322,18 +361,24 @@ def run_levers(engine: Any, base_path: str, settings: Any, adapter: tuple[str, P
                      "nll_reference": reference_nll})
         logger.info("lever %s: %s", result.name, rows[-1])
     f16_nll = weight_paths[0][2] if weight_paths else None
-    for result, _, nll in weight_paths:  # judged against f16, the default they would replace
+    f16_share, f16_error = attribution_share(weight_paths[0][3]) if weight_paths and weight_paths[0][3] else (None, None)
+    for result, _, nll, attributed in weight_paths:  # judged against f16, the default they would replace
+        share, _ = attribution_share(attributed) if attributed else (None, None)
         rows.append({**result.summary(generation.max_new_tokens), "identical_drafts": "n/a", "nll": nll,
-                     "nll_reference": f16_nll, "keep_within": WEIGHTS_KEEP_WITHIN})
+                     "nll_reference": f16_nll, "keep_within": WEIGHTS_KEEP_WITHIN,
+                     "attribution": share, "attribution_reference": f16_share, "attribution_error": f16_error,
+                     "attribution_drafts": len(attributed or [])})
         logger.info("lever %s: %s", result.name, rows[-1])
     return rows
 
 
 def weight_type_paths(engine: Any, base_path: str, adapter: tuple[str, Path], prompts: Sequence[str],
-                      replies: Sequence[str], generation: Any, threads: int) -> list[tuple[PathResult, Runner, Any]]:
+                      replies: Sequence[str], generation: Any, threads: int,
+                      attribution: AttributionCheck | None = None) -> list[tuple[PathResult, Runner, Any, Any]]:
     """One path per llama.cpp weight type, f16 first: the adapter merged and converted (then quantized),
-    on a drafting cache of its own that keeps the model loaded, and the NLL of the owner's replies; last,
-    f16 with the other thread count (1 where the run uses 2), whose NLL is f16's."""
+    on a drafting cache of its own that keeps the model loaded, the NLL of the owner's replies and, with
+    `attribution`, the judge's verdict on each of its drafts (`drafts_attributed`); last, f16 with the
+    other thread count (1 where the run uses 2), whose NLL and drafts are f16's."""
     from training.inference.engine import Engine
 
     llamacpp = replace(generation, backend="llamacpp")
@@ -345,9 +390,10 @@ def weight_type_paths(engine: Any, base_path: str, adapter: tuple[str, Path], pr
         typed = Engine(engine.model, engine.tokenizer, serving=cache)  # llama.cpp never touches the torch model
         paths.append((PathResult(f"llama.cpp weights {weights}",
                                  note=f"generation.llamacpp_weights = \"{weights}\"; kept when NLL within "
-                                      f"{WEIGHTS_KEEP_WITHIN:.1%} of f16's"),
+                                      f"{WEIGHTS_KEEP_WITHIN:.1%} of f16's and attribution within f16's standard error"),
                       engine_runner(typed, prompts, llamacpp, adapter=adapter),
-                      converted_likelihood(typed, adapter[1], "llamacpp", prompts, replies)))
+                      converted_likelihood(typed, adapter[1], "llamacpp", prompts, replies),
+                      drafts_attributed(typed, attribution, llamacpp, adapter) if attribution else None))
     # The thread setting on the default weights: one llama.cpp thread would leave a core to a cycle
     # training beside the drafts, if decoding (bound by reading the weights) loses little.
     other = 2 if threads == 1 else 1
@@ -358,14 +404,14 @@ def weight_type_paths(engine: Any, base_path: str, adapter: tuple[str, Path], pr
                              note=f"ServingCache(threads={other}); the same weights as f16"),
                   engine_runner(Engine(engine.model, engine.tokenizer, serving=threaded), prompts, llamacpp,
                                 adapter=adapter),
-                  paths[0][2]))
+                  paths[0][2], paths[0][3]))
     return paths
 
 
 # The benchmark -------------------------------------------------------------------------------------------
 
 def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_tokens: int,
-        levers: bool, lever_messages: int) -> dict[str, Any]:
+        levers: bool, lever_messages: int, attribution_messages: int) -> dict[str, Any]:
     import torch
 
     from loop.config import Config
@@ -405,15 +451,28 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
             engine.serving.ensure_converted(folder, backend)
             conversion_seconds.setdefault(backend, {})[name] = time.perf_counter() - started
 
-    config = Config(data_dir=work / "serving", owners=[OWNER_TELEGRAM_ID], model=settings,
-                    generation=replace(generation, backend=GenerationSettings().backend))
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    # The bot's engine is its own: one active adapter, and a drafting cache that has seen only the
-    # bot's own prompts (sharing the engine paths' cache would hand it each prompt already read).
-    bot_engine = Engine(load_model(base_path, settings), tokenizer,
-                        serving=ServingCache(base_path, work / "serving-models", tokenizer=tokenizer, threads=threads,
-                                             gguf_source=gguf_source(base_path)))
-    serving, database = serving_runner(config, bot_engine, adapter_dir, pairs)
+    def bot(folder: str, llamacpp_weights: str, suffix: str = "") -> tuple[PathResult, Runner, Any]:
+        """The bot's drafting path on a database of its own: its config, runner and database engine.
+
+        Its engine is its own: one active adapter, and a drafting cache that has seen only the bot's own
+        prompts (sharing the engine paths' cache would hand it each prompt already read)."""
+        config = Config(data_dir=work / folder, owners=[OWNER_TELEGRAM_ID], model=settings,
+                        generation=replace(generation, backend=GenerationSettings().backend,
+                                           llamacpp_weights=llamacpp_weights))
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        bot_engine = Engine(load_model(base_path, settings), tokenizer,
+                            serving=ServingCache(base_path, work / "serving-models", tokenizer=tokenizer,
+                                                 threads=threads, gguf_source=gguf_source(base_path),
+                                                 llamacpp_weights=config.generation.llamacpp_weights))
+        runner, database = serving_runner(config, bot_engine, adapter_dir, pairs)
+        label = bot_engine.backend_for(config.generation)
+        if label == "llamacpp":
+            label += f", weights {bot_engine.serving.llamacpp_weights}"
+        return (PathResult(f"serving: Twin.draft_reply (active adapter, backend {config.generation.backend}: {label})"
+                           + suffix,
+                           note="stores message and draft; sampling as configured; stops at end of turn"),
+                runner, database)
+
     results = [
         PathResult("baseline: plain generate", note="greedy (model defaults), exactly N tokens"),
         PathResult("engine: base model, transformers", note="sampling as configured; stops at end of turn"),
@@ -430,12 +489,22 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
         results += [PathResult("engine: base model, llama.cpp", note="fp16 GGUF, converted once"),
                     PathResult("engine: adapter, llama.cpp", note="LoRA merged, fp16 GGUF, converted once")]
         runners += [engine_runner(engine, prompts, llamacpp), engine_runner(engine, prompts, llamacpp, adapter=adapter)]
-    results.append(PathResult(f"serving: Twin.draft_reply (active adapter, backend {config.generation.backend}: "
-                              f"{engine.backend_for(config.generation)})",
-                              note="stores message and draft; sampling as configured; stops at end of turn"))
+    databases = []
+    default_weights = GenerationSettings().llamacpp_weights
+    # The previous serving path (llama.cpp on fp16 weights, the default before issue 20's bf16) beside
+    # today's, where today's resolves to other weights on this CPU.
+    if "llamacpp" in backends and resolve_weights(default_weights) != "f16":
+        before, before_runner, before_database = bot("serving-f16", "f16", " (before: the f16 default)")
+        results.append(before)
+        runners.append(before_runner)
+        databases.append(before_database)
+    today, serving, database = bot("serving", default_weights)
+    results.append(today)
     runners.append(serving)
+    databases.append(database)
     interleave(list(zip(results, runners)), messages)
-    database.dispose()
+    for database in databases:
+        database.dispose()
     for result in results:
         logger.info("%s: %s", result.name, result.summary(new_tokens))
 
@@ -443,7 +512,9 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     if levers:
         k = min(lever_messages, len(prompts))
         replies = [pairs[i % len(pairs)].reply for i in range(k)]
-        lever_rows = run_levers(engine, base_path, settings, adapter, prompts[:k], replies, generation, threads)
+        every = [render(c) for c in conversations(pairs, min(attribution_messages, len(pairs)))]
+        lever_rows = run_levers(engine, base_path, settings, adapter, prompts[:k], replies, generation, threads,
+                                attribution_check(pairs, every))
 
     summaries = [r.summary(new_tokens) for r in results]
     baseline, serving = summaries[0], summaries[-1]
@@ -519,15 +590,23 @@ def markdown(report: dict[str, Any], chart: Path) -> str:
     if report["levers"]:
         reference = report["levers"][0]
         lever_headers = ["lever (adapter path)", f"p50 ({n} tok)", "speed-up", "tokens/s", "prefill ms",
-                         "drafts identical to fp32 unmerged", "NLL of owner's replies", "keeps quality", "note"]
+                         "drafts identical to fp32 unmerged", "NLL of owner's replies", "drafts attributed to the owner",
+                         "keeps quality", "note"]
         lever_rows = [[r["path"], r.get("p50_n_s"), _speedup(reference, r), r.get("tokens_per_s"), r.get("prefill_ms"),
-                       r.get("identical_drafts"), r.get("nll"), _keeps_quality(r), r.get("note", "")]
+                       r.get("identical_drafts"), r.get("nll"), _attribution_text(r), _keeps_quality(r),
+                       r.get("note", "")]
                       for r in report["levers"]]
+        drafted = next((r["attribution_drafts"] for r in report["levers"] if r.get("attribution_drafts")), None)
         lines += ["", "### Levers tried", "",
                   "Interleaved with the reference on the same messages; a lever keeps quality when its drafts are "
                   "identical to the reference's (same seeds) or the NLL of the owner's real replies moves by under 1%. "
                   "The llama.cpp weight rows are judged against f16's row instead, and kept under "
-                  f"{WEIGHTS_KEEP_WITHIN:.1%}; each keeps its model loaded, unlike the shared-cache rows above. "
+                  f"{WEIGHTS_KEEP_WITHIN:.1%}, and only where the share of their drafts that the attribution "
+                  "classifier gives the owner falls by at most f16's standard error"
+                  + (f" ({drafted} messages, every one of the corpus, drafted once per type with the same seeds, "
+                     "untimed; the classifier learnt from every reply of the corpus, so the shares compare the "
+                     "types with each other, not with the owner)" if drafted else "")
+                  + "; each keeps its model loaded, unlike the shared-cache rows above. "
                   "Peak memory is the whole process (it holds every variant).", "",
                   common.markdown_table(lever_headers, lever_rows)]
     lines += ["", f"![draft latency]({chart.name})"]
@@ -552,6 +631,16 @@ def _speedup(reference: dict[str, Any], row: dict[str, Any]) -> float | None:
     return reference["p50_n_s"] / row["p50_n_s"]
 
 
+def _attribution_text(row: dict[str, Any]) -> str:
+    share = row.get("attribution")
+    if share is None:
+        return "–"
+    text = f"{share:.0%}"
+    if row.get("attribution_error") is not None and row.get("attribution_reference") is not None:
+        text += f" (f16 {row['attribution_reference']:.0%} ± {row['attribution_error']:.0%})"
+    return text
+
+
 def _keeps_quality(row: dict[str, Any]) -> bool | None:
     identical, _, total = str(row.get("identical_drafts", "")).partition("/")
     if total.isdigit() and int(total) and identical == total:
@@ -559,7 +648,12 @@ def _keeps_quality(row: dict[str, Any]) -> bool | None:
     nll, reference = row.get("nll"), row.get("nll_reference")
     if nll is None or not reference:
         return None
-    return abs(nll - reference) / reference < row.get("keep_within", 0.01)
+    if abs(nll - reference) / reference >= row.get("keep_within", 0.01):
+        return False
+    share, share_reference, error = row.get("attribution"), row.get("attribution_reference"), row.get("attribution_error")
+    if share is not None and share_reference is not None and error is not None:
+        return share >= share_reference - error  # issue 20: no drop beyond the standard error
+    return True
 
 
 def print_summary(report: dict[str, Any]) -> None:
@@ -582,13 +676,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=40)
     parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the levers")
     parser.add_argument("--lever-messages", type=int, default=None, help="messages per lever (default 12)")
+    parser.add_argument("--attribution-messages", type=int, default=None,
+                        help="messages drafted per llama.cpp weight type for the attribution check "
+                             "(default: every one of the corpus)")
     args = parser.parse_args(argv)
     common.offline_environment()
     common.setup_logging(args.verbose)
     with common.work_folder(args.work, "twin-bench-latency-") as work:
         run(quick=args.quick, out=args.out, work=work, threads=args.threads,
             messages=args.messages or (3 if args.quick else 32), new_tokens=8 if args.quick else args.new_tokens,
-            levers=args.levers, lever_messages=args.lever_messages or (2 if args.quick else 12))
+            levers=args.levers, lever_messages=args.lever_messages or (2 if args.quick else 12),
+            attribution_messages=args.attribution_messages or (3 if args.quick else 10_000))
     return 0
 
 

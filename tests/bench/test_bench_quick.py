@@ -131,6 +131,21 @@ def test_the_fastest_lever_counts_only_where_quality_is_kept():
     assert fastest_kept_lever([reference, q5]) is None and fastest_kept_lever([reference]) is None
 
 
+def test_a_weight_type_whose_drafts_read_less_as_the_owner_is_not_kept():
+    # Issue 20: kept only where the NLL moves under 0.5% and attribution drops by at most f16's standard error.
+    from bench.draft_latency import _keeps_quality, attribution_share, fastest_kept_lever
+
+    share, error = attribution_share([1.0, 0.0, 1.0, 1.0, None])  # an empty draft is not judged
+    assert share == 0.75 and error == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+    f16 = {"path": "f16", "p50_n_s": 0.75, "nll": 4.366, "nll_reference": 4.366, "keep_within": 0.005,
+           "attribution": 0.40, "attribution_reference": 0.40, "attribution_error": 0.06}
+    within = {**f16, "path": "bf16", "p50_n_s": 0.65, "attribution": 0.35}  # -5 points, within the error
+    beyond = {**f16, "path": "q6_k", "p50_n_s": 0.58, "nll": 4.370, "attribution": 0.33}  # -7 points
+    assert _keeps_quality(within) is True and _keeps_quality(beyond) is False
+    assert fastest_kept_lever([{"path": "reference", "p50_n_s": 3.0}, f16, within, beyond])["path"] == "bf16"
+    assert _keeps_quality({**beyond, "attribution": None}) is True  # not measured: the NLL alone decides
+
+
 def test_a_lever_of_the_night_is_compared_stage_by_stage_with_the_defaults():
     from bench.cycle_measure import apply_setting, lever_markdown
     from loop.config import Config

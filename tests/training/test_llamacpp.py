@@ -313,6 +313,44 @@ def test_q8_0_scores_text_about_as_fp16_does(engine: Engine, q8_engine: Engine, 
     assert abs(sum(q8) - sum(fp16)) < 0.005 * abs(sum(fp16))
 
 
+def test_a_bf16_conversion_is_written_from_the_fp32_weights_and_scores_text_as_fp16_does(
+        engine: Engine, gguf_model_dir: Path, adapter: Path, tmp_path: Path) -> None:
+    import gguf
+
+    bf16_engine = Engine.load(tiny_model_settings(gguf_model_dir), tmp_path / "models", llamacpp_weights="bf16")
+    output = bf16_engine.generate(prompt(bf16_engine), settings=settings(), seed=1, adapter=("a", adapter))
+    assert output.backend == "llamacpp" and bf16_engine.serving_failure is None
+    folder = bf16_engine.serving.folder_for(adapter, "llamacpp")
+    assert folder.name.endswith("-llamacpp-bf16")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([COMPLETE_MARKER, "model.gguf"])  # no fp16 step
+    reader = gguf.GGUFReader(str(folder / "model.gguf"))
+    assert int(reader.get_field("general.file_type").contents()) == 32  # LLAMA_FTYPE_MOSTLY_BF16
+    types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.BF16
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32  # norms stay fp32
+    ids = engine.encode(prompt(engine))
+    fp16 = engine.serving.generator(str(adapter), "llamacpp").log_likelihoods(ids, 1)
+    bf16 = bf16_engine.serving.generator(str(adapter), "llamacpp").log_likelihoods(ids, 1)
+    assert bf16 != fp16  # really other weights
+    assert abs(sum(bf16) - sum(fp16)) < 0.005 * abs(sum(fp16))  # the rule for keeping a weight type
+
+
+def test_auto_weights_are_bf16_only_where_llama_cpp_multiplies_bf16_natively(
+        gguf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.inference import llamacpp
+
+    for native, expected in ((True, "bf16"), (False, "f16")):
+        monkeypatch.setattr(llamacpp, "native_bf16", lambda native=native: native)
+        engine = Engine.load(tiny_model_settings(gguf_model_dir), tmp_path / "models", llamacpp_weights="auto")
+        assert engine.serving.llamacpp_weights == expected
+    assert llamacpp.resolve_weights("q8_0") == "q8_0"  # a named type is never second-guessed
+    # This machine's own answer comes from llama.cpp's report of its CPU features.
+    import llama_cpp
+
+    monkeypatch.undo()
+    assert llamacpp.native_bf16() == ("AVX512_BF16 = 1" in llama_cpp.llama_print_system_info().decode())
+
+
 def test_k_quants_fall_back_per_tensor_when_rows_do_not_split_into_their_blocks(gguf_model_dir: Path,
                                                                                  tmp_path: Path) -> None:
     # The tiny model's rows (64, 128 values) are no multiple of the K types' 256: llama.cpp gives those
@@ -327,10 +365,11 @@ def test_an_unknown_weight_type_is_refused_with_the_types_there_are(gguf_model_d
     from training.errors import ServingError
     from training.inference.llamacpp import quantize_gguf
 
-    with pytest.raises(ServingError, match="q4_0.*f16, q8_0, q6_k, q5_k_m"):
+    with pytest.raises(ServingError, match="q4_0.*auto, f16, bf16, q8_0, q6_k, q5_k_m"):
         Engine.load(tiny_model_settings(gguf_model_dir), tmp_path / "models", llamacpp_weights="q4_0")
-    with pytest.raises(ServingError, match="cannot quantize to 'f16'"):
-        quantize_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", "f16")
+    for written_directly in ("f16", "bf16"):
+        with pytest.raises(ServingError, match=f"cannot quantize to '{written_directly}'.*q8_0, q6_k, q5_k_m$"):
+            quantize_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", written_directly)
 
 
 def test_every_weight_type_the_config_names_has_a_llama_cpp_file_type() -> None:

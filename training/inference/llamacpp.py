@@ -1,10 +1,14 @@
-"""Fast CPU drafting with llama.cpp: the fp32 model (base, or base + adapter merged) as a GGUF file in fp16.
+"""Fast CPU drafting with llama.cpp: the fp32 model (base, or base + adapter merged) as a GGUF file in
+16-bit floats.
 
 Why: on a 2-core CPU llama.cpp drafts a 40-token reply in about a third of CTranslate2's time
 with fp16 weights that keep the held-out likelihood within 0.01% of the fp32 model's
-(bench/RESULTS.md). Its quantized formats are smaller and can be faster, but round the weights
-(and, in every product, the activations to 8 bits), which costs held-out likelihood: fp16 stays
-the default and `generation.llamacpp_weights` picks Q8_0, Q6_K or Q5_K_M instead
+(bench/RESULTS.md). bf16 weights score text as fp16's do (within 0.05% on the simulated owner's
+replies) and, where the CPU multiplies bf16 natively (AVX512_BF16), read a prompt about a quarter
+sooner; decoding a token reads as many bytes either way. So `generation.llamacpp_weights = "auto"`
+is bf16 on such a CPU and fp16 elsewhere (`resolve_weights`). Its quantized formats are smaller and
+can be faster, but round the weights (and, in every product, the activations to 8 bits), which costs
+held-out likelihood: `generation.llamacpp_weights` picks Q8_0, Q6_K or Q5_K_M by name only
 (`quantize_gguf`, llama.cpp's own quantizer on the fp16 file; their cost is measured by
 bench.draft_latency's levers).
 
@@ -40,14 +44,17 @@ from training.errors import GgufWriteError, ServingError
 logging.getLogger("gguf").setLevel(logging.WARNING)
 
 MODEL_FILE = "model.gguf"
-# Matrices are written in fp16 (norms stay fp32, as in llama.cpp's own converter).
+# Matrices are written in fp16 unless asked otherwise (norms stay fp32, as in llama.cpp's own converter).
 MATRIX_DTYPE = "float16"
-# general.file_type: llama.cpp's LLAMA_FTYPE_ALL_F32 and LLAMA_FTYPE_MOSTLY_F16.
-_FILE_TYPES = {"float32": 0, "float16": 1}
+# general.file_type: llama.cpp's LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16 and LLAMA_FTYPE_MOSTLY_BF16.
+_FILE_TYPES = {"float32": 0, "float16": 1, "bfloat16": 32}
 _GGML_TYPE_F32 = 0
-# Each name of training.config.LLAMACPP_WEIGHTS -> llama.cpp's LLAMA_FTYPE_MOSTLY_* (f16 is written directly,
-# not quantized); a test holds the two to the same names.
-WEIGHT_FTYPES = {"f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17}
+# Each name of training.config.LLAMACPP_WEIGHTS -> llama.cpp's LLAMA_FTYPE_MOSTLY_*; a test holds the two to
+# the same names.
+WEIGHT_FTYPES = {"f16": 1, "bf16": 32, "q8_0": 7, "q6_k": 18, "q5_k_m": 17}
+# The 16-bit types are written straight from the fp32 weights (`write_model_gguf`); the others are
+# quantized from the fp16 file by llama.cpp's quantizer (`quantize_gguf`).
+WRITTEN_DIRECTLY = {"f16": "float16", "bf16": "bfloat16"}
 
 
 # llama.cpp's CPU backend is built with OpenMP (libgomp), which keeps a team of worker threads for
@@ -87,6 +94,22 @@ def llamacpp_installed() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+def native_bf16() -> bool:
+    """Whether llama.cpp's CPU backend multiplies bf16 matrices natively here (AVX512_BF16): elsewhere
+    it widens them to fp32 first, and bf16 weights would bring nothing that fp16 does not."""
+    import llama_cpp
+
+    return "AVX512_BF16 = 1" in llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+
+
+def resolve_weights(requested: str) -> str:
+    """The weight type `generation.llamacpp_weights` names: "auto" is bf16 where the CPU multiplies it
+    natively, fp16 elsewhere (the same held-out likelihood; bf16 reads a prompt sooner)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if llamacpp_installed() and native_bf16() else "f16"
+
+
 def llama_cpp_row_order(rows: Any, heads: int) -> Any:
     """llama.cpp's order of query/key rows (its converter's `permute`): the rotary halves interleaved.
 
@@ -102,7 +125,7 @@ def write_model_gguf(model: Any, source_gguf: Path, target: Path, *, matrix_dtyp
 
     `source_gguf` is the GGUF file the base model was converted from: its vocabulary and
     general metadata are copied; the hyperparameters come from `model.config`. Matrices are
-    written as `matrix_dtype` ("float16" or "float32"; default MATRIX_DTYPE), norms in float32.
+    written as `matrix_dtype` ("float16", "bfloat16" or "float32"; default MATRIX_DTYPE), norms in float32.
     """
     import gguf
     import numpy as np
@@ -153,6 +176,10 @@ def write_model_gguf(model: Any, source_gguf: Path, target: Path, *, matrix_dtyp
             data = llama_cpp_row_order(data, heads)
         elif name.endswith("attn_k.weight"):
             data = llama_cpp_row_order(data, kv_heads)
+        if data.ndim == 2 and matrix_dtype == "bfloat16":  # numpy has no bf16: gguf rounds to it, as llama.cpp's converter does
+            writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(data), gguf.GGMLQuantizationType.BF16),
+                              raw_dtype=gguf.GGMLQuantizationType.BF16)
+            continue
         writer.add_tensor(name, np.ascontiguousarray(data.astype(matrix_dtype if data.ndim == 2 else np.float32)))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -170,9 +197,9 @@ def quantize_gguf(source: Path, target: Path, weights: str, *, threads: int = 0)
     """
     import llama_cpp
 
-    if weights not in WEIGHT_FTYPES or weights == "f16":
+    if weights not in WEIGHT_FTYPES or weights in WRITTEN_DIRECTLY:
         raise ServingError(f"llama.cpp cannot quantize to {weights!r}; expected one of "
-                           f"{', '.join(w for w in WEIGHT_FTYPES if w != 'f16')}")
+                           f"{', '.join(w for w in WEIGHT_FTYPES if w not in WRITTEN_DIRECTLY)}")
     # The quantizer logs every tensor through llama-cpp-python's logger, which prints below ERROR
     # until a model is opened quietly (as LlamaGenerator does); the terminal chat must not show it.
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)

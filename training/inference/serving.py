@@ -37,8 +37,9 @@ from training.errors import ServingError
 
 logger = logging.getLogger(__name__)
 
-# The weights of each converted backend: llama.cpp fp16 (unless generation.llamacpp_weights picks one of
-# its quantized types, `ServingCache.weights`) and CTranslate2 fp32 keep drafts identical in quality; CTranslate2 int8 (per-row scales) is ~1.4x faster than its fp32 and costs 0.2-1% of
+# The weights of each converted backend: llama.cpp fp16 (unless generation.llamacpp_weights picks bf16, as
+# "auto" does on a CPU that multiplies it natively, or a quantized type: `ServingCache.weights`) and
+# CTranslate2 fp32 keep drafts identical in quality; CTranslate2 int8 (per-row scales) is ~1.4x faster than its fp32 and costs 0.2-1% of
 # held-out likelihood on SmolLM2.
 QUANTIZATION = {"llamacpp": "float16", "ctranslate2": "float32", "ctranslate2-int8": "int8"}
 LABELS = {"llamacpp": "llama.cpp", "ctranslate2": "CTranslate2", "ctranslate2-int8": "CTranslate2"}
@@ -89,12 +90,15 @@ class ServingCache:
     def __init__(self, base_path: str | Path, folder: Path, *, tokenizer: Any, threads: int = 0,
                  max_loaded: int = 1, keep_on_disk: int = 3, gguf_source: Path | None = None,
                  llamacpp_weights: str = "f16"):
-        if llamacpp_weights not in LLAMACPP_WEIGHTS:
+        from training.inference.llamacpp import resolve_weights
+
+        if llamacpp_weights not in ("auto", *LLAMACPP_WEIGHTS):
             raise ServingError(f"llama.cpp has no weight type {llamacpp_weights!r}; expected one of "
-                               f"{', '.join(LLAMACPP_WEIGHTS)}")
+                               f"{', '.join(('auto', *LLAMACPP_WEIGHTS))}")
         self.base_path = str(base_path)
         self.gguf_source = gguf_source  # the GGUF file the base came from: llama.cpp's vocabulary
-        self.llamacpp_weights = llamacpp_weights  # generation.llamacpp_weights: f16, or a type quantized to
+        # generation.llamacpp_weights, "auto" resolved for this CPU: f16 or bf16, or a type quantized to
+        self.llamacpp_weights = resolve_weights(llamacpp_weights)
         self.folder = Path(folder)
         self.tokenizer = tokenizer
         self.threads = threads if threads > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
@@ -178,17 +182,17 @@ class ServingCache:
     def _convert(self, adapter_folder: str | Path | None, staging: Path, backend: str) -> None:
         staging.mkdir(parents=True)
         if backend == "llamacpp":
-            from training.inference.llamacpp import MODEL_FILE, quantize_gguf, write_model_gguf
+            from training.inference.llamacpp import MODEL_FILE, WRITTEN_DIRECTLY, quantize_gguf, write_model_gguf
 
             if self.gguf_source is None:
                 raise ServingError("llama.cpp drafting needs a base model that came from a GGUF file (the embedded one)")
             # llama.cpp quantizes from a file: a quantized type's fp16 step is written beside it, then removed.
-            quantized = self.llamacpp_weights != "f16"
-            fp16 = write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source,
-                                    staging / ("model-f16.gguf" if quantized else MODEL_FILE))
-            if quantized:
-                quantize_gguf(fp16, staging / MODEL_FILE, self.llamacpp_weights, threads=self.threads)
-                fp16.unlink()
+            direct = WRITTEN_DIRECTLY.get(self.llamacpp_weights)
+            written = write_model_gguf(self._fp32_model(adapter_folder), self.gguf_source,
+                                       staging / (MODEL_FILE if direct else "model-f16.gguf"), matrix_dtype=direct)
+            if not direct:
+                quantize_gguf(written, staging / MODEL_FILE, self.llamacpp_weights, threads=self.threads)
+                written.unlink()
             return
         import ctranslate2
 
