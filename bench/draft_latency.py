@@ -12,7 +12,8 @@ by the project's one prompt renderer) and the same number of new tokens:
   converted once, the conversion times reported apart. llama.cpp needs a base from a GGUF file:
   the quick run's tiny model has none and skips it;
 * serving: `loop.twin.Twin.draft_reply` with the real `EngineDrafter`, the default backend
-  ("auto": llama.cpp on a CPU for the embedded model) and an active adapter in a SQLite database:
+  ("auto": llama.cpp on a CPU for the embedded model, on the default weights, q8_0, beside the
+  previous default f16) and an active adapter in a SQLite database:
   storing the message, reading context, rendering, drafting, storing the draft; what the bot runs
   for each message. It has an engine of its own, as the bot does: each message is another chat, so
   only the system text is read from the cache of the message before.
@@ -23,7 +24,7 @@ given for an N-token reply: prefill + (N - 1) × the path's own time per decoded
 int8 dynamic quantization, CTranslate2 in fp32 and int8, llama.cpp in fp16 (drafts compared with
 fp32's where the same sampler replays them, and the likelihood of the owner's replies checked,
 since a lever must not cost quality). llama.cpp's weight types (`generation.llamacpp_weights`: f16,
-Q8_0, Q6_K, Q5_K_M) get rows of their own, each on a drafting cache of its own that keeps its model
+bf16, Q8_0, Q6_K, Q5_K_M) get rows of their own, each on a drafting cache of its own that keeps its model
 loaded, judged against f16: kept where the NLL of the owner's replies moves by under 0.5% and the share
 of their drafts that the attribution classifier gives the owner (every message of the corpus drafted
 ATTRIBUTION_ROUNDS times per type with other seeds, untimed, the same seeds for every type) drops by no
@@ -44,7 +45,6 @@ from bench import common
 from bench.corpus import ReplyPair, load_corpus
 from training.inference.engine import PrefillTimer
 from training.config import LLAMACPP_WEIGHTS
-from training.inference.llamacpp import resolve_weights
 from training.inference.serving import LABELS, QUANTIZATION, ServingCache
 
 logger = logging.getLogger("bench.draft_latency")
@@ -496,9 +496,8 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
         runners += [engine_runner(engine, prompts, llamacpp), engine_runner(engine, prompts, llamacpp, adapter=adapter)]
     databases = []
     default_weights = GenerationSettings().llamacpp_weights
-    # The previous serving path (llama.cpp on fp16 weights, the default before issue 20's bf16) beside
-    # today's, where today's resolves to other weights on this CPU.
-    if "llamacpp" in backends and resolve_weights(default_weights) != "f16":
+    # The previous serving path (llama.cpp on fp16 weights, the default until issue 20 kept q8_0) beside today's.
+    if "llamacpp" in backends and default_weights != "f16":
         before, before_runner, before_database = bot("serving-f16", "f16", " (before: the f16 default)")
         results.append(before)
         runners.append(before_runner)

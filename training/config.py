@@ -19,7 +19,7 @@ BACKENDS = ("auto", "transformers", "llamacpp", "ctranslate2", "ctranslate2-int8
 # keeps what differs between them in one table).
 SERVER_KINDS = ("vllm", "llama_cpp")
 # llama.cpp's weight types `generation.llamacpp_weights` names (training.inference.llamacpp writes or quantises
-# to them); "auto" is also accepted there: bf16 where the CPU multiplies it natively, else f16.
+# to them).
 LLAMACPP_WEIGHTS = ("f16", "bf16", "q8_0", "q6_k", "q5_k_m")
 
 
@@ -65,7 +65,7 @@ class GenerationSettings:
     seed: int = 0  # base seed; "another draft" adds one
     max_attempts: int = 3  # a draft that comes back empty is retried with another seed
     backend: str = "auto"  # auto | transformers | llamacpp | ctranslate2 | ctranslate2-int8 (see training.inference.serving) | openai
-    llamacpp_weights: str = "auto"  # auto | f16 | bf16 | q8_0 | q6_k | q5_k_m: the weights llama.cpp drafts with
+    llamacpp_weights: str = "q8_0"  # f16 | bf16 | q8_0 | q6_k | q5_k_m: the weights llama.cpp drafts with
     # backend = "openai": drafts come from a multi-LoRA completions server (training.inference.openai_server).
     server_url: str = ""  # e.g. "http://127.0.0.1:8000" (the /v1 prefix is added)
     server_kind: str = "vllm"  # vllm | llama_cpp
@@ -91,8 +91,8 @@ class GenerationSettings:
         _check(1 <= self.repetition_penalty <= 3, "generation.repetition_penalty", self.repetition_penalty, "1..3")
         _check(self.max_attempts >= 1, "generation.max_attempts", self.max_attempts, "1 or more")
         _check(self.backend in BACKENDS, "generation.backend", self.backend, ", ".join(BACKENDS))
-        _check(self.llamacpp_weights in ("auto", *LLAMACPP_WEIGHTS), "generation.llamacpp_weights",
-               self.llamacpp_weights, ", ".join(("auto", *LLAMACPP_WEIGHTS)))
+        _check(self.llamacpp_weights in LLAMACPP_WEIGHTS, "generation.llamacpp_weights", self.llamacpp_weights,
+               ", ".join(LLAMACPP_WEIGHTS))
         _check(self.server_kind in SERVER_KINDS, "generation.server_kind", self.server_kind, ", ".join(SERVER_KINDS))
         _check(self.backend != "openai" or self.server_url.startswith(("http://", "https://")),
                "generation.server_url", self.server_url, 'an http(s) URL when backend = "openai"')

@@ -83,7 +83,7 @@ def test_token_comes_from_the_environment_only(tmp_path: Path, monkeypatch: pyte
         ("[evaluation]\nmilder_strengths = ['half']", "evaluation.milder_strengths", "a list of numbers"),
         ("[generation]\nbackend = 'llama.cpp'", "generation.backend", "ctranslate2"),
         ("[generation]\nllamacpp_weights = 'q4_0'", "generation.llamacpp_weights",
-         "auto, f16, bf16, q8_0, q6_k, q5_k_m"),
+         "f16, bf16, q8_0, q6_k, q5_k_m"),
         ("[training.dpo]\nmax_length = 256", "training.dpo.max_length", "model.max_prompt_tokens (384)"),
         ("[nonsense]\nx = 1", "nonsense", "one of the keys"),
         ("mask_personal_data = 'yes'", "mask_personal_data", "true or false"),

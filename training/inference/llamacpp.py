@@ -1,16 +1,16 @@
-"""Fast CPU drafting with llama.cpp: the fp32 model (base, or base + adapter merged) as a GGUF file in
-16-bit floats.
+"""Fast CPU drafting with llama.cpp: the fp32 model (base, or base + adapter merged) as a GGUF file.
 
 Why: on a 2-core CPU llama.cpp drafts a 40-token reply in about a third of CTranslate2's time
 with fp16 weights that keep the held-out likelihood within 0.01% of the fp32 model's
-(bench/RESULTS.md). bf16 weights score text as fp16's do (within 0.05% on the simulated owner's
-replies) and, where the CPU multiplies bf16 natively (AVX512_BF16), read a prompt about a quarter
-sooner; decoding a token reads as many bytes either way. So `generation.llamacpp_weights = "auto"`
-is bf16 on such a CPU and fp16 elsewhere (`resolve_weights`). Its quantized formats are smaller and
-can be faster, but round the weights (and, in every product, the activations to 8 bits), which costs
-held-out likelihood: `generation.llamacpp_weights` picks Q8_0, Q6_K or Q5_K_M by name only
-(`quantize_gguf`, llama.cpp's own quantizer on the fp16 file; their cost is measured by
-bench.draft_latency's levers).
+(bench/RESULTS.md). Its quantized formats are smaller and faster, but round the weights (and, in
+every product, the activations to 8 bits), which costs held-out likelihood. Q8_0 (the product's
+default, `generation.llamacpp_weights`) decodes a token about a quarter sooner for 0.2-0.3% of
+the simulated owner's held-out likelihood, and its drafts are attributed to the owner as often as
+fp16's (within fp16's standard error, bench.draft_latency's levers); Q6_K and Q5_K_M cost more.
+They are made by llama.cpp's own quantizer from the fp16 file (`quantize_gguf`). bf16 is written
+straight from the fp32 weights: it scores text as fp16 does and reads a prompt about a quarter
+sooner where the CPU multiplies bf16 natively (AVX512_BF16), slower elsewhere, and its drafts were
+attributed to the owner less often than fp16's in two runs, so it is a named choice only.
 
 The GGUF file is written here from the same fp32 weights that transformers and CTranslate2 use
 (`write_model_gguf`): the tensors renamed by gguf's own table and the query/key rows put back in
@@ -92,22 +92,6 @@ def on_llama_thread(function: Callable[..., _Result], *args: Any, **kwargs: Any)
 
 def llamacpp_installed() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
-
-
-def native_bf16() -> bool:
-    """Whether llama.cpp's CPU backend multiplies bf16 matrices natively here (AVX512_BF16): elsewhere
-    it widens them to fp32 first, and bf16 weights would bring nothing that fp16 does not."""
-    import llama_cpp
-
-    return "AVX512_BF16 = 1" in llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
-
-
-def resolve_weights(requested: str) -> str:
-    """The weight type `generation.llamacpp_weights` names: "auto" is bf16 where the CPU multiplies it
-    natively, fp16 elsewhere (the same held-out likelihood; bf16 reads a prompt sooner)."""
-    if requested != "auto":
-        return requested
-    return "bf16" if llamacpp_installed() and native_bf16() else "f16"
 
 
 def llama_cpp_row_order(rows: Any, heads: int) -> Any:

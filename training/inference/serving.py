@@ -37,8 +37,8 @@ from training.errors import ServingError
 
 logger = logging.getLogger(__name__)
 
-# The weights of each converted backend: llama.cpp fp16 (unless generation.llamacpp_weights picks bf16, as
-# "auto" does on a CPU that multiplies it natively, or a quantized type: `ServingCache.weights`) and
+# The weights of each converted backend: llama.cpp fp16 (unless generation.llamacpp_weights picks bf16 or a
+# quantized type, as the product's default q8_0 is: `ServingCache.llamacpp_weights`) and
 # CTranslate2 fp32 keep drafts identical in quality; CTranslate2 int8 (per-row scales) is ~1.4x faster than its fp32 and costs 0.2-1% of
 # held-out likelihood on SmolLM2.
 QUANTIZATION = {"llamacpp": "float16", "ctranslate2": "float32", "ctranslate2-int8": "int8"}
@@ -90,15 +90,12 @@ class ServingCache:
     def __init__(self, base_path: str | Path, folder: Path, *, tokenizer: Any, threads: int = 0,
                  max_loaded: int = 1, keep_on_disk: int = 3, gguf_source: Path | None = None,
                  llamacpp_weights: str = "f16"):
-        from training.inference.llamacpp import resolve_weights
-
-        if llamacpp_weights not in ("auto", *LLAMACPP_WEIGHTS):
+        if llamacpp_weights not in LLAMACPP_WEIGHTS:
             raise ServingError(f"llama.cpp has no weight type {llamacpp_weights!r}; expected one of "
-                               f"{', '.join(('auto', *LLAMACPP_WEIGHTS))}")
+                               f"{', '.join(LLAMACPP_WEIGHTS)}")
         self.base_path = str(base_path)
         self.gguf_source = gguf_source  # the GGUF file the base came from: llama.cpp's vocabulary
-        # generation.llamacpp_weights, "auto" resolved for this CPU: f16 or bf16, or a type quantized to
-        self.llamacpp_weights = resolve_weights(llamacpp_weights)
+        self.llamacpp_weights = llamacpp_weights  # generation.llamacpp_weights: f16 or bf16, or a type quantized to
         self.folder = Path(folder)
         self.tokenizer = tokenizer
         self.threads = threads if threads > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
