@@ -291,11 +291,8 @@ def attribution_check(pairs: Sequence[ReplyPair], prompts: Sequence[str]) -> Att
 def drafts_attributed(engine: Any, check: AttributionCheck, generation: Any,
                       adapter: tuple[str, Path]) -> list[float | None]:
     """Per message: 1.0 when the judge gives the draft to the owner, 0.0 when not, None for an empty draft."""
-    drafts = [engine.generate(prompt, settings=generation, seed=index, adapter=adapter).text
-              for index, prompt in enumerate(check.prompts)]
-    written = [draft for draft in drafts if draft.strip()]
-    probabilities = iter(check.judge.predict_proba(written) if written else [])
-    return [float(next(probabilities) >= 0.5) if draft.strip() else None for draft in drafts]
+    return check.judge.draft_verdicts([engine.generate(prompt, settings=generation, seed=index, adapter=adapter).text
+                                       for index, prompt in enumerate(check.prompts)])
 
 
 def attribution_share(attributed: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -416,7 +413,7 @@ def weight_type_paths(engine: Any, base_path: str, adapter: tuple[str, Path], pr
 # The benchmark -------------------------------------------------------------------------------------------
 
 def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_tokens: int,
-        levers: bool, lever_messages: int, attribution_messages: int) -> dict[str, Any]:
+        levers: bool, lever_messages: int, attribution_messages: int | None = None) -> dict[str, Any]:
     import torch
 
     from loop.config import Config
@@ -516,7 +513,8 @@ def run(*, quick: bool, out: Path, work: Path, threads: int, messages: int, new_
     if levers:
         k = min(lever_messages, len(prompts))
         replies = [pairs[i % len(pairs)].reply for i in range(k)]
-        every = [render(c) for c in conversations(pairs, attribution_messages)]  # past the corpus: again, other seeds
+        # Past the corpus's end the messages come again, with other seeds.
+        every = [render(c) for c in conversations(pairs, attribution_messages or ATTRIBUTION_ROUNDS * len(pairs))]
         lever_rows = run_levers(engine, base_path, settings, adapter, prompts[:k], replies, generation, threads,
                                 attribution_check(pairs, every))
 
@@ -691,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         run(quick=args.quick, out=args.out, work=work, threads=args.threads,
             messages=args.messages or (3 if args.quick else 32), new_tokens=8 if args.quick else args.new_tokens,
             levers=args.levers, lever_messages=args.lever_messages or (2 if args.quick else 12),
-            attribution_messages=args.attribution_messages or (3 if args.quick else ATTRIBUTION_ROUNDS * len(load_corpus())))
+            attribution_messages=args.attribution_messages or (3 if args.quick else None))
     return 0
 
 

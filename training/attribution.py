@@ -83,6 +83,12 @@ class AttributionClassifier:
         """What `score` judges one by one: every non-empty text (LambdaG groups short ones instead)."""
         return _clean(texts)
 
+    def draft_verdicts(self, drafts: Sequence[str]) -> list[float | None]:
+        """Per draft: 1.0 when it is attributed to the owner (probability at least 0.5), 0.0 when not, None
+        for an empty draft (nothing to judge), so paired comparisons keep each draft's place."""
+        probabilities = iter(self.predict_proba([d for d in drafts if d.strip()]))
+        return [float(next(probabilities) >= 0.5) if draft.strip() else None for draft in drafts]
+
     def score(self, texts: Sequence[str]) -> float:
         """The share of texts attributed to the owner (probability at least 0.5)."""
         probabilities = self.predict_proba(texts)

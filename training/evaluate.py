@@ -239,10 +239,7 @@ def evaluate(*, model_settings: ModelSettings, generation: GenerationSettings, m
         # Per sampled item, for the gate's paired differences (the same items and seeds for every
         # model): the classifier's verdict on each draft, None for an empty one. LambdaG judges
         # groups of drafts, not single ones, so it has none.
-        attributed: list[float | None] = []
-        if "attribution" in judges:
-            owner_probabilities = iter(judges["attribution"].predict_proba(written) if written else [])
-            attributed = [float(next(owner_probabilities) >= 0.5) if draft.strip() else None for draft in drafts]
+        attributed = judges["attribution"].draft_verdicts(drafts) if "attribution" in judges else []
         results[name] = {
             "likelihood": nll,
             "preference_accuracy": accuracy,

@@ -82,6 +82,15 @@ def test_case_is_a_feature():
     assert classifier.score(["I think the bus I guess"]) == 0.0
 
 
+def test_draft_verdicts_keep_each_drafts_place_and_leave_empty_ones_unjudged():
+    owner = [f"i think {t} i guess" for t in TOPICS]
+    other = [f"I think {t} I guess" for t in TOPICS]
+    classifier = AttributionClassifier().fit(owner, other)
+    drafts = ["I think the bus I guess", "", "i think the bus i guess", "   "]
+    assert classifier.draft_verdicts(drafts) == [0.0, None, 1.0, None]
+    assert classifier.draft_verdicts(["", " "]) == [None, None]
+
+
 def test_not_enough_data():
     with pytest.raises(NotEnoughData, match="owner"):
         AttributionClassifier().fit(["a", "b", "c", "d", "  "], ["x"] * 10)
